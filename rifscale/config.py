@@ -1,0 +1,98 @@
+"""Typed, frozen configuration: defaults live here and nowhere else.
+
+The Python API and the CLI both build a :class:`RunConfig`, so they cannot disagree.
+Values are validated once, on construction; code after this boundary trusts them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Literal, get_args
+
+from .errors import ConfigError
+
+MetricName = Literal["test_loss", "test_prediction"]
+METRICS: tuple[MetricName, ...] = get_args(MetricName)
+TestSubsetMode = Literal["paper", "all"]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines an attribution run.
+
+    Parameters
+    ----------
+    lam : float
+        L2 penalty λ ≥ 0 of the sum-form objective (scikit-learn's ``C = 1/λ``). The
+        intercept is never penalised. λ stays fixed when samples are removed.
+    fit_intercept : bool
+        Augment every row with a constant 1 (its coefficient is the last entry of θ).
+    tol : float
+        Newton stops when ‖∇L(θ)‖ ≤ tol · ‖∇L(0)‖.
+    max_iter : int
+        Newton iterations before :class:`~rifscale.errors.NotConvergedError`.
+    test_subset : "paper", "all" or a path
+        Test points S the metrics sum over: "paper" = the 50 highest-loss test points
+        plus 50 drawn uniformly from the rest (seeded), "all" = every test point, or a
+        ``.npy``/``.json``/``.txt`` file of test row indices.
+    metrics : tuple of metric names
+        Evaluation functions scored per training sample.
+    leverage_threshold : float
+        Samples with ``1 - h_i`` below this are flagged; their RIF score is NaN.
+    seed : int
+        Seed of every random choice (the "paper" test subset).
+    """
+
+    lam: float = 1.0
+    fit_intercept: bool = True
+    tol: float = 1e-10
+    max_iter: int = 50
+    test_subset: str = "paper"
+    metrics: tuple[MetricName, ...] = METRICS
+    leverage_threshold: float = 1e-6
+    seed: int = 0
+    paper_top: int = 50
+    paper_random: int = 50
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)):
+            raise ConfigError(f"The 'lam' parameter must be a float >= 0. Got {self.lam!r} instead.")
+        if not math.isfinite(self.lam) or self.lam < 0:
+            raise ConfigError(
+                f"The 'lam' parameter must be a finite float >= 0. Got {self.lam!r} instead. "
+                "It is the L2 penalty of the sum-form objective; use e.g. --lam 1.0."
+            )
+        if not (0 < self.tol < 1):
+            raise ConfigError(f"The 'tol' parameter must be in (0, 1). Got {self.tol!r} instead.")
+        if int(self.max_iter) != self.max_iter or self.max_iter < 1:
+            raise ConfigError(f"The 'max_iter' parameter must be an integer >= 1. Got {self.max_iter!r} instead.")
+        if not (0 <= self.leverage_threshold < 1):
+            raise ConfigError(
+                "The 'leverage_threshold' parameter must be in [0, 1). "
+                f"Got {self.leverage_threshold!r} instead."
+            )
+        metrics = tuple(self.metrics)
+        bad = [m for m in metrics if m not in METRICS]
+        if bad or not metrics or len(set(metrics)) != len(metrics):
+            raise ConfigError(
+                f"The 'metrics' parameter must be a non-empty list of distinct names from {METRICS}. "
+                f"Got {list(self.metrics)!r} instead."
+            )
+        object.__setattr__(self, "metrics", metrics)
+        if self.test_subset not in get_args(TestSubsetMode) and not Path(self.test_subset).is_file():
+            raise ConfigError(
+                "The 'test_subset' parameter must be 'paper', 'all' or an existing .npy/.json/.txt "
+                f"file of test row indices. Got {self.test_subset!r}, which is none of these."
+            )
+        object.__setattr__(self, "lam", float(self.lam))
+        object.__setattr__(self, "max_iter", int(self.max_iter))
+
+    def replace(self, **changes) -> "RunConfig":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["metrics"] = list(self.metrics)
+        return d

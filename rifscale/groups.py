@@ -1,0 +1,203 @@
+r"""Group (leave-k-out) estimates for named removal sets T (DESIGN.md §1).
+
+.. math::
+
+    \Delta\theta_{IF}(T) = H^{-1}\sum_{i\in T} g_i,\qquad
+    \Delta\theta_{RIF}(T) = H^{-1}\sum_{i\in T} \frac{g_i}{1 - h_i},\qquad
+    \Delta\theta_{NS}(T) = \Big(H - \sum_{i\in T}\alpha_i z_i z_i^T\Big)^{-1}\sum_{i\in T} g_i
+
+NS uses Woodbury when ``|T| < p``: with ``H = L Lᵀ``, ``W = L⁻¹ Z_Tᵀ A_T^{1/2}`` (p×k)
+and ``c = L⁻¹ Σ g_i``, ``Δθ_NS = L⁻ᵀ (c + W (I − WᵀW)⁻¹ Wᵀ c)``, a k×k system. Otherwise
+the p×p matrix ``Σ_T α z zᵀ`` is summed over the row chunks and the system solved
+directly. Both need ``H_{−T}`` positive definite; when removing T leaves a direction
+unpinned, NS is NaN and ``ns_singular`` is set.
+
+Each Δθ becomes a metric change in two named forms: *linear* ``∇f(θ̂)ᵀΔθ`` and *plug-in*
+``f(θ̂ + Δθ) − f(θ̂)``, for each test metric and for ``self_loss = Σ_{i∈T} ℓ_i``.
+Small sets are gathered (k×d rows); large sets are reduced in place with a row mask;
+all sets share one pass over the data per stage.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask
+import numpy as np
+import scipy.linalg
+
+from . import kernels
+from ._blocks import block_sum, row_mask
+from .errors import ConfigError
+from .factor import broadcast
+from .metrics import metric_values, validate_indices
+from .model import FittedModel
+
+METHODS = ("if", "rif", "ns")
+
+
+@dataclass(frozen=True)
+class GroupEstimate:
+    """IF, RIF and NS estimates of removing one set of training rows."""
+
+    name: str
+    indices: np.ndarray = field(repr=False)
+    ns_method: str
+    n_flagged: int
+    ns_singular: bool
+    delta: dict = field(repr=False)  # method -> (p,) Δθ
+    linear: dict  # metric -> method -> value
+    plugin: dict  # metric -> method -> value
+
+    @property
+    def size(self) -> int:
+        return int(self.indices.size)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "size": self.size,
+            "ns_method": self.ns_method,
+            "n_flagged": self.n_flagged,
+            "ns_singular": self.ns_singular,
+            "linear": self.linear,
+            "plugin": self.plugin,
+        }
+
+
+def normalise_sets(sets, n: int) -> dict[str, np.ndarray]:
+    """``{"name": [rows...]}`` (or a list of row lists) to sorted, validated indices."""
+    if isinstance(sets, (str, Path)):
+        sets = json.loads(Path(sets).read_text())
+    if not isinstance(sets, Mapping):
+        sets = {f"set_{k}": s for k, s in enumerate(sets)}
+    if not sets:
+        raise ConfigError("No removal sets given; pass at least one {name: [row indices]}.")
+    return {str(k): validate_indices(np.asarray(list(v)), n, f"removal set {k!r}") for k, v in sets.items()}
+
+
+def _woodbury_ns(linv, z, alpha, G):
+    W = linv @ (z * np.sqrt(alpha)[:, None]).T
+    c = linv @ G
+    M = np.eye(W.shape[1]) - W.T @ W
+    try:
+        y = scipy.linalg.cho_solve(scipy.linalg.cho_factor(M, lower=True), W.T @ c)
+    except np.linalg.LinAlgError:
+        return None
+    return linv.T @ (c + W @ y)
+
+
+def _direct_ns(H, gram, G):
+    try:
+        return scipy.linalg.cho_solve(scipy.linalg.cho_factor(H - gram, lower=True), G)
+    except np.linalg.LinAlgError:
+        return None
+
+
+def group_effects(source, sets, *, client=None) -> dict[str, GroupEstimate]:
+    """IF, RIF and NS estimates for each named removal set.
+
+    Parameters
+    ----------
+    source : Attribution or Run
+        Anything with ``.corpus`` and ``.model`` (a fresh result, or ``open_run(path)``).
+    sets : mapping name -> row indices, list of row-index lists, or a JSON file path
+    """
+    corpus, model = source.corpus, source.model
+    train, p = corpus.train, model.p
+    sets = normalise_sets(sets, train.n)
+    kw = dict(fit_intercept=model.fit_intercept, threshold=model.leverage_threshold)
+    linv = model.factor.linv
+    small = {k: v for k, v in sets.items() if v.size < p}
+    large = {k: v for k, v in sets.items() if v.size >= p}
+
+    # one compute: gather the small sets, reduce the large ones in place
+    gathered = {k: (train.X[v], train.y[v]) for k, v in small.items()}
+    linv_b = broadcast(linv, client=client) if large else linv
+    masks = {k: row_mask(train.n, train.X.chunks[0], v) for k, v in large.items()}
+    reduced = {
+        k: block_sum(
+            kernels.set_stats_block, train.X, train.y, masks[k], width=2 * p + 1 + p * p,
+            theta=model.theta, linv=linv_b, gram=True, **kw,
+        )
+        for k in large
+    }
+    gathered, reduced = dask.compute(gathered, reduced)
+
+    H = model.factor.hessian
+    deltas, info = {}, {}
+    for name, idx in sets.items():
+        if name in small:
+            x, y = gathered[name]
+            stats = kernels.set_stats_block(x, y, theta=model.theta, linv=linv, gram=False, **kw)[0]
+            z = kernels.design(x, fit_intercept=model.fit_intercept)
+            _, alpha = kernels.sigmoid_and_weight(z @ model.theta)
+            G = stats[:p]
+            ns = _woodbury_ns(linv, z, alpha, G)
+            method = "woodbury"
+        else:
+            stats = reduced[name]
+            G = stats[:p]
+            ns = _direct_ns(H, stats[2 * p + 1 :].reshape(p, p), G)
+            method = "direct"
+        n_flagged = int(round(stats[2 * p]))
+        rif = model.factor.solve(stats[p : 2 * p]) if n_flagged == 0 else np.full(p, np.nan)
+        deltas[name] = {
+            "if": model.factor.solve(G),
+            "rif": rif,
+            "ns": ns if ns is not None else np.full(p, np.nan),
+        }
+        info[name] = (method, n_flagged, ns is None, G)
+
+    # plug-in values: every set and method in one pass over the test rows and one over train
+    names = list(sets)
+    thetas = np.stack([model.theta + deltas[k][m] for k in names for m in METHODS], axis=1)
+    safe = np.where(np.isfinite(thetas), thetas, model.theta[:, None])
+    test_vals = metric_values(
+        corpus.test, model.test_subset, safe, names=model.metrics, fit_intercept=model.fit_intercept
+    )
+    self_terms = {}
+    for j, k in enumerate(names):
+        th = np.column_stack([model.theta, safe[:, 3 * j : 3 * j + 3]])
+        if k in small:
+            x, y = gathered[k]
+            self_terms[k] = kernels.loss_block(x, y, thetas=th, fit_intercept=model.fit_intercept)[0]
+        else:
+            self_terms[k] = block_sum(
+                kernels.loss_block, train.X, train.y, masks[k], width=4, thetas=th,
+                fit_intercept=model.fit_intercept,
+            )
+    test_vals, self_terms = dask.compute(test_vals, self_terms)
+
+    out = {}
+    for j, k in enumerate(names):
+        method, n_flagged, singular, G = info[k]
+        linear, plugin = {}, {}
+        for mi, metric in enumerate(model.metrics):
+            grad = model.metric.grads[:, mi]
+            linear[metric] = {m: float(grad @ deltas[k][m]) for m in METHODS}
+            plugin[metric] = {
+                m: float(test_vals[mi, 3 * j + a] - model.metric.values[mi]) for a, m in enumerate(METHODS)
+            }
+        linear["self_loss"] = {m: float(G @ deltas[k][m]) for m in METHODS}
+        base = self_terms[k][0]
+        plugin["self_loss"] = {m: float(self_terms[k][1 + a] - base) for a, m in enumerate(METHODS)}
+        for form in (linear, plugin):  # a method without an estimate has no metric change
+            for metric in form:
+                for m in METHODS:
+                    if not np.isfinite(deltas[k][m]).all():
+                        form[metric][m] = float("nan")
+        out[k] = GroupEstimate(
+            name=k,
+            indices=sets[k],
+            ns_method=method,
+            n_flagged=n_flagged,
+            ns_singular=singular,
+            delta=deltas[k],
+            linear=linear,
+            plugin=plugin,
+        )
+    return out

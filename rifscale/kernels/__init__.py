@@ -1,0 +1,31 @@
+"""Pure per-block maths: no Dask here.
+
+Every function takes plain arrays (NumPy or CuPy; the namespace is asked of the input)
+and explicit keyword-only parameters, and returns plain arrays. Orchestration in
+``rifscale.fit``, ``rifscale.scores`` and ``rifscale.groups`` wires them into Dask graphs.
+"""
+
+from ._namespace import array_namespace
+from .logistic import (
+    design,
+    log_loss,
+    loss_block,
+    newton_block,
+    sigmoid,
+    sigmoid_and_weight,
+)
+from .scores import metric_grad_block, metric_values_block, score_block, set_stats_block
+
+__all__ = [
+    "array_namespace",
+    "design",
+    "log_loss",
+    "loss_block",
+    "metric_grad_block",
+    "metric_values_block",
+    "newton_block",
+    "score_block",
+    "set_stats_block",
+    "sigmoid",
+    "sigmoid_and_weight",
+]

@@ -1,0 +1,117 @@
+r"""Binary logistic regression on one block of rows.
+
+Model (DESIGN.md §1). A block holds rows ``x`` of shape (m, d) and labels ``y`` in {0, 1}
+of shape (m,). With an intercept each row is augmented to ``z = [x, 1]`` (the intercept
+is the *last* entry of θ); otherwise ``z = x``. ``p = d + fit_intercept``.
+
+.. math::
+
+    \eta_i = z_i^T\theta,\qquad
+    \ell_i(\theta) = \log(1 + e^{\eta_i}) - y_i\eta_i = \mathrm{softplus}((1 - 2y_i)\eta_i)
+
+    \nabla\ell_i = (\sigma(\eta_i) - y_i)\, z_i = r_i z_i,\qquad
+    \nabla^2\ell_i = \alpha_i z_i z_i^T,\quad \alpha_i = \sigma(\eta_i)(1 - \sigma(\eta_i))
+
+The penalty ``(λ/2)‖θ_w‖²`` is *not* added here: blocks are summed first and the driver
+adds it once. All sums are in float64 whatever the storage dtype.
+
+Stability: ``softplus(t) = max(t, 0) + log1p(exp(-|t|))`` never overflows and loses no
+digits for large |η| (unlike ``log1p(exp(η)) - y η``); σ and α are computed from
+``e = exp(-|η|) ≤ 1``.
+"""
+
+from __future__ import annotations
+
+from ._namespace import array_namespace
+
+
+def design(x, *, fit_intercept: bool):
+    """Float64 design block ``z`` of shape (m, p): ``x`` with a column of ones appended
+    when ``fit_intercept``."""
+    xp = array_namespace(x)
+    z = xp.asarray(x, dtype=xp.float64)
+    if fit_intercept:
+        z = xp.concatenate([z, xp.ones((z.shape[0], 1), dtype=xp.float64)], axis=1)
+    return z
+
+
+def log_loss(eta, y):
+    """ℓ(η, y) = log(1 + e^η) − y η, elementwise, stable for any finite η.
+
+    ``eta`` may be (m,) or (m, K) with ``y`` (m,) broadcast over the columns.
+    """
+    xp = array_namespace(eta)
+    y = xp.asarray(y, dtype=xp.float64)
+    if eta.ndim == 2:
+        y = y[:, None]
+    t = (1.0 - 2.0 * y) * eta
+    return xp.maximum(t, 0.0) + xp.log1p(xp.exp(-xp.abs(t)))
+
+
+def sigmoid_and_weight(eta):
+    """σ(η) and α = σ(η)(1 − σ(η)), both without overflow for any finite η."""
+    xp = array_namespace(eta)
+    e = xp.exp(-xp.abs(eta))
+    inv = 1.0 / (1.0 + e)
+    p = xp.where(eta >= 0, inv, e * inv)
+    alpha = e * inv * inv
+    return p, alpha
+
+
+def sigmoid(eta):
+    """σ(η) = 1 / (1 + e^{−η}), stable for any finite η."""
+    return sigmoid_and_weight(eta)[0]
+
+
+def newton_block(x, y, w=None, *, theta, fit_intercept: bool):
+    """Loss, gradient and Hessian of one block at ``theta``, packed in one row.
+
+    Parameters
+    ----------
+    x : (m, d) array
+    y : (m,) array of 0/1
+    w : (m,) array or None
+        Per-row weights (0/1 to drop rows); None means all ones.
+    theta : (p,) array
+    fit_intercept : bool
+
+    Returns
+    -------
+    (1, 1 + p + p*p) float64 array
+        ``[Σ w ℓ, Σ w r z (p), Σ w α z zᵀ (p*p, row-major)]``.
+    """
+    xp = array_namespace(x)
+    z = design(x, fit_intercept=fit_intercept)
+    theta = xp.asarray(theta, dtype=xp.float64)
+    eta = z @ theta
+    p, alpha = sigmoid_and_weight(eta)
+    y64 = xp.asarray(y, dtype=xp.float64)
+    loss = log_loss(eta, y64)
+    r = p - y64
+    if w is not None:
+        w = xp.asarray(w, dtype=xp.float64)
+        loss, r, alpha = w * loss, w * r, w * alpha
+    grad = z.T @ r
+    hess = (z * alpha[:, None]).T @ z
+    return xp.concatenate([xp.sum(loss)[None], grad, hess.ravel()])[None, :]
+
+
+def loss_block(x, y, w=None, *, thetas, fit_intercept: bool):
+    """Summed loss of one block at K parameter vectors at once (one GEMM).
+
+    Parameters
+    ----------
+    thetas : (p, K) array
+    w : (m,) array or None
+        Per-row weights; None means all ones.
+
+    Returns
+    -------
+    (1, K) float64 array of ``Σ_i w_i ℓ_i(θ_k)``.
+    """
+    xp = array_namespace(x)
+    z = design(x, fit_intercept=fit_intercept)
+    loss = log_loss(z @ xp.asarray(thetas, dtype=xp.float64), y)
+    if w is not None:
+        loss = xp.asarray(w, dtype=xp.float64)[:, None] * loss
+    return xp.sum(loss, axis=0)[None, :]

@@ -1,0 +1,133 @@
+r"""Per-block attribution maths at the fitted θ̂ (DESIGN.md §1).
+
+With ``H = L Lᵀ`` (Cholesky, lower) and ``linv = L⁻¹`` sent from the driver:
+
+.. math::
+
+    q_i = z_i^T H^{-1} z_i = \|L^{-1} z_i\|^2,\qquad h_i = \alpha_i q_i \in [0, 1)
+
+    s_{IF}(i) = r_i\, z_i^T u,\quad u = H^{-1}\nabla f(\hat\theta),\qquad
+    s_{RIF}(i) = s_{IF}(i) / (1 - h_i)
+
+The self-influence on a sample's own logit is ``z_iᵀ Δθ_IF(i) = r_i q_i`` (IF) and
+``r_i q_i / (1 − h_i)`` (RIF). Every Δθ is a *removal* effect ``θ̂_{−T} − θ̂``.
+Samples with ``1 − h_i < threshold`` are flagged and get NaN RIF values: their RIF is
+dominated by rounding and must not be read as a number.
+"""
+
+from __future__ import annotations
+
+from ._namespace import array_namespace
+from .logistic import design, log_loss, sigmoid_and_weight
+
+#: Columns of :func:`score_block` before the per-metric IF and RIF columns.
+SCORE_COLUMNS = ("prob", "residual", "alpha", "leverage", "self_if", "self_rif", "flag")
+
+
+def _leverage_terms(z, y, theta, linv):
+    xp = array_namespace(z)
+    eta = z @ xp.asarray(theta, dtype=xp.float64)
+    p, alpha = sigmoid_and_weight(eta)
+    r = p - xp.asarray(y, dtype=xp.float64)
+    v = z @ xp.asarray(linv, dtype=xp.float64).T
+    q = xp.sum(v * v, axis=1)
+    return p, r, alpha, q, alpha * q
+
+
+def score_block(x, y, *, theta, linv, U, fit_intercept: bool, threshold: float):
+    """All per-sample quantities of one block in one pass.
+
+    Parameters
+    ----------
+    x : (m, d) array
+    y : (m,) array of 0/1
+    theta : (p,) fitted parameters
+    linv : (p, p) inverse of the lower Cholesky factor of H
+    U : (p, M) columns ``u_k = H⁻¹ ∇f_k(θ̂)``, one per metric
+    threshold : float
+        Flag samples with ``1 − h < threshold``.
+
+    Returns
+    -------
+    (m, 7 + 2M) float64 array with columns :data:`SCORE_COLUMNS`, then ``s_IF`` for
+    each metric, then ``s_RIF`` for each metric.
+    """
+    xp = array_namespace(x)
+    z = design(x, fit_intercept=fit_intercept)
+    p, r, alpha, q, h = _leverage_terms(z, y, theta, linv)
+    one_minus_h = 1.0 - h
+    flag = one_minus_h < threshold
+    safe = xp.where(flag, 1.0, one_minus_h)
+    s_if = r[:, None] * (z @ xp.asarray(U, dtype=xp.float64))
+    s_rif = xp.where(flag[:, None], xp.nan, s_if / safe[:, None])
+    self_if = r * q
+    self_rif = xp.where(flag, xp.nan, self_if / safe)
+    cols = [p, r, alpha, h, self_if, self_rif, flag.astype(xp.float64)]
+    return xp.concatenate([xp.stack(cols, axis=1), s_if, s_rif], axis=1)
+
+
+def set_stats_block(x, y, w=None, *, theta, linv, fit_intercept: bool, threshold: float, gram: bool):
+    """Sums over the rows of a removal set T (rows with weight 1) in one block.
+
+    Returns
+    -------
+    (1, 2p + 1 [+ p*p]) float64 array:
+        ``[Σ_T g_i, Σ_T g_i / (1 − h_i), #flagged in T, (Σ_T α_i z_i z_iᵀ if gram)]``.
+        Flagged rows are left out of the second sum; the caller reports the set's RIF
+        as NaN when the count is non-zero.
+    """
+    xp = array_namespace(x)
+    z = design(x, fit_intercept=fit_intercept)
+    _, r, alpha, _, h = _leverage_terms(z, y, theta, linv)
+    one_minus_h = 1.0 - h
+    flag = one_minus_h < threshold
+    if w is None:
+        w = xp.ones(z.shape[0], dtype=xp.float64)
+    w = xp.asarray(w, dtype=xp.float64)
+    wr = w * r
+    rescaled = xp.where(flag, 0.0, wr / xp.where(flag, 1.0, one_minus_h))
+    parts = [z.T @ wr, z.T @ rescaled, xp.sum(w * flag)[None]]
+    if gram:
+        parts.append(((z * (w * alpha)[:, None]).T @ z).ravel())
+    return xp.concatenate(parts)[None, :]
+
+
+def metric_grad_block(x, y, w=None, *, theta, fit_intercept: bool):
+    """Values and gradients at θ of the two test metrics over the weighted rows.
+
+    ``test_loss = Σ w ℓ`` with gradient ``Σ w r z``; ``test_prediction = Σ w σ`` with
+    gradient ``Σ w α z``.
+
+    Returns
+    -------
+    (1, 2 + 2p) float64 array ``[loss, prediction, ∇loss (p), ∇prediction (p)]``.
+    """
+    xp = array_namespace(x)
+    z = design(x, fit_intercept=fit_intercept)
+    eta = z @ xp.asarray(theta, dtype=xp.float64)
+    p, alpha = sigmoid_and_weight(eta)
+    loss = log_loss(eta, y)
+    r = p - xp.asarray(y, dtype=xp.float64)
+    if w is not None:
+        w = xp.asarray(w, dtype=xp.float64)
+        loss, p, r, alpha = w * loss, w * p, w * r, w * alpha
+    head = xp.stack([xp.sum(loss), xp.sum(p)])
+    return xp.concatenate([head, z.T @ r, z.T @ alpha])[None, :]
+
+
+def metric_values_block(x, y, w=None, *, thetas, fit_intercept: bool):
+    """Both test metrics at K parameter vectors at once (one GEMM).
+
+    Returns
+    -------
+    (1, 2K) float64 array ``[Σ w ℓ(θ_k) for k, Σ w σ(θ_k) for k]``.
+    """
+    xp = array_namespace(x)
+    z = design(x, fit_intercept=fit_intercept)
+    eta = z @ xp.asarray(thetas, dtype=xp.float64)
+    loss = log_loss(eta, y)
+    p, _ = sigmoid_and_weight(eta)
+    if w is not None:
+        w = xp.asarray(w, dtype=xp.float64)[:, None]
+        loss, p = w * loss, w * p
+    return xp.concatenate([xp.sum(loss, axis=0), xp.sum(p, axis=0)])[None, :]

@@ -1,0 +1,143 @@
+r"""Test metrics f(θ), the test subset S they sum over, and their values and gradients.
+
+``test_loss = Σ_{t∈S} ℓ_t(θ)`` (no penalty), ``test_prediction = Σ_{t∈S} σ(z_tᵀθ)``.
+S is chosen as in the paper: the 50 highest-loss test points at θ̂ plus 50 drawn uniformly
+(seeded) from the rest; or all test points; or an index file. Values and gradients come
+from one masked pass over the test row chunks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+
+from . import kernels
+from ._blocks import block_sum, row_map, row_mask
+from .config import METRICS, RunConfig
+from .errors import ConfigError
+from .io import Split
+
+#: Column of each metric in the packed kernel outputs.
+METRIC_INDEX = {name: i for i, name in enumerate(METRICS)}
+
+
+def _row_losses(x, y, *, theta, fit_intercept):
+    z = kernels.design(x, fit_intercept=fit_intercept)
+    return kernels.log_loss(z @ theta, y)[:, None]
+
+
+def spread_pick(n_total: int, excluded: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k indices drawn uniformly without replacement from ``range(n_total)`` minus
+    ``excluded``, without materialising the n-long remainder."""
+    excluded = np.sort(np.asarray(excluded, dtype=np.int64))
+    k = min(k, n_total - excluded.size)
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    picks = np.sort(rng.choice(n_total - excluded.size, size=k, replace=False)).astype(np.int64)
+    # map positions in the remainder to row indices: shift past every excluded index <= it
+    out = picks.copy()
+    for e in excluded:
+        out[out >= e] += 1
+    return out
+
+
+def paper_subset(losses_top: np.ndarray, n_test: int, *, n_random: int, seed: int) -> np.ndarray:
+    """S = the given top-loss indices plus ``n_random`` uniform picks from the rest."""
+    rng = np.random.default_rng(seed)
+    rest = spread_pick(n_test, losses_top, n_random, rng)
+    return np.sort(np.concatenate([np.asarray(losses_top, dtype=np.int64), rest]))
+
+
+def read_index_file(path: str, n_test: int) -> np.ndarray:
+    """Test row indices from ``.npy``, ``.json`` (a list) or text (one per line)."""
+    p = Path(path)
+    if p.suffix == ".npy":
+        idx = np.load(p)
+    elif p.suffix == ".json":
+        idx = np.asarray(json.loads(p.read_text()))
+    else:
+        idx = np.loadtxt(p, dtype=np.int64, ndmin=1)
+    return validate_indices(idx, n_test, f"test subset file {path!r}", "test")
+
+
+def validate_indices(idx, n: int, what: str, split: str = "train") -> np.ndarray:
+    """Sorted, unique, in-range int64 row indices, or a ConfigError saying what is wrong."""
+    idx = np.asarray(idx)
+    if idx.ndim != 1 or idx.size == 0:
+        raise ConfigError(f"{what} must be a non-empty 1-D list of row indices; got shape {idx.shape}.")
+    if not np.issubdtype(idx.dtype, np.integer):
+        if np.issubdtype(idx.dtype, np.floating) and np.all(idx == np.round(idx)):
+            idx = idx.astype(np.int64)
+        else:
+            raise ConfigError(f"{what} must hold integer row indices; got dtype {idx.dtype}.")
+    idx = idx.astype(np.int64)
+    if idx.min() < 0 or idx.max() >= n:
+        raise ConfigError(
+            f"{what} has indices outside [0, {n}) of the {split} split (min {idx.min()}, max {idx.max()})."
+        )
+    uniq = np.unique(idx)
+    if uniq.size != idx.size:
+        raise ConfigError(f"{what} lists {idx.size - uniq.size} row index(es) more than once; list each row once.")
+    return uniq
+
+
+def select_test_subset(test: Split, theta: np.ndarray, config: RunConfig) -> np.ndarray:
+    """Sorted test row indices S for ``config.test_subset``."""
+    n_test = test.n
+    if config.test_subset == "all":
+        return np.arange(n_test, dtype=np.int64)
+    if config.test_subset != "paper":
+        return read_index_file(config.test_subset, n_test)
+    k = min(config.paper_top, n_test)
+    losses = row_map(_row_losses, test.X, test.y, width=1, theta=theta, fit_intercept=config.fit_intercept)[:, 0]
+    top = np.asarray(da.argtopk(losses, k).compute(), dtype=np.int64)
+    return paper_subset(top, n_test, n_random=config.paper_random, seed=config.seed)
+
+
+@dataclass(frozen=True)
+class MetricAtOptimum:
+    """f(θ̂) and ∇f(θ̂) of each test metric over S."""
+
+    names: tuple[str, ...]
+    values: np.ndarray  # (M,)
+    grads: np.ndarray  # (p, M)
+
+
+def _test_weights(test: Split, subset: np.ndarray):
+    return None if subset.size == test.n else row_mask(test.n, test.X.chunks[0], subset)
+
+
+def metric_at(test: Split, subset: np.ndarray, theta: np.ndarray, *, names, fit_intercept: bool) -> MetricAtOptimum:
+    p = theta.shape[0]
+    packed = block_sum(
+        kernels.metric_grad_block,
+        test.X,
+        test.y,
+        _test_weights(test, subset),
+        width=2 + 2 * p,
+        theta=theta,
+        fit_intercept=fit_intercept,
+    ).compute()
+    values = packed[:2]
+    grads = np.stack([packed[2 : 2 + p], packed[2 + p :]], axis=1)
+    cols = [METRIC_INDEX[m] for m in names]
+    return MetricAtOptimum(names=tuple(names), values=values[cols], grads=grads[:, cols])
+
+
+def metric_values(test: Split, subset: np.ndarray, thetas: np.ndarray, *, names, fit_intercept: bool) -> da.Array:
+    """Lazy (M, K) array of each metric at each column of ``thetas`` (one pass)."""
+    K = thetas.shape[1]
+    packed = block_sum(
+        kernels.metric_values_block,
+        test.X,
+        test.y,
+        _test_weights(test, subset),
+        width=2 * K,
+        thetas=thetas,
+        fit_intercept=fit_intercept,
+    ).reshape(2, K)
+    return packed[[METRIC_INDEX[m] for m in names]]

@@ -1,0 +1,301 @@
+"""Stages of an attribution run and the run directory (DESIGN.md §2–3).
+
+``attribute`` fits, factors, picks the test subset, computes the metric gradients and
+returns an :class:`Attribution` whose per-sample scores are still lazy. ``write_run``
+stores everything into a run directory; ``open_run`` reads one back for later stages
+(group estimates).
+
+Run directory::
+
+    run/
+      manifest.json         config, corpus path and fingerprint, versions, convergence,
+                            counts, timings, status
+      model/theta (p,)  model/cholesky (p, p)  model/test_subset (|S|,)
+      model/metric_gradients (p, M)  model/metric_values (M,)
+      scores/prob|residual|alpha|leverage|self_if|self_rif|flags   (n,)
+      scores/if/<metric>  scores/rif/<metric>                      (n,)
+      groups/               written by ``rifscale groups``
+
+A run is written to a hidden sibling directory and moved into place only when complete,
+so a crash never leaves a partial run under the requested name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import scipy.linalg
+import zarr
+
+from . import __version__
+from .config import RunConfig
+from .errors import ConfigError, CorpusError, OutputExistsError
+from .factor import Factor, factor_hessian
+from .fit import FitResult, fit
+from .io import Corpus, _replace_dir, open_corpus
+from .metrics import MetricAtOptimum, metric_at, select_test_subset
+from .model import FittedModel
+from .scores import Scores, score_table
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+def current_client():
+    """The active distributed client, or None (then dask's local scheduler is used)."""
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Result of :func:`attribute`: θ̂, its convergence record, and lazy scores."""
+
+    corpus: Corpus
+    config: RunConfig
+    fit: FitResult
+    model: FittedModel
+    scores: Scores
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def theta(self) -> np.ndarray:
+        return self.model.theta
+
+    @property
+    def leverage(self) -> da.Array:
+        return self.scores.leverage
+
+    @property
+    def if_scores(self) -> dict[str, da.Array]:
+        return self.scores.if_scores
+
+    @property
+    def rif_scores(self) -> dict[str, da.Array]:
+        return self.scores.rif_scores
+
+    def to_zarr(self, out, *, overwrite: bool = False) -> dict:
+        return write_run(self, out, overwrite=overwrite)
+
+
+def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = None, *, client=None, **overrides) -> Attribution:
+    """Fit, factor and build the (lazy) IF/RIF scores of every training sample.
+
+    Parameters
+    ----------
+    corpus : Corpus or path of a Zarr corpus
+    config : RunConfig, optional
+        Defaults from :class:`~rifscale.config.RunConfig`; keyword ``overrides`` replace
+        single fields (``attribute(path, lam=0.1)``).
+    client : distributed.Client, optional
+        Defaults to the active client, if any; the factor is then broadcast to all
+        workers and the factorisation pinned to a ``GPU`` worker when one exists.
+    """
+    if not isinstance(corpus, Corpus):
+        corpus = open_corpus(corpus)
+    config = (config or RunConfig()).replace(**overrides) if overrides else (config or RunConfig())
+    if corpus.test is None:
+        raise CorpusError(
+            "The corpus has no test split, which the test metrics need. Ingest one with "
+            "`rifscale ingest ... --test-X Xt.npy --test-y yt.npy`."
+        )
+    client = client if client is not None else current_client()
+    timings = {}
+    t = time.perf_counter()
+    fitted = fit(
+        corpus.train.X,
+        corpus.train.y,
+        lam=config.lam,
+        fit_intercept=config.fit_intercept,
+        tol=config.tol,
+        max_iter=config.max_iter,
+    )
+    timings["fit"] = time.perf_counter() - t
+    log.info("fit converged in %d iterations (%d passes), rel grad %.2e", fitted.n_iter, fitted.n_passes, fitted.rel_grad_norm)
+    t = time.perf_counter()
+    factor = factor_hessian(fitted.hessian, client=client)
+    timings["factor"] = time.perf_counter() - t
+    t = time.perf_counter()
+    subset = select_test_subset(corpus.test, fitted.theta, config)
+    metric = metric_at(corpus.test, subset, fitted.theta, names=config.metrics, fit_intercept=config.fit_intercept)
+    timings["metrics"] = time.perf_counter() - t
+    model = FittedModel(
+        theta=fitted.theta,
+        lam=config.lam,
+        fit_intercept=config.fit_intercept,
+        factor=factor,
+        test_subset=subset,
+        metric=metric,
+        leverage_threshold=config.leverage_threshold,
+    )
+    scores = score_table(corpus.train, model, client=client)
+    return Attribution(corpus=corpus, config=config, fit=fitted, model=model, scores=scores, timings=timings)
+
+
+def _versions() -> dict:
+    import distributed
+
+    return {
+        "rifscale": __version__,
+        "dask": dask.__version__,
+        "distributed": distributed.__version__,
+        "zarr": zarr.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def prepare_output(out: Path, *, overwrite: bool) -> Path:
+    """Refuse an existing ``out`` unless overwriting; return a fresh hidden sibling to write."""
+    if out.exists() and not overwrite:
+        raise OutputExistsError(
+            f"{str(out)!r} already exists; choose another --out, or pass --overwrite to replace it."
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
+
+
+def _regular(a: da.Array) -> da.Array:
+    """Zarr needs regular chunks; corpus chunks already are, arrays passed in may not be."""
+    rows = a.chunks[0]
+    if len(set(rows[:-1])) <= 1 and rows[-1] <= rows[0]:
+        return a
+    return a.rechunk({0: rows[0]})
+
+
+def write_run(result: Attribution, out, *, overwrite: bool = False) -> dict:
+    """Compute the scores (one pass) and write the complete run directory."""
+    out = Path(out)
+    tmp = prepare_output(out, overwrite=overwrite)
+    try:
+        t = time.perf_counter()
+        root = zarr.open_group(str(tmp / "run.zarr"), mode="w")
+        model = result.model
+        for name, value in {
+            "model/theta": model.theta,
+            "model/cholesky": model.factor.L,
+            "model/test_subset": model.test_subset,
+            "model/metric_gradients": model.metric.grads,
+            "model/metric_values": model.metric.values,
+        }.items():
+            root.create_array(name, data=np.asarray(value))
+        named = result.scores.named()
+        sources, targets = [], []
+        rows = result.corpus.train.X.chunks[0][0]
+        for name, arr in named.items():
+            arr = _regular(arr)
+            targets.append(root.create_array(name, shape=arr.shape, chunks=(rows,), dtype=arr.dtype))
+            sources.append(arr)
+        stored = da.store(sources, targets, lock=False, compute=False)
+        lev = result.scores.leverage
+        _, n_flagged, max_lev, mean_lev = dask.compute(stored, result.scores.flags.sum(), lev.max(), lev.mean())
+        result.timings["scores"] = time.perf_counter() - t
+        manifest = {
+            "rifscale_run": 1,
+            "status": "complete",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "corpus": {"path": result.corpus.path, "fingerprint": result.corpus.fingerprint},
+            "config": result.config.to_dict(),
+            "n": result.corpus.n,
+            "d": result.corpus.d,
+            "p": model.p,
+            "metrics": list(model.metrics),
+            "fit": result.fit.record(),
+            "factor_backend": model.factor.backend,
+            "counts": {
+                "flagged_low_margin": int(n_flagged),
+                "test_subset": int(model.test_subset.size),
+                "max_leverage": float(max_lev),
+                "mean_leverage": float(mean_lev),
+            },
+            "timings": dict(result.timings),
+            "versions": _versions(),
+        }
+        if n_flagged:
+            log.warning(
+                "%d sample(s) have 1 - h < %g: their RIF scores are NaN (see scores/flags)",
+                n_flagged,
+                model.leverage_threshold,
+            )
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
+        _replace_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished run read back from disk."""
+
+    path: Path
+    manifest: dict
+    corpus: Corpus
+    model: FittedModel
+    group: zarr.Group
+
+    def scores(self, name: str) -> da.Array:
+        return da.from_zarr(self.group[name])
+
+
+def open_run(path, *, corpus: str | os.PathLike | None = None) -> Run:
+    """Open a complete run; the corpus is re-opened (from the manifest unless given) and
+    must still have the fingerprint the run was made from."""
+    path = Path(path)
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise ConfigError(f"{str(path)!r} is not a rifscale run (no {MANIFEST}); create one with `rifscale run`.")
+    manifest = json.loads(mpath.read_text())
+    if manifest.get("status") != "complete":
+        raise ConfigError(f"The run at {str(path)!r} is not complete (status {manifest.get('status')!r}); rerun it.")
+    corpus_path = corpus or manifest["corpus"]["path"]
+    c = open_corpus(corpus_path)
+    if c.fingerprint != manifest["corpus"]["fingerprint"]:
+        raise CorpusError(
+            f"The corpus at {str(corpus_path)!r} is not the one this run was made from (fingerprint "
+            f"{c.fingerprint} != {manifest['corpus']['fingerprint']}); rerun `rifscale run` on it."
+        )
+    root = zarr.open_group(str(path / "run.zarr"), mode="r")
+    L = np.asarray(root["model/cholesky"][...])
+    linv = scipy.linalg.solve_triangular(L, np.eye(L.shape[0]), lower=True)
+    cfg = manifest["config"]
+    model = FittedModel(
+        theta=np.asarray(root["model/theta"][...]),
+        lam=cfg["lam"],
+        fit_intercept=cfg["fit_intercept"],
+        factor=Factor(L=L, linv=linv, backend=manifest.get("factor_backend", "numpy")),
+        test_subset=np.asarray(root["model/test_subset"][...]),
+        metric=MetricAtOptimum(
+            names=tuple(manifest["metrics"]),
+            values=np.asarray(root["model/metric_values"][...]),
+            grads=np.asarray(root["model/metric_gradients"][...]),
+        ),
+        leverage_threshold=cfg["leverage_threshold"],
+    )
+    return Run(path=path, manifest=manifest, corpus=c, model=model, group=root)

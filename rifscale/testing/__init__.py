@@ -1,0 +1,10 @@
+"""Test support: a dense float64 NumPy reference and seeded problems.
+
+Nothing here imports rifscale's engine modules: the reference is an independent
+implementation of DESIGN.md §1 that the distributed results are compared against.
+"""
+
+from .problems import Problem, make_problem
+from .reference import Reference
+
+__all__ = ["Problem", "Reference", "make_problem"]
