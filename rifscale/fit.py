@@ -83,6 +83,7 @@ def fit(
     max_iter: int = 50,
     weights: da.Array | None = None,
     theta0: np.ndarray | None = None,
+    progress: int = logging.INFO,
 ) -> FitResult:
     """Minimise ``Σ w_i ℓ_i(θ) + (λ/2)‖θ_w‖²`` by safeguarded Newton.
 
@@ -94,6 +95,8 @@ def fit(
         Row weights (0 drops a row); None keeps all rows.
     theta0 : (p,) array or None
         Starting point (warm start); zeros by default.
+    progress : int
+        Logging level of the per-iteration progress lines.
     """
     t0 = time.perf_counter()
     p = X.shape[1] + int(fit_intercept)
@@ -113,7 +116,7 @@ def fit(
         gnorm = float(np.linalg.norm(obj.grad))
         rel = gnorm / ref
         history.append({"iter": it, "loss": obj.loss, "grad_norm": gnorm, "rel_grad_norm": rel})
-        log.info("newton iter %2d  loss %.12g  rel grad %.3e", it, obj.loss, rel)
+        log.log(progress, "newton iter %2d  loss %.12g  rel grad %.3e", it, obj.loss, rel)
         if rel <= tol:
             return FitResult(
                 theta=obj.theta,

@@ -201,3 +201,40 @@ def group_effects(source, sets, *, client=None) -> dict[str, GroupEstimate]:
             plugin=plugin,
         )
     return out
+
+
+def write_groups(run_path, estimates: dict[str, GroupEstimate], *, overwrite: bool = False) -> Path:
+    """Write ``run/groups/``, a Zarr group: arrays ``delta_theta/if|rif|ns`` of shape
+    (sets, p) (attr ``names`` gives the row order) and the file ``estimates.json``
+    (per-set linear and plug-in metric changes).
+    Written beside and moved into place when complete; refused if it exists unless asked."""
+    import zarr
+
+    from .io import _replace_dir
+    from .pipeline import prepare_output
+
+    out = Path(run_path) / "groups"
+    tmp = prepare_output(out, overwrite=overwrite)
+    try:
+        names = list(estimates)
+        root = zarr.open_group(str(tmp), mode="w")
+        root.attrs["names"] = names
+        for m in METHODS:
+            root.create_array(f"delta_theta/{m}", data=np.stack([estimates[k].delta[m] for k in names]))
+        (tmp / "estimates.json").write_text(json.dumps([estimates[k].to_dict() for k in names], indent=2))
+        _replace_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def format_table(estimates: dict[str, GroupEstimate], metric: str = "test_loss", form: str = "plugin") -> str:
+    """A plain-text table of one metric's predicted change per set and method."""
+    rows = [f"{'set':<24} {'size':>6}  {'IF':>12} {'RIF':>12} {'NS':>12}   ({metric}, {form})"]
+    for e in estimates.values():
+        v = getattr(e, form)[metric]
+        rows.append(f"{e.name[:24]:<24} {e.size:>6}  {v['if']:>12.5g} {v['rif']:>12.5g} {v['ns']:>12.5g}")
+    return "\n".join(rows)

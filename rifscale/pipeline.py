@@ -5,7 +5,7 @@ returns an :class:`Attribution` whose per-sample scores are still lazy. ``write_
 stores everything into a run directory; ``open_run`` reads one back for later stages
 (group estimates).
 
-Run directory::
+Run directory (itself a Zarr group; ``zarr.open_group("run")["scores/leverage"]``)::
 
     run/
       manifest.json         config, corpus path and fingerprint, versions, convergence,
@@ -14,7 +14,8 @@ Run directory::
       model/metric_gradients (p, M)  model/metric_values (M,)
       scores/prob|residual|alpha|leverage|self_if|self_rif|flags   (n,)
       scores/if/<metric>  scores/rif/<metric>                      (n,)
-      groups/               written by ``rifscale groups``
+      groups/               written by ``rifscale groups``: delta_theta/{if,rif,ns}
+                            (sets, p) and estimates.json
 
 A run is written to a hidden sibling directory and moved into place only when complete,
 so a crash never leaves a partial run under the requested name.
@@ -186,7 +187,7 @@ def write_run(result: Attribution, out, *, overwrite: bool = False) -> dict:
     tmp = prepare_output(out, overwrite=overwrite)
     try:
         t = time.perf_counter()
-        root = zarr.open_group(str(tmp / "run.zarr"), mode="w")
+        root = zarr.open_group(str(tmp), mode="w")
         model = result.model
         for name, value in {
             "model/theta": model.theta,
@@ -281,7 +282,7 @@ def open_run(path, *, corpus: str | os.PathLike | None = None) -> Run:
             f"The corpus at {str(corpus_path)!r} is not the one this run was made from (fingerprint "
             f"{c.fingerprint} != {manifest['corpus']['fingerprint']}); rerun `rifscale run` on it."
         )
-    root = zarr.open_group(str(path / "run.zarr"), mode="r")
+    root = zarr.open_group(str(path), mode="r")
     L = np.asarray(root["model/cholesky"][...])
     linv = scipy.linalg.solve_triangular(L, np.eye(L.shape[0]), lower=True)
     cfg = manifest["config"]

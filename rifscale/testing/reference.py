@@ -10,7 +10,7 @@ import numpy as np
 
 
 def _sigmoid(t):
-    return 0.5 * (1.0 + np.tanh(0.5 * t))  # an independent stable formula
+    return np.exp(-np.logaddexp(0.0, -t))  # σ(t) = 1 / (1 + e^{-t}), accurate in both tails
 
 
 def _softplus(t):
