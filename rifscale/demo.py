@@ -94,8 +94,8 @@ def run_demo(out="rifscale-demo", *, scheduler=None, overwrite=False, n_workers=
             checks[name] = {"exact": actual, **v}
             print(f"      {name:<22} {e.size:>4} {actual:>10.4f} {v['if']:>10.4f} {v['rif']:>10.4f} {v['ns']:>10.4f}")
     print(f"done in {time.perf_counter() - t0:.1f} s. Outputs: corpus {out / 'corpus.zarr'}, run "
-          f"{out / 'run'} (a Zarr group: model/theta, scores/leverage, scores/if/<metric>, "
-          "scores/rif/<metric>, ..., groups/; manifest.json).")
+          f"{out / 'run'} (manifest.json and Zarr groups: model/theta, scores/leverage, "
+          "scores/if/<metric>, scores/rif/<metric>, ..., groups/delta_theta/<method>).")
     return {"manifest": manifest, "checks": checks}
 
 

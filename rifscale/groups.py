@@ -205,8 +205,8 @@ def group_effects(source, sets, *, client=None) -> dict[str, GroupEstimate]:
 
 def write_groups(run_path, estimates: dict[str, GroupEstimate], *, overwrite: bool = False) -> Path:
     """Write ``run/groups/``, a Zarr group: arrays ``delta_theta/if|rif|ns`` of shape
-    (sets, p) (attr ``names`` gives the row order) and the file ``estimates.json``
-    (per-set linear and plug-in metric changes).
+    (sets, p); attrs ``names`` (the row order) and ``estimates`` (per-set linear and
+    plug-in metric changes, readable as plain JSON in ``groups/zarr.json``).
     Written beside and moved into place when complete; refused if it exists unless asked."""
     import zarr
 
@@ -218,10 +218,9 @@ def write_groups(run_path, estimates: dict[str, GroupEstimate], *, overwrite: bo
     try:
         names = list(estimates)
         root = zarr.open_group(str(tmp), mode="w")
-        root.attrs["names"] = names
+        root.attrs.update({"names": names, "estimates": [estimates[k].to_dict() for k in names]})
         for m in METHODS:
             root.create_array(f"delta_theta/{m}", data=np.stack([estimates[k].delta[m] for k in names]))
-        (tmp / "estimates.json").write_text(json.dumps([estimates[k].to_dict() for k in names], indent=2))
         _replace_dir(tmp, out)
     finally:
         if tmp.exists():

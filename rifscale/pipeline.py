@@ -5,7 +5,7 @@ returns an :class:`Attribution` whose per-sample scores are still lazy. ``write_
 stores everything into a run directory; ``open_run`` reads one back for later stages
 (group estimates).
 
-Run directory (itself a Zarr group; ``zarr.open_group("run")["scores/leverage"]``)::
+Run directory (each stage folder is a Zarr group; ``zarr.open_array("run/scores/leverage")``)::
 
     run/
       manifest.json         config, corpus path and fingerprint, versions, convergence,
@@ -15,7 +15,7 @@ Run directory (itself a Zarr group; ``zarr.open_group("run")["scores/leverage"]`
       scores/prob|residual|alpha|leverage|self_if|self_rif|flags   (n,)
       scores/if/<metric>  scores/rif/<metric>                      (n,)
       groups/               written by ``rifscale groups``: delta_theta/{if,rif,ns}
-                            (sets, p) and estimates.json
+                            (sets, p); attrs "names" and "estimates" (metric changes)
 
 A run is written to a hidden sibling directory and moved into place only when complete,
 so a crash never leaves a partial run under the requested name.
@@ -187,7 +187,6 @@ def write_run(result: Attribution, out, *, overwrite: bool = False) -> dict:
     tmp = prepare_output(out, overwrite=overwrite)
     try:
         t = time.perf_counter()
-        root = zarr.open_group(str(tmp), mode="w")
         model = result.model
         for name, value in {
             "model/theta": model.theta,
@@ -196,13 +195,13 @@ def write_run(result: Attribution, out, *, overwrite: bool = False) -> dict:
             "model/metric_gradients": model.metric.grads,
             "model/metric_values": model.metric.values,
         }.items():
-            root.create_array(name, data=np.asarray(value))
+            _create(tmp, name, data=np.asarray(value))
         named = result.scores.named()
         sources, targets = [], []
         rows = result.corpus.train.X.chunks[0][0]
         for name, arr in named.items():
             arr = _regular(arr)
-            targets.append(root.create_array(name, shape=arr.shape, chunks=(rows,), dtype=arr.dtype))
+            targets.append(_create(tmp, name, shape=arr.shape, chunks=(rows,), dtype=arr.dtype))
             sources.append(arr)
         stored = da.store(sources, targets, lock=False, compute=False)
         lev = result.scores.leverage
@@ -243,6 +242,12 @@ def write_run(result: Attribution, out, *, overwrite: bool = False) -> dict:
     return manifest
 
 
+def _create(run_dir: Path, name: str, **kwargs) -> zarr.Array:
+    """Create array ``name`` ("stage/path") in the stage's own Zarr group under ``run_dir``."""
+    stage, _, path = name.partition("/")
+    return zarr.open_group(str(run_dir / stage), mode="a").create_array(path, **kwargs)
+
+
 def _json_default(o):
     if isinstance(o, np.generic):
         return o.item()
@@ -259,10 +264,10 @@ class Run:
     manifest: dict
     corpus: Corpus
     model: FittedModel
-    group: zarr.Group
 
-    def scores(self, name: str) -> da.Array:
-        return da.from_zarr(self.group[name])
+    def array(self, name: str) -> zarr.Array:
+        """A stored array by its run name, e.g. ``"scores/rif/test_loss"``."""
+        return zarr.open_array(str(self.path / name), mode="r")
 
 
 def open_run(path, *, corpus: str | os.PathLike | None = None) -> Run:
@@ -282,21 +287,25 @@ def open_run(path, *, corpus: str | os.PathLike | None = None) -> Run:
             f"The corpus at {str(corpus_path)!r} is not the one this run was made from (fingerprint "
             f"{c.fingerprint} != {manifest['corpus']['fingerprint']}); rerun `rifscale run` on it."
         )
-    root = zarr.open_group(str(path), mode="r")
-    L = np.asarray(root["model/cholesky"][...])
+    model_group = zarr.open_group(str(path / "model"), mode="r")
+
+    def read(name):
+        return np.asarray(model_group[name][...])
+
+    L = read("cholesky")
     linv = scipy.linalg.solve_triangular(L, np.eye(L.shape[0]), lower=True)
     cfg = manifest["config"]
     model = FittedModel(
-        theta=np.asarray(root["model/theta"][...]),
+        theta=(read("theta")),
         lam=cfg["lam"],
         fit_intercept=cfg["fit_intercept"],
         factor=Factor(L=L, linv=linv, backend=manifest.get("factor_backend", "numpy")),
-        test_subset=np.asarray(root["model/test_subset"][...]),
+        test_subset=(read("test_subset")),
         metric=MetricAtOptimum(
             names=tuple(manifest["metrics"]),
-            values=np.asarray(root["model/metric_values"][...]),
-            grads=np.asarray(root["model/metric_gradients"][...]),
+            values=(read("metric_values")),
+            grads=(read("metric_gradients")),
         ),
         leverage_threshold=cfg["leverage_threshold"],
     )
-    return Run(path=path, manifest=manifest, corpus=c, model=model, group=root)
+    return Run(path=path, manifest=manifest, corpus=c, model=model)
