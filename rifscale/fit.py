@@ -103,7 +103,9 @@ def fit(
     theta = np.zeros(p) if theta0 is None else np.asarray(theta0, dtype=np.float64).copy()
 
     def evaluate(th):
-        return objective(X, y, th, lam=lam, fit_intercept=fit_intercept, weights=weights)
+        # non-finite values are checked right after each pass (and named), not warned about
+        with np.errstate(invalid="ignore", over="ignore"):
+            return objective(X, y, th, lam=lam, fit_intercept=fit_intercept, weights=weights)
 
     obj = evaluate(theta)
     passes = 1

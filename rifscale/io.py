@@ -339,7 +339,7 @@ def _labels(chunk: np.ndarray, label: str, start: int) -> np.ndarray:
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise CorpusError(
-            f"{label} holds a label outside {{0, 1}} at row {start + i} (value {chunk[i]!r}). "
+            f"{label} holds a label outside {{0, 1}} at row {start + i} (value {chunk[i].item()!r}). "
             "Map your two classes to 0 and 1 before ingesting."
         )
     return chunk.astype(np.int8)

@@ -1,0 +1,141 @@
+"""Corpus layout, validation errors, and streaming ingest."""
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+import rifscale
+from rifscale.errors import CorpusError, OutputExistsError
+from rifscale.testing import make_problem
+
+
+@pytest.fixture
+def pr():
+    return make_problem(103, 7, n_test=41, seed=2, dtype=np.float32)
+
+
+def _check_roundtrip(corpus, pr, chunk_rows, ids=None):
+    assert corpus.train.X.chunks[0][0] == chunk_rows
+    np.testing.assert_array_equal(corpus.train.X.compute(), pr.X)
+    np.testing.assert_array_equal(corpus.train.y.compute(), pr.y)
+    np.testing.assert_array_equal(corpus.test.X.compute(), pr.X_test)
+    expect_ids = np.arange(pr.X.shape[0]) if ids is None else ids
+    np.testing.assert_array_equal(corpus.train.ids.compute(), expect_ids)
+    assert corpus.train.y.dtype == np.int8 and corpus.train.ids.dtype == np.int64
+
+
+def test_ingest_from_npy_files(tmp_path, pr):
+    for k, v in {"X": pr.X, "y": pr.y, "Xt": pr.X_test, "yt": pr.y_test}.items():
+        np.save(tmp_path / f"{k}.npy", v)
+    c = rifscale.ingest(
+        tmp_path / "c.zarr", train_X=tmp_path / "X.npy", train_y=tmp_path / "y.npy",
+        test_X=tmp_path / "Xt.npy", test_y=tmp_path / "yt.npy", chunk_rows=10,
+    )
+    _check_roundtrip(c, pr, 10)
+    assert c.train.X.numblocks[0] == 11  # 103 rows: ten full chunks and one of 3
+
+
+@pytest.mark.parametrize("compressed", [True, False])
+def test_ingest_streams_npz_members(tmp_path, pr, compressed):
+    ids = np.arange(103) * 7 + 1000
+    save = np.savez_compressed if compressed else np.savez
+    save(tmp_path / "d.npz", train_X=pr.X, train_y=pr.y, train_ids=ids, test_X=pr.X_test, test_y=pr.y_test)
+    f = tmp_path / "d.npz"
+    c = rifscale.ingest(
+        tmp_path / "c.zarr", train_X=f"{f}:train_X", train_y=f"{f}:train_y", train_ids=f"{f}:train_ids",
+        test_X=f"{f}:test_X", test_y=f"{f}:test_y", chunk_rows=16,
+    )
+    _check_roundtrip(c, pr, 16, ids=ids)
+
+
+def test_ingest_from_zarr_arrays_rechunks_rows(tmp_path, pr):
+    src = zarr.open_group(str(tmp_path / "src.zarr"), mode="w")
+    src.create_array("X", data=pr.X, chunks=(50, 3))  # column-chunked source is fine for ingest
+    src.create_array("y", data=pr.y.astype(np.int64), chunks=(13,))
+    src.create_array("Xt", data=pr.X_test)
+    src.create_array("yt", data=pr.y_test)
+    s = tmp_path / "src.zarr"
+    c = rifscale.ingest(tmp_path / "c.zarr", train_X=f"{s}:X", train_y=f"{s}/y", test_X=f"{s}:Xt", test_y=f"{s}:yt", chunk_rows=20)
+    _check_roundtrip(c, pr, 20)
+    assert c.attrs["rifscale_format"] == 1 and len(c.attrs["content_sha256"]) == 64
+
+
+def test_ingest_refuses_nan_and_leaves_nothing_behind(tmp_path, pr):
+    X = pr.X.copy()
+    X[57, 2] = np.nan
+    with pytest.raises(CorpusError, match=r"train/X holds NaN or Inf at row 57 \(row chunk 5\)"):
+        rifscale.ingest(tmp_path / "c.zarr", train_X=X, train_y=pr.y, chunk_rows=10)
+    assert list(tmp_path.iterdir()) == []  # no partial corpus, no temporary directory
+
+
+def test_ingest_refuses_bad_labels_and_existing_output(tmp_path, pr):
+    y = pr.y.astype(np.int64)
+    y[12] = 2
+    with pytest.raises(CorpusError, match=r"label outside \{0, 1\} at row 12 \(value 2\)"):
+        rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X, train_y=y)
+    rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X, train_y=pr.y)
+    with pytest.raises(OutputExistsError, match="already exists.*--overwrite"):
+        rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X[:50], train_y=pr.y[:50])
+    assert rifscale.open_corpus(tmp_path / "c.zarr").n == 103  # untouched
+    c = rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X[:50], train_y=pr.y[:50], overwrite=True)
+    assert c.n == 50
+
+
+def test_ingest_mismatched_n(tmp_path, pr):
+    with pytest.raises(CorpusError, match=r"train/y has shape \(102,\); expected \(103,\)"):
+        rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X, train_y=pr.y[:-1])
+
+
+def _hand_made(tmp_path, *, x_chunks=(20, 7), y_chunks=(20,), version=1, y=None, n_y=None, pr=None):
+    g = zarr.open_group(str(tmp_path / "h.zarr"), mode="w")
+    g.attrs["rifscale_format"] = version
+    g.create_array("train/X", data=pr.X, chunks=x_chunks)
+    yy = pr.y if y is None else y
+    if n_y is not None:
+        yy = yy[:n_y]
+    g.create_array("train/y", data=yy, chunks=y_chunks)
+    return tmp_path / "h.zarr"
+
+
+def test_open_corpus_errors_name_problem_and_fix(tmp_path, pr):
+    with pytest.raises(CorpusError, match="No corpus at .*rifscale ingest"):
+        rifscale.open_corpus(tmp_path / "missing.zarr")
+    p = _hand_made(tmp_path, pr=pr)
+    assert rifscale.open_corpus(p).n == 103
+    with pytest.raises(CorpusError, match=r"rifscale_format = 2; this rifscale reads layout version 1"):
+        rifscale.open_corpus(_hand_made(tmp_path, pr=pr, version=2))
+    with pytest.raises(CorpusError, match=r"chunked along columns.*--chunk-rows"):
+        rifscale.open_corpus(_hand_made(tmp_path, pr=pr, x_chunks=(20, 3)))
+    with pytest.raises(CorpusError, match=r"train/y is chunked \(13, 13, 13\)\.\.\. but train/X rows are chunked \(20, 20, 20\)"):
+        rifscale.open_corpus(_hand_made(tmp_path, pr=pr, y_chunks=(13,)))
+    with pytest.raises(CorpusError, match=r"train/y has shape \(100,\); expected \(103,\)"):
+        rifscale.open_corpus(_hand_made(tmp_path, pr=pr, n_y=100))
+    bad = pr.y.astype(np.int16)
+    bad[77] = -1
+    with pytest.raises(CorpusError, match=r"labels outside \{0, 1\} \(min -1, max 1; first bad row 77\)"):
+        rifscale.open_corpus(_hand_made(tmp_path, pr=pr, y=bad))
+
+
+def test_nan_in_corpus_is_named_by_the_fit(tmp_path, pr, synchronous):
+    X = pr.X.copy()
+    X[64, 0] = np.inf
+    c = rifscale.Corpus.from_arrays(X, pr.y, pr.X_test, pr.y_test, chunk_rows=30)
+    with pytest.raises(CorpusError, match=r"train/X holds NaN or Inf: first in row chunk 2, row 64"):
+        rifscale.attribute(c)
+
+
+def test_test_split_must_match_features(tmp_path, pr):
+    with pytest.raises(CorpusError, match="test/X has d = 6 features but train/X has d = 7"):
+        rifscale.Corpus.from_arrays(pr.X, pr.y, pr.X_test[:, :6], pr.y_test)
+
+
+def test_fingerprint_tracks_content(tmp_path, pr):
+    a = rifscale.ingest(tmp_path / "a.zarr", train_X=pr.X, train_y=pr.y)
+    X = pr.X.copy()
+    X[0, 0] += 1
+    b = rifscale.ingest(tmp_path / "b.zarr", train_X=X, train_y=pr.y)
+    assert a.fingerprint != b.fingerprint
+    assert rifscale.open_corpus(tmp_path / "a.zarr").fingerprint == a.fingerprint
+    json.dumps(a.attrs)  # provenance attrs stay JSON

@@ -1,0 +1,102 @@
+"""Kernels on plain NumPy arrays: stability, closed forms, block additivity."""
+
+import numpy as np
+import pytest
+
+from rifscale import kernels
+from rifscale.kernels.scores import SCORE_COLUMNS
+
+
+def test_log_loss_matches_closed_form_and_is_stable():
+    eta = np.array([-800.0, -40.0, -1.0, 0.0, 2.5, 40.0, 800.0])
+    for y in (0, 1):
+        got = kernels.log_loss(eta, np.full(eta.shape, y))
+        assert np.all(np.isfinite(got)) and np.all(got >= 0)
+        mid = np.abs(eta) < 30
+        naive = np.log1p(np.exp(eta[mid])) - y * eta[mid]
+        np.testing.assert_allclose(got[mid], naive, rtol=1e-13)
+    # tails: ℓ(η, 0) = η + log1p(e^-η) ≈ η and ℓ(η, 1) = log1p(e^-η) ≈ e^-η for large η
+    assert kernels.log_loss(np.array([800.0]), np.array([0]))[0] == 800.0
+    np.testing.assert_allclose(kernels.log_loss(np.array([40.0]), np.array([1])), np.exp(-40.0), rtol=1e-14)
+    np.testing.assert_allclose(kernels.log_loss(np.array([-40.0]), np.array([0])), np.exp(-40.0), rtol=1e-14)
+
+
+def test_sigmoid_and_weight_tails():
+    eta = np.array([-745.0, -60.0, -3.0, 0.0, 3.0, 60.0, 745.0])
+    p, a = kernels.sigmoid_and_weight(eta)
+    pm, am = kernels.sigmoid_and_weight(-eta)
+    np.testing.assert_allclose(p + pm, 1.0, rtol=0, atol=2.3e-16)
+    np.testing.assert_array_equal(a, am)
+    # α(60) = e^-60 / (1 + e^-60)^2 to full relative precision (p(1 - p) would give 0)
+    np.testing.assert_allclose(a[1], np.exp(-60.0), rtol=1e-14)
+    assert p[3] == 0.5 and a[3] == 0.25
+
+
+def test_design_appends_intercept_in_float64():
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    z = kernels.design(x, fit_intercept=True)
+    assert z.dtype == np.float64 and z.shape == (3, 3) and np.all(z[:, -1] == 1)
+    assert kernels.design(x, fit_intercept=False).shape == (3, 2)
+
+
+def _data(seed=0, m=50, d=6):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(m, d)), (rng.random(m) < 0.4).astype(np.int8), rng.normal(size=d + 1)
+
+
+def test_newton_block_is_additive_over_blocks_and_weights_drop_rows():
+    x, y, theta = _data()
+    whole = kernels.newton_block(x, y, theta=theta, fit_intercept=True)
+    parts = kernels.newton_block(x[:20], y[:20], theta=theta, fit_intercept=True) + kernels.newton_block(
+        x[20:], y[20:], theta=theta, fit_intercept=True
+    )
+    np.testing.assert_allclose(parts, whole, rtol=1e-13)
+    w = np.ones(50)
+    w[[3, 7]] = 0
+    dropped = kernels.newton_block(np.delete(x, [3, 7], 0), np.delete(y, [3, 7]), theta=theta, fit_intercept=True)
+    np.testing.assert_allclose(kernels.newton_block(x, y, w, theta=theta, fit_intercept=True), dropped, rtol=1e-13)
+
+
+def test_newton_block_gradient_and_hessian_match_finite_differences():
+    x, y, theta = _data(1)
+    p = theta.size
+    out = kernels.newton_block(x, y, theta=theta, fit_intercept=True)[0]
+    grad, hess = out[1 : 1 + p], out[1 + p :].reshape(p, p)
+    eps = 1e-6
+    for j in range(p):
+        e = np.zeros(p)
+        e[j] = eps
+        up = kernels.newton_block(x, y, theta=theta + e, fit_intercept=True)[0]
+        dn = kernels.newton_block(x, y, theta=theta - e, fit_intercept=True)[0]
+        assert abs((up[0] - dn[0]) / (2 * eps) - grad[j]) < 1e-6 * max(1, abs(grad[j]))
+        np.testing.assert_allclose((up[1 : 1 + p] - dn[1 : 1 + p]) / (2 * eps), hess[:, j], rtol=1e-5, atol=1e-7)
+
+
+def test_loss_block_many_thetas_equals_one_at_a_time():
+    x, y, theta = _data(2)
+    thetas = np.stack([theta, 2 * theta, -theta], axis=1)
+    many = kernels.loss_block(x, y, thetas=thetas, fit_intercept=True)[0]
+    one = [kernels.newton_block(x, y, theta=thetas[:, k], fit_intercept=True)[0, 0] for k in range(3)]
+    np.testing.assert_allclose(many, one, rtol=1e-14)
+
+
+def test_score_block_flags_samples_with_leverage_near_one():
+    x, y, theta = _data(3, m=8, d=2)
+    p = 3
+    # a factor that makes h = α‖L⁻¹z‖² ≥ 1 for every row: scale L⁻¹ up
+    linv = np.eye(p) * 100.0
+    out = kernels.score_block(x, y, theta=theta, linv=linv, U=np.ones((p, 1)), fit_intercept=True, threshold=1e-6)
+    flag = out[:, SCORE_COLUMNS.index("flag")]
+    assert flag.sum() > 0
+    rif = out[:, len(SCORE_COLUMNS) + 1]
+    assert np.all(np.isnan(rif[flag == 1])) and np.all(np.isfinite(rif[flag == 0]))
+    assert np.all(np.isnan(out[flag == 1, SCORE_COLUMNS.index("self_rif")]))
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_metric_blocks_agree(fit_intercept):
+    x, y, theta = _data(4)
+    theta = theta if fit_intercept else theta[:-1]
+    g = kernels.metric_grad_block(x, y, theta=theta, fit_intercept=fit_intercept)[0]
+    v = kernels.metric_values_block(x, y, thetas=theta[:, None], fit_intercept=fit_intercept)[0]
+    np.testing.assert_allclose(g[:2], v, rtol=1e-14)
