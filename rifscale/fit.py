@@ -22,6 +22,8 @@ import dask.array as da
 import numpy as np
 import scipy.linalg
 
+from . import kernels
+from ._blocks import per_block
 from .errors import NotConvergedError, not_positive_definite
 from .hessian import Objective, objective
 from .io import find_nonfinite
@@ -63,6 +65,18 @@ class FitResult:
             "seconds": self.seconds,
             "history": list(self.history),
         }
+
+
+def _check_not_separated(X, y, theta, *, fit_intercept, weights) -> None:
+    """With λ = 0 a 'converged' θ that classifies every row correctly is an artefact: the
+    classes are separable, the loss tends to 0 as ‖θ‖ → ∞ and no minimiser exists."""
+    margins = per_block(kernels.min_margin_block, X, y, weights, width=1, theta=theta, fit_intercept=fit_intercept)
+    if float(margins.min().compute()) > 0:
+        raise NotConvergedError(
+            "With lam = 0 the fit has no finite optimum: theta separates the two classes "
+            "perfectly (every training row is on its correct side), so the loss only reaches 0 "
+            "as |theta| grows without bound and IF/RIF would be meaningless. Use lam > 0."
+        )
 
 
 def _newton_step(obj: Objective) -> np.ndarray:
@@ -120,6 +134,8 @@ def fit(
         history.append({"iter": it, "loss": obj.loss, "grad_norm": gnorm, "rel_grad_norm": rel})
         log.log(progress, "newton iter %2d  loss %.12g  rel grad %.3e", it, obj.loss, rel)
         if rel <= tol:
+            if lam == 0:
+                _check_not_separated(X, y, obj.theta, fit_intercept=fit_intercept, weights=weights)
             return FitResult(
                 theta=obj.theta,
                 lam=lam,

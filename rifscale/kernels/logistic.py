@@ -115,3 +115,21 @@ def loss_block(x, y, w=None, *, thetas, fit_intercept: bool):
     if w is not None:
         loss = xp.asarray(w, dtype=xp.float64)[:, None] * loss
     return xp.sum(loss, axis=0)[None, :]
+
+
+def min_margin_block(x, y, w=None, *, theta, fit_intercept: bool):
+    """Smallest signed margin ``(2y − 1) η`` over the block's rows with non-zero weight.
+
+    If it is positive over all rows, θ separates the classes and the unpenalised
+    (λ = 0) objective has no finite minimiser.
+
+    Returns
+    -------
+    (1, 1) float64 array (``+inf`` for a block without rows).
+    """
+    xp = array_namespace(x)
+    z = design(x, fit_intercept=fit_intercept)
+    margin = (2.0 * xp.asarray(y, dtype=xp.float64) - 1.0) * (z @ xp.asarray(theta, dtype=xp.float64))
+    if w is not None:
+        margin = xp.where(xp.asarray(w) != 0, margin, xp.inf)
+    return xp.min(xp.concatenate([margin, xp.asarray([xp.inf])]))[None, None]
