@@ -21,6 +21,7 @@ PROBLEMS = {
     "d>n-intercept": (60, 140, 1.0, True, np.float64),
     "d>n-no-intercept": (50, 90, 0.3, False, np.float64),
     "n>d-float32-small-lam": (400, 12, 1e-3, False, np.float32),
+    "n>d-lam0": (300, 8, 0.0, True, np.float64),
 }
 
 
