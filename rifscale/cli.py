@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import METRICS, RunConfig
-from .errors import RifscaleError
+from .errors import CorpusError, RifscaleError
 
 log = logging.getLogger("rifscale")
 
@@ -28,8 +28,11 @@ def _ingest(args) -> int:
 
     sources = {k: getattr(args, k) for k in ("train_X", "train_y", "train_ids", "test_X", "test_y", "test_ids")}
     if args.npz:
-        with zipfile.ZipFile(args.npz) as zf:
-            members = {n.removesuffix(".npy") for n in zf.namelist()}
+        try:
+            with zipfile.ZipFile(args.npz) as zf:
+                members = {n.removesuffix(".npy") for n in zf.namelist()}
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise CorpusError(f"Cannot read --npz {args.npz!r} as an .npz archive ({exc}).") from None
         for key in sources:
             if sources[key] is None and key in members:
                 sources[key] = f"{args.npz}:{key}"
@@ -73,12 +76,11 @@ def _run(args) -> int:
 
 def _groups(args) -> int:
     from .cluster import connect
-    from .groups import format_table, group_effects, write_groups
+    from .groups import format_table, group_effects, normalise_sets, write_groups
     from .pipeline import open_run
 
     run = open_run(args.run, corpus=args.corpus)
-    with open(args.sets) as fh:
-        sets = json.load(fh)
+    sets = normalise_sets(args.sets, run.corpus.n)
     out = run.path / "groups"
     if out.exists() and not args.overwrite:
         from .errors import OutputExistsError

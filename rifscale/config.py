@@ -7,6 +7,7 @@ Values are validated once, on construction; code after this boundary trusts them
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal, get_args
@@ -43,6 +44,8 @@ class RunConfig:
         Samples with ``1 - h_i`` below this are flagged; their RIF score is NaN.
     seed : int
         Seed of every random choice (the "paper" test subset).
+    paper_top, paper_random : int
+        Sizes of the two parts of the "paper" test subset (50 and 50 in the paper).
     """
 
     lam: float = 1.0
@@ -57,7 +60,7 @@ class RunConfig:
     paper_random: int = 50
 
     def __post_init__(self) -> None:
-        if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)):
+        if isinstance(self.lam, bool) or not isinstance(self.lam, numbers.Real):
             raise ConfigError(f"The 'lam' parameter must be a float >= 0. Got {self.lam!r} instead.")
         if not math.isfinite(self.lam) or self.lam < 0:
             raise ConfigError(
@@ -86,6 +89,10 @@ class RunConfig:
                 "The 'test_subset' parameter must be 'paper', 'all' or an existing .npy/.json/.txt "
                 f"file of test row indices. Got {self.test_subset!r}, which is none of these."
             )
+        for name in ("paper_top", "paper_random", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ConfigError(f"The '{name}' parameter must be an integer >= 0. Got {value!r} instead.")
         object.__setattr__(self, "lam", float(self.lam))
         object.__setattr__(self, "max_iter", int(self.max_iter))
 

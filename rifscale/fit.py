@@ -7,9 +7,15 @@ Armijo's condition ``L(θ + t s) ≤ L(θ) + 1e-4 t ∇Lᵀ s`` or — once L is
 floor — when it lowers ‖∇L‖. Because the pass at the accepted point already holds its
 gradient and Hessian, an iteration with a full step costs exactly one pass.
 
-Convergence: ``‖∇L(θ)‖ ≤ tol · ‖∇L(θ₀)‖`` (θ₀ = 0 by default). Not converging within
-``max_iter`` iterations raises :class:`~rifscale.errors.NotConvergedError`; IF and RIF
-assume ∇L(θ̂) = 0, so a loose fit is never returned silently.
+Convergence: ``‖∇L(θ)‖ ≤ tol · ‖∇L(θ₀)‖`` (θ₀ = 0 by default), or ‖∇L(θ)‖ at its
+rounding floor ``32 ε (Σ|r_i|‖z_i‖ + λ‖Dθ‖)`` — below that the gradient is noise and no
+iteration can lower it (this happens for warm starts whose initial gradient is already
+tiny); the record says which (``stopped_at``). Not converging within ``max_iter``
+iterations raises :class:`~rifscale.errors.NotConvergedError`; IF and RIF assume
+∇L(θ̂) = 0, so a loose fit is never returned silently.
+
+With λ = 0 a minimiser need not exist (separable classes). A converged fit is then
+checked: θ must not separate the classes, and H must not be numerically singular.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import scipy.linalg
 
 from . import kernels
 from ._blocks import per_block
-from .errors import NotConvergedError, not_positive_definite
+from .errors import ConfigError, NotConvergedError, NotPositiveDefiniteError, not_positive_definite
 from .hessian import Objective, objective
 from .io import find_nonfinite
 
@@ -32,6 +38,10 @@ log = logging.getLogger(__name__)
 
 ARMIJO = 1e-4
 MIN_STEP = 2.0**-30
+#: A trial loss this close (relative) to the current one is equal up to rounding.
+LOSS_ROUNDING = 1e-12
+#: With λ = 0, H with a smaller eigenvalue ratio is treated as singular.
+MIN_RCOND_UNPENALISED = 1e-10
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,7 @@ class FitResult:
     grad_norm: float
     rel_grad_norm: float
     tol: float
+    stopped_at: str
     seconds: float
     hessian: np.ndarray = field(repr=False)
     history: tuple = field(default=(), repr=False)
@@ -62,6 +73,7 @@ class FitResult:
             "grad_norm": self.grad_norm,
             "rel_grad_norm": self.rel_grad_norm,
             "tol": self.tol,
+            "stopped_at": self.stopped_at,
             "seconds": self.seconds,
             "history": list(self.history),
         }
@@ -79,11 +91,32 @@ def _check_not_separated(X, y, theta, *, fit_intercept, weights) -> None:
         )
 
 
-def _newton_step(obj: Objective) -> np.ndarray:
+def _check_unpenalised_hessian(hessian: np.ndarray) -> None:
+    ev = np.linalg.eigvalsh(hessian)
+    if ev[0] <= MIN_RCOND_UNPENALISED * ev[-1]:
+        raise NotConvergedError(
+            "With lam = 0 the Hessian at the fitted theta is numerically singular (eigenvalue "
+            f"ratio {max(ev[0], 0) / ev[-1]:.1e}): the classes are (quasi-)separable or features "
+            "are collinear, so theta is not pinned down and IF/RIF would be meaningless. Use lam > 0."
+        )
+
+
+def _newton_step(obj: Objective, *, lam: float, it: int) -> np.ndarray:
+    if not np.isfinite(obj.hessian).all():
+        raise not_positive_definite(
+            f"at Newton iteration {it}", "it holds NaN or Inf: check the scale of X (huge feature values)"
+        )
     try:
         c = scipy.linalg.cho_factor(obj.hessian, lower=True, check_finite=False)
     except np.linalg.LinAlgError:
-        raise not_positive_definite("during the Newton fit") from None
+        if lam > 0:
+            raise NotPositiveDefiniteError(
+                f"The Hessian at Newton iteration {it} is not positive definite although lam = {lam} > 0. "
+                "The intercept is not penalised, so this happens when every alpha_i underflows "
+                "(all |eta_i| huge), e.g. from a warm start far from the optimum: start from zeros "
+                "(theta0=None) or rescale X."
+            ) from None
+        raise not_positive_definite(f"at Newton iteration {it}") from None
     return -scipy.linalg.cho_solve(c, obj.grad, check_finite=False)
 
 
@@ -115,6 +148,10 @@ def fit(
     t0 = time.perf_counter()
     p = X.shape[1] + int(fit_intercept)
     theta = np.zeros(p) if theta0 is None else np.asarray(theta0, dtype=np.float64).copy()
+    if theta.shape != (p,):
+        raise ConfigError(
+            f"theta0 has shape {theta.shape}; expected ({p},) = d + fit_intercept for d = {X.shape[1]}."
+        )
 
     def evaluate(th):
         # non-finite values are checked right after each pass (and named), not warned about
@@ -133,9 +170,11 @@ def fit(
         rel = gnorm / ref
         history.append({"iter": it, "loss": obj.loss, "grad_norm": gnorm, "rel_grad_norm": rel})
         log.log(progress, "newton iter %2d  loss %.12g  rel grad %.3e", it, obj.loss, rel)
-        if rel <= tol:
+        stopped_at = "tolerance" if rel <= tol else "rounding floor" if gnorm <= obj.grad_floor else None
+        if stopped_at:
             if lam == 0:
                 _check_not_separated(X, y, obj.theta, fit_intercept=fit_intercept, weights=weights)
+                _check_unpenalised_hessian(obj.hessian)
             return FitResult(
                 theta=obj.theta,
                 lam=lam,
@@ -147,13 +186,14 @@ def fit(
                 grad_norm=gnorm,
                 rel_grad_norm=rel,
                 tol=tol,
+                stopped_at=stopped_at,
                 seconds=time.perf_counter() - t0,
                 hessian=obj.hessian,
                 history=tuple(history),
             )
         if it == max_iter:
             break
-        step = _newton_step(obj)
+        step = _newton_step(obj, lam=lam, it=it)
         slope = float(obj.grad @ step)
         t = 1.0
         while True:
@@ -161,7 +201,12 @@ def fit(
             passes += 1
             finite = np.isfinite(trial.loss) and np.isfinite(trial.grad).all()
             if finite and (
-                trial.loss <= obj.loss + ARMIJO * t * slope or np.linalg.norm(trial.grad) < gnorm
+                trial.loss <= obj.loss + ARMIJO * t * slope
+                # at the loss's rounding floor Armijo is noise: a lower gradient decides
+                or (
+                    trial.loss <= obj.loss + LOSS_ROUNDING * abs(obj.loss)
+                    and np.linalg.norm(trial.grad) < gnorm
+                )
             ):
                 break
             t *= 0.5

@@ -71,12 +71,17 @@ class GroupEstimate:
 def normalise_sets(sets, n: int) -> dict[str, np.ndarray]:
     """``{"name": [rows...]}`` (or a list of row lists) to sorted, validated indices."""
     if isinstance(sets, (str, Path)):
-        sets = json.loads(Path(sets).read_text())
+        try:
+            sets = json.loads(Path(sets).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(
+                f'Cannot read removal sets from {str(sets)!r} ({exc}); expected a JSON file {{"name": [row indices...]}}.'
+            ) from None
     if not isinstance(sets, Mapping):
         sets = {f"set_{k}": s for k, s in enumerate(sets)}
     if not sets:
         raise ConfigError("No removal sets given; pass at least one {name: [row indices]}.")
-    return {str(k): validate_indices(np.asarray(list(v)), n, f"removal set {k!r}") for k, v in sets.items()}
+    return {str(k): validate_indices(np.asarray(v), n, f"removal set {k!r}") for k, v in sets.items()}
 
 
 def _woodbury_ns(linv, z, alpha, G):
@@ -126,6 +131,9 @@ def group_effects(source, sets, *, client=None) -> dict[str, GroupEstimate]:
         for k in large
     }
     gathered, reduced = dask.compute(gathered, reduced)
+    # the driver's algebra is NumPy even when the chunks live on a GPU
+    gathered = {k: (kernels.to_numpy(x), kernels.to_numpy(y)) for k, (x, y) in gathered.items()}
+    reduced = {k: kernels.to_numpy(v) for k, v in reduced.items()}
 
     H = model.factor.hessian
     deltas, info = {}, {}

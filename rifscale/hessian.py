@@ -38,17 +38,22 @@ class Objective:
     loss: float
     grad: np.ndarray
     hessian: np.ndarray
+    grad_floor: float  # ‖∇L‖ below this is rounding noise (see rounding_floor)
+
+
+#: Multiple of eps · (Σ|r_i|‖z_i‖ + λ‖Dθ‖) below which a gradient norm is rounding noise.
+ROUNDING_FACTOR = 32.0
 
 
 def newton_terms(X: da.Array, y: da.Array, theta, *, lam: float, fit_intercept: bool, weights=None) -> da.Array:
-    """Lazy packed ``[Σ w ℓ, Σ w r z, Σ w α z zᵀ]`` (no penalty) at ``theta``."""
+    """Lazy packed ``[Σ w ℓ, Σ w |r|‖z‖, Σ w r z, Σ w α z zᵀ]`` (no penalty) at ``theta``."""
     p = theta.shape[0]
     return block_sum(
         kernels.newton_block,
         X,
         y,
         weights,
-        width=1 + p + p * p,
+        width=2 + p + p * p,
         theta=np.asarray(theta, dtype=np.float64),
         fit_intercept=fit_intercept,
     )
@@ -59,10 +64,12 @@ def unpack(packed: np.ndarray, theta: np.ndarray, *, lam: float, fit_intercept: 
     p = theta.shape[0]
     D = penalty_diag(p, fit_intercept=fit_intercept)
     loss = float(packed[0]) + 0.5 * lam * float(np.sum(D * theta * theta))
-    grad = packed[1 : 1 + p] + lam * D * theta
-    hess = packed[1 + p :].reshape(p, p)
+    grad = packed[2 : 2 + p] + lam * D * theta
+    hess = packed[2 + p :].reshape(p, p)
     hess = 0.5 * (hess + hess.T) + lam * np.diag(D)
-    return Objective(theta=theta, loss=loss, grad=grad, hessian=hess)
+    scale = float(packed[1]) + lam * float(np.linalg.norm(D * theta))
+    floor = ROUNDING_FACTOR * np.finfo(np.float64).eps * scale
+    return Objective(theta=theta, loss=loss, grad=grad, hessian=hess, grad_floor=floor)
 
 
 def objective(X: da.Array, y: da.Array, theta, *, lam: float, fit_intercept: bool, weights=None) -> Objective:

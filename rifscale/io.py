@@ -227,9 +227,12 @@ def _open_split(root, name: str, path: str, *, required: bool) -> Split | None:
 
 
 def _first_nonfinite(x, block_info=None):
-    bad = np.flatnonzero(~np.isfinite(np.asarray(x)).all(axis=1))
+    from .kernels import array_namespace
+
+    xp = array_namespace(x)
+    bad = xp.flatnonzero(~xp.isfinite(x).all(axis=1))
     start = block_info[0]["array-location"][0][0]
-    return np.array([start + bad[0] if bad.size else -1], dtype=np.int64)
+    return np.array([start + int(bad[0]) if bad.size else -1], dtype=np.int64)
 
 
 def find_nonfinite(split_name: str, X: da.Array) -> None:
@@ -324,9 +327,10 @@ def _source(label: str, spec) -> _RowSource:
 
 
 def _prepare_X(src: _RowSource, dtype) -> np.dtype:
-    if len(src.shape) != 2:
-        raise CorpusError(f"{src.label} must be 2-D (n, d); got shape {src.shape}.")
-    out = np.dtype(dtype) if dtype is not None else (src.dtype if src.dtype in FLOAT_DTYPES else np.dtype("float32"))
+    if len(src.shape) != 2 or 0 in src.shape:
+        raise CorpusError(f"{src.label} must be a non-empty 2-D array (n, d); got shape {src.shape}.")
+    native = src.dtype.newbyteorder("=")  # a big-endian float64 source stays float64
+    out = np.dtype(dtype) if dtype is not None else (native if native in FLOAT_DTYPES else np.dtype("float32"))
     if out not in FLOAT_DTYPES:
         raise CorpusError(f"--dtype must be float32 or float64; got {out}.")
     if not (np.issubdtype(src.dtype, np.number) or src.dtype == np.bool_):
@@ -354,6 +358,8 @@ def _write_split(group, name: str, X, y, ids, chunk_rows: int, dtype, hasher) ->
     sid = _source(f"{name}/ids", ids) if ids is not None else None
     if sid is not None and sid.shape != (n,):
         raise CorpusError(f"{name}/ids has shape {sid.shape}; expected ({n},).")
+    if sid is not None and not np.issubdtype(sid.dtype, np.integer):
+        raise CorpusError(f"{name}/ids has dtype {sid.dtype}; ids must be integers (they are stored as int64).")
     rows = min(chunk_rows, n)
     aX = group.create_array(f"{name}/X", shape=(n, d), chunks=(rows, d), dtype=out_dtype)
     ay = group.create_array(f"{name}/y", shape=(n,), chunks=(rows,), dtype="int8")
@@ -405,6 +411,8 @@ def ingest(
         raise CorpusError(f"chunk_rows must be a positive integer; got {chunk_rows!r}.")
     if (test_X is None) != (test_y is None):
         raise CorpusError("Pass both test_X and test_y, or neither.")
+    if test_ids is not None and test_X is None:
+        raise CorpusError("test_ids was given without test_X and test_y; pass the whole test split.")
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{str(out)!r} already exists; choose another path or pass --overwrite to replace it.")
     tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")

@@ -25,11 +25,6 @@ from .io import Split
 METRIC_INDEX = {name: i for i, name in enumerate(METRICS)}
 
 
-def _row_losses(x, y, *, theta, fit_intercept):
-    z = kernels.design(x, fit_intercept=fit_intercept)
-    return kernels.log_loss(z @ theta, y)[:, None]
-
-
 def spread_pick(n_total: int, excluded: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """k indices drawn uniformly without replacement from ``range(n_total)`` minus
     ``excluded``, without materialising the n-long remainder."""
@@ -86,14 +81,17 @@ def validate_indices(idx, n: int, what: str, split: str = "train") -> np.ndarray
 
 
 def select_test_subset(test: Split, theta: np.ndarray, config: RunConfig) -> np.ndarray:
-    """Sorted test row indices S for ``config.test_subset``."""
+    """Sorted test row indices S for ``config.test_subset`` ("paper" on a test split of at
+    most 100 rows is all of it)."""
     n_test = test.n
     if config.test_subset == "all":
         return np.arange(n_test, dtype=np.int64)
     if config.test_subset != "paper":
         return read_index_file(config.test_subset, n_test)
-    k = min(config.paper_top, n_test)
-    losses = row_map(_row_losses, test.X, test.y, width=1, theta=theta, fit_intercept=config.fit_intercept)[:, 0]
+    if config.paper_top + config.paper_random >= n_test:
+        return np.arange(n_test, dtype=np.int64)  # S would be every test point anyway
+    k = config.paper_top
+    losses = row_map(kernels.row_loss_block, test.X, test.y, width=1, theta=theta, fit_intercept=config.fit_intercept)[:, 0]
     top = np.asarray(da.argtopk(losses, k).compute(), dtype=np.int64)
     return paper_subset(top, n_test, n_random=config.paper_random, seed=config.seed)
 

@@ -44,7 +44,7 @@ from .config import RunConfig
 from .errors import ConfigError, CorpusError, OutputExistsError
 from .factor import Factor, factor_hessian
 from .fit import FitResult, fit
-from .io import Corpus, _replace_dir, open_corpus
+from .io import Corpus, _replace_dir, find_nonfinite, open_corpus
 from .metrics import MetricAtOptimum, metric_at, select_test_subset
 from .model import FittedModel
 from .scores import Scores, score_table
@@ -135,6 +135,9 @@ def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = Non
     t = time.perf_counter()
     subset = select_test_subset(corpus.test, fitted.theta, config)
     metric = metric_at(corpus.test, subset, fitted.theta, names=config.metrics, fit_intercept=config.fit_intercept)
+    if not (np.isfinite(metric.values).all() and np.isfinite(metric.grads).all()):
+        find_nonfinite("test", corpus.test.X)
+        raise CorpusError("The test metrics are not finite at the fitted theta; check the scale of test/X.")
     timings["metrics"] = time.perf_counter() - t
     model = FittedModel(
         theta=fitted.theta,
@@ -270,9 +273,9 @@ class Run:
         return zarr.open_array(str(self.path / name), mode="r")
 
 
-def open_run(path, *, corpus: str | os.PathLike | None = None) -> Run:
-    """Open a complete run; the corpus is re-opened (from the manifest unless given) and
-    must still have the fingerprint the run was made from."""
+def open_run(path, *, corpus: Corpus | str | os.PathLike | None = None) -> Run:
+    """Open a complete run; the corpus is re-opened (from the manifest unless given, as a
+    path or a :class:`Corpus`) and must still have the fingerprint the run was made from."""
     path = Path(path)
     mpath = path / MANIFEST
     if not mpath.is_file():
@@ -280,8 +283,13 @@ def open_run(path, *, corpus: str | os.PathLike | None = None) -> Run:
     manifest = json.loads(mpath.read_text())
     if manifest.get("status") != "complete":
         raise ConfigError(f"The run at {str(path)!r} is not complete (status {manifest.get('status')!r}); rerun it.")
-    corpus_path = corpus or manifest["corpus"]["path"]
-    c = open_corpus(corpus_path)
+    corpus_path = corpus if corpus is not None else manifest["corpus"]["path"]
+    if corpus_path is None:
+        raise ConfigError(
+            f"The run at {str(path)!r} was made from in-memory arrays, not a corpus on disk; "
+            "pass the same data again: open_run(path, corpus=Corpus.from_arrays(...))."
+        )
+    c = corpus_path if isinstance(corpus_path, Corpus) else open_corpus(corpus_path)
     if c.fingerprint != manifest["corpus"]["fingerprint"]:
         raise CorpusError(
             f"The corpus at {str(corpus_path)!r} is not the one this run was made from (fingerprint "

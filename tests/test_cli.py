@@ -90,3 +90,16 @@ def test_demo_on_embedded_data(tmp_path, capsys):
     g = zarr.open_group(str(out / "run" / "groups"), mode="r")
     assert g["delta_theta/rif"].shape == (3, 197)
     assert main(["-q", "demo", "--out", str(out)]) == 2  # never overwritten unasked
+
+
+def test_groups_cli_bad_sets_file(tmp_path, npz, capsys, synchronous):
+    f, pr = npz
+    c = rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X, train_y=pr.y, test_X=pr.X_test, test_y=pr.y_test)
+    rifscale.attribute(c).to_zarr(tmp_path / "run")
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main(["groups", str(tmp_path / "run"), "--sets", str(tmp_path / "bad.json")]) == 2
+    assert "Cannot read removal sets from" in capsys.readouterr().err
+    assert main(["groups", str(tmp_path / "run"), "--sets", str(tmp_path / "missing.json")]) == 2
+    assert "Cannot read removal sets from" in capsys.readouterr().err
+    assert main(["ingest", str(tmp_path / "x.zarr"), "--npz", str(tmp_path / "missing.npz")]) == 2
+    assert "Cannot read --npz" in capsys.readouterr().err

@@ -140,3 +140,37 @@ def test_test_subset_file(tmp_path, small_problem, synchronous):
         np.testing.assert_array_equal(res.model.test_subset, idx)
         s_if, _ = ref.scores("test_loss", pr.X_test[idx], pr.y_test[idx])
         assert rel_err(res.if_scores["test_loss"].compute(), s_if) <= TOL
+
+
+def test_far_warm_start_is_safeguarded(synchronous):
+    """A start far from θ̂ (α underflows for most rows): the line search must not accept
+    steps that raise the loss, and the fit still reaches the reference optimum."""
+    from rifscale.fit import fit
+
+    pr = make_problem(500, 10, seed=12)
+    ref = Reference(pr.X, pr.y, lam=1e-3)
+    c = corpus_of(pr, 100)
+    theta0 = 5 * np.random.default_rng(0).normal(size=11)
+    res = fit(c.train.X, c.train.y, lam=1e-3, theta0=theta0)
+    losses = [h["loss"] for h in res.history]
+    assert all(b <= a * (1 + 1e-12) for a, b in zip(losses, losses[1:]))
+    assert rel_err(res.theta, ref.theta) <= TOL
+
+
+def test_warm_started_retrain_with_tiny_gradient_stops_at_rounding_floor(synchronous):
+    """Removing rows the model already fits perfectly: ‖∇L_{-T}(θ̂)‖ is at rounding level,
+    so 'tol × initial gradient' is unreachable; the fit stops at the rounding floor, says
+    so, and equals the exact retrain."""
+    import dask.array as da
+
+    from rifscale.fit import fit
+
+    pr = make_problem(400, 10, seed=13, noise=0.05)
+    ref = Reference(pr.X, pr.y, lam=0.01)
+    c = corpus_of(pr, 64)
+    T = np.argsort(np.abs(ref.r))[:3]  # the three most confidently right rows
+    keep = 1.0 - da.isin(da.arange(400, chunks=64), T).astype(float)
+    res = fit(c.train.X, c.train.y, lam=0.01, theta0=ref.theta, weights=keep)
+    assert res.converged and res.stopped_at in ("tolerance", "rounding floor")
+    exact = ref.delta_exact(T)
+    assert np.linalg.norm(res.theta - ref.theta - exact) <= 1e-8 * np.linalg.norm(ref.theta)

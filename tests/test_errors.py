@@ -67,3 +67,23 @@ def test_bad_removal_sets(small_problem, synchronous):
         rifscale.group_effects(res, {"c": []})
     with pytest.raises(ConfigError, match=r"must hold integer row indices"):
         rifscale.group_effects(res, {"d": [0.5]})
+
+
+def test_lam_zero_with_quasi_separated_data_is_refused(synchronous):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100, 3))
+    y = (X[:, 0] > 0).astype(np.int8)
+    X = np.vstack([X, [[0.0, 0.1, 0.2], [0.0, 0.1, 0.2]]])  # the same boundary point twice,
+    y = np.concatenate([y, [0, 1]]).astype(np.int8)  # with both labels: no strict separation
+    c = rifscale.Corpus.from_arrays(X, y, X[:10], y[:10], chunk_rows=25)
+    with pytest.raises(NotConvergedError, match=r"lam = 0 the Hessian at the fitted theta is numerically singular"):
+        rifscale.attribute(c, lam=0.0)
+
+
+def test_theta0_of_wrong_length():
+    from rifscale.fit import fit
+
+    pr = make_problem(30, 4, seed=0)
+    c = corpus_of(pr, 10)
+    with pytest.raises(ConfigError, match=r"theta0 has shape \(4,\); expected \(5,\)"):
+        fit(c.train.X, c.train.y, lam=1.0, theta0=np.zeros(4))

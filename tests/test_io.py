@@ -139,3 +139,32 @@ def test_fingerprint_tracks_content(tmp_path, pr):
     assert a.fingerprint != b.fingerprint
     assert rifscale.open_corpus(tmp_path / "a.zarr").fingerprint == a.fingerprint
     json.dumps(a.attrs)  # provenance attrs stay JSON
+
+
+def test_nan_in_test_split_is_named(pr, synchronous):
+    Xt = pr.X_test.copy()
+    Xt[33, 1] = np.nan
+    c = rifscale.Corpus.from_arrays(pr.X, pr.y, Xt, pr.y_test, chunk_rows=10)
+    with pytest.raises(CorpusError, match=r"test/X holds NaN or Inf: first in row chunk 3, row 33"):
+        rifscale.attribute(c, test_subset="all")
+
+
+def test_ingest_rejects_empty_float_ids_and_orphan_test_ids(tmp_path, pr):
+    with pytest.raises(CorpusError, match=r"train/X must be a non-empty 2-D array"):
+        rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X[:0], train_y=pr.y[:0])
+    with pytest.raises(CorpusError, match=r"train/ids has dtype float64; ids must be integers"):
+        rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X, train_y=pr.y, train_ids=np.arange(103) + 0.5)
+    with pytest.raises(CorpusError, match=r"test_ids was given without test_X"):
+        rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X, train_y=pr.y, test_ids=np.arange(3))
+    big_endian = pr.X.astype(">f8")
+    c = rifscale.ingest(tmp_path / "c.zarr", train_X=big_endian, train_y=pr.y)
+    assert c.train.X.dtype == np.float64
+
+
+def test_open_run_of_in_memory_corpus(tmp_path, pr, synchronous):
+    c = rifscale.Corpus.from_arrays(pr.X, pr.y, pr.X_test, pr.y_test, chunk_rows=20)
+    rifscale.attribute(c).to_zarr(tmp_path / "run")
+    with pytest.raises(rifscale.ConfigError, match=r"made from in-memory arrays.*corpus=Corpus.from_arrays"):
+        rifscale.open_run(tmp_path / "run")
+    run = rifscale.open_run(tmp_path / "run", corpus=c)
+    assert run.model.p == 8

@@ -21,6 +21,14 @@ def test_log_loss_matches_closed_form_and_is_stable():
     np.testing.assert_allclose(kernels.log_loss(np.array([-40.0]), np.array([0])), np.exp(-40.0), rtol=1e-14)
 
 
+def test_residual_keeps_relative_precision_when_confident():
+    eta = np.array([40.0, -40.0, 0.0])
+    r1 = kernels.residual(eta, np.array([1, 1, 1]))
+    np.testing.assert_allclose(r1, [-np.exp(-40.0), -1.0, -0.5], rtol=1e-14)  # σ(40) - 1 would be 0
+    r0 = kernels.residual(eta, np.array([0, 0, 0]))
+    np.testing.assert_allclose(r0, [1.0, np.exp(-40.0), 0.5], rtol=1e-14)
+
+
 def test_sigmoid_and_weight_tails():
     eta = np.array([-745.0, -60.0, -3.0, 0.0, 3.0, 60.0, 745.0])
     p, a = kernels.sigmoid_and_weight(eta)
@@ -61,7 +69,7 @@ def test_newton_block_gradient_and_hessian_match_finite_differences():
     x, y, theta = _data(1)
     p = theta.size
     out = kernels.newton_block(x, y, theta=theta, fit_intercept=True)[0]
-    grad, hess = out[1 : 1 + p], out[1 + p :].reshape(p, p)
+    grad, hess = out[2 : 2 + p], out[2 + p :].reshape(p, p)
     eps = 1e-6
     for j in range(p):
         e = np.zeros(p)
@@ -69,7 +77,7 @@ def test_newton_block_gradient_and_hessian_match_finite_differences():
         up = kernels.newton_block(x, y, theta=theta + e, fit_intercept=True)[0]
         dn = kernels.newton_block(x, y, theta=theta - e, fit_intercept=True)[0]
         assert abs((up[0] - dn[0]) / (2 * eps) - grad[j]) < 1e-6 * max(1, abs(grad[j]))
-        np.testing.assert_allclose((up[1 : 1 + p] - dn[1 : 1 + p]) / (2 * eps), hess[:, j], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose((up[2 : 2 + p] - dn[2 : 2 + p]) / (2 * eps), hess[:, j], rtol=1e-5, atol=1e-7)
 
 
 def test_loss_block_many_thetas_equals_one_at_a_time():

@@ -5,13 +5,15 @@ and explicit keyword-only parameters, and returns plain arrays. Orchestration in
 ``rifscale.fit``, ``rifscale.scores`` and ``rifscale.groups`` wires them into Dask graphs.
 """
 
-from ._namespace import array_namespace
+from ._namespace import array_namespace, to_numpy
 from .logistic import (
     design,
     log_loss,
     loss_block,
     min_margin_block,
     newton_block,
+    residual,
+    row_loss_block,
     sigmoid,
     sigmoid_and_weight,
 )
@@ -19,6 +21,7 @@ from .scores import metric_grad_block, metric_values_block, score_block, set_sta
 
 __all__ = [
     "array_namespace",
+    "to_numpy",
     "design",
     "log_loss",
     "loss_block",
@@ -26,6 +29,8 @@ __all__ = [
     "metric_values_block",
     "min_margin_block",
     "newton_block",
+    "residual",
+    "row_loss_block",
     "score_block",
     "set_stats_block",
     "sigmoid",

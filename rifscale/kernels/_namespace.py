@@ -17,3 +17,10 @@ def array_namespace(*arrays):
 
             return cupy
     return np
+
+
+def to_numpy(a) -> np.ndarray:
+    """Host NumPy copy of a NumPy or CuPy array (for the driver's d×d algebra)."""
+    if array_namespace(a) is not np:
+        return a.get()
+    return np.asarray(a)

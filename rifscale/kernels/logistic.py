@@ -58,6 +58,16 @@ def sigmoid_and_weight(eta):
     return p, alpha
 
 
+def residual(eta, y):
+    """r = σ(η) − y to full relative precision: ``−σ(−η)`` for y = 1 (``σ(η) − 1`` would
+    keep only absolute precision for confident, correct predictions)."""
+    xp = array_namespace(eta)
+    y = xp.asarray(y)
+    if eta.ndim == 2:
+        y = y[:, None]
+    return xp.where(y == 1, -sigmoid(-eta), sigmoid(eta))
+
+
 def sigmoid(eta):
     """σ(η) = 1 / (1 + e^{−η}), stable for any finite η."""
     return sigmoid_and_weight(eta)[0]
@@ -77,23 +87,32 @@ def newton_block(x, y, w=None, *, theta, fit_intercept: bool):
 
     Returns
     -------
-    (1, 1 + p + p*p) float64 array
-        ``[Σ w ℓ, Σ w r z (p), Σ w α z zᵀ (p*p, row-major)]``.
+    (1, 2 + p + p*p) float64 array
+        ``[Σ w ℓ, Σ w |r| ‖z‖, Σ w r z (p), Σ w α z zᵀ (p*p, row-major)]``. The second
+        entry is the scale of the gradient sum: its rounding error is a small multiple of
+        machine epsilon times this.
     """
     xp = array_namespace(x)
     z = design(x, fit_intercept=fit_intercept)
     theta = xp.asarray(theta, dtype=xp.float64)
     eta = z @ theta
-    p, alpha = sigmoid_and_weight(eta)
-    y64 = xp.asarray(y, dtype=xp.float64)
-    loss = log_loss(eta, y64)
-    r = p - y64
+    _, alpha = sigmoid_and_weight(eta)
+    loss = log_loss(eta, y)
+    r = residual(eta, y)
     if w is not None:
         w = xp.asarray(w, dtype=xp.float64)
         loss, r, alpha = w * loss, w * r, w * alpha
     grad = z.T @ r
+    scale = xp.sum(xp.abs(r) * xp.sqrt(xp.sum(z * z, axis=1)))
     hess = (z * alpha[:, None]).T @ z
-    return xp.concatenate([xp.sum(loss)[None], grad, hess.ravel()])[None, :]
+    return xp.concatenate([xp.stack([xp.sum(loss), scale]), grad, hess.ravel()])[None, :]
+
+
+def row_loss_block(x, y, *, theta, fit_intercept: bool):
+    """(m, 1) float64 array of each row's loss ℓ_i(θ)."""
+    xp = array_namespace(x)
+    z = design(x, fit_intercept=fit_intercept)
+    return log_loss(z @ xp.asarray(theta, dtype=xp.float64), y)[:, None]
 
 
 def loss_block(x, y, w=None, *, thetas, fit_intercept: bool):

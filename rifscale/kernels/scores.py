@@ -18,7 +18,7 @@ dominated by rounding and must not be read as a number.
 from __future__ import annotations
 
 from ._namespace import array_namespace
-from .logistic import design, log_loss, sigmoid_and_weight
+from .logistic import design, log_loss, residual, sigmoid_and_weight
 
 #: Columns of :func:`score_block` before the per-metric IF and RIF columns.
 SCORE_COLUMNS = ("prob", "residual", "alpha", "leverage", "self_if", "self_rif", "flag")
@@ -28,7 +28,7 @@ def _leverage_terms(z, y, theta, linv):
     xp = array_namespace(z)
     eta = z @ xp.asarray(theta, dtype=xp.float64)
     p, alpha = sigmoid_and_weight(eta)
-    r = p - xp.asarray(y, dtype=xp.float64)
+    r = residual(eta, y)
     v = z @ xp.asarray(linv, dtype=xp.float64).T
     q = xp.sum(v * v, axis=1)
     return p, r, alpha, q, alpha * q
@@ -107,7 +107,7 @@ def metric_grad_block(x, y, w=None, *, theta, fit_intercept: bool):
     eta = z @ xp.asarray(theta, dtype=xp.float64)
     p, alpha = sigmoid_and_weight(eta)
     loss = log_loss(eta, y)
-    r = p - xp.asarray(y, dtype=xp.float64)
+    r = residual(eta, y)
     if w is not None:
         w = xp.asarray(w, dtype=xp.float64)
         loss, p, r, alpha = w * loss, w * p, w * r, w * alpha

@@ -13,6 +13,11 @@ def _sigmoid(t):
     return np.exp(-np.logaddexp(0.0, -t))  # σ(t) = 1 / (1 + e^{-t}), accurate in both tails
 
 
+def _residual(eta, y):
+    """σ(η) − y without cancellation when the prediction is confident and right."""
+    return np.where(y == 1, -_sigmoid(-eta), _sigmoid(eta))
+
+
 def _softplus(t):
     return np.logaddexp(0.0, t)
 
@@ -41,13 +46,15 @@ class Reference:
     def grad_hess(self, theta, keep):
         Z, y = self.Z[keep], self.y[keep]
         eta = Z @ theta
-        g = Z.T @ (_sigmoid(eta) - y) + self.lam * self.D @ theta
+        g = Z.T @ _residual(eta, y) + self.lam * self.D @ theta
         H = (Z * (_sigmoid(eta) * _sigmoid(-eta))[:, None]).T @ Z + self.lam * self.D
         return g, H
 
     def newton(self, keep, theta0, *, rtol=1e-13, max_iter=100):
         theta = theta0.copy()
-        g0 = np.linalg.norm(self.grad_hess(theta, keep)[0]) or 1.0
+        # relative to the larger of the start's and zero's gradient: a warm start's own
+        # gradient can be at rounding level already
+        g0 = max(np.linalg.norm(self.grad_hess(theta, keep)[0]), np.linalg.norm(self.grad_hess(0 * theta, keep)[0]))
         for _ in range(max_iter):
             g, H = self.grad_hess(theta, keep)
             if np.linalg.norm(g) <= rtol * g0:
@@ -72,7 +79,7 @@ class Reference:
         self.Hinv = np.linalg.inv(self.H)
         eta = self.Z @ self.theta
         self.p = _sigmoid(eta)
-        self.r = self.p - self.y
+        self.r = _residual(eta, self.y)
         self.alpha = _sigmoid(eta) * _sigmoid(-eta)  # not p(1 - p): that loses digits as p -> 1
         self.G = self.Z * self.r[:, None]  # per-sample gradients g_i (n, p)
         self.h = self.alpha * np.einsum("ij,jk,ik->i", self.Z, self.Hinv, self.Z)
@@ -105,7 +112,7 @@ class Reference:
         eta = Zs @ theta
         s = _sigmoid(eta)
         if name == "test_loss":
-            return float(np.sum(_softplus(eta) - ys * eta)), Zs.T @ (s - ys)
+            return float(np.sum(_softplus(eta) - ys * eta)), Zs.T @ _residual(eta, ys)
         if name == "test_prediction":
             return float(np.sum(s)), Zs.T @ (s * _sigmoid(-eta))
         raise ValueError(name)
