@@ -42,7 +42,7 @@ def _exact_change(corpus, model, rows: np.ndarray) -> tuple[float, int]:
     )
     k = model.metrics.index("test_loss")
     after = metric_values(corpus.test, model.test_subset, res.theta[:, None], names=model.metrics,
-                          fit_intercept=model.fit_intercept).compute()[k, 0]
+                          fit_intercept=model.fit_intercept).compute()[k, 0]  # NumPy corpus
     return float(after - model.metric.values[k]), res.n_passes
 
 

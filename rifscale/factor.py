@@ -20,7 +20,7 @@ from .errors import NOT_PD_HINT, NotPositiveDefiniteError, not_positive_definite
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["numpy", "cupy"]
+Backend = Literal["auto", "numpy", "cupy"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class Factor:
     L: np.ndarray
     linv: np.ndarray
     backend: str = "numpy"
+    worker: str | None = None  # address of the worker that factored H, if any
 
     @property
     def p(self) -> int:
@@ -71,13 +72,27 @@ _BACKENDS: dict[str, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]] = {
 }
 
 
-def cholesky_factor(H: np.ndarray, *, backend: Backend = "numpy") -> Factor:
-    """Factor a symmetric positive-definite H; a clear error when it is not PD."""
+def _this_worker() -> str | None:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return None
+
+
+def cholesky_factor(H: np.ndarray, *, backend: Backend = "auto") -> Factor:
+    """Factor a symmetric positive-definite H; a clear error when it is not PD.
+
+    ``backend="auto"`` uses CuPy where this process sees a CUDA device, SciPy otherwise.
+    """
     H = np.asarray(H, dtype=np.float64)
     if not np.isfinite(H).all():
         raise NotPositiveDefiniteError(f"The Hessian holds NaN or Inf values. {NOT_PD_HINT}")
+    if backend == "auto":
+        backend = "cupy" if gpu_available() else "numpy"
     L, linv = _BACKENDS[backend](H)
-    return Factor(L=L, linv=linv, backend=backend)
+    return Factor(L=L, linv=linv, backend=backend, worker=_this_worker())
 
 
 def gpu_available() -> bool:
@@ -94,20 +109,20 @@ def factor_hessian(H: np.ndarray, *, client=None, resource: str = "GPU") -> Fact
     """Factor H as a task.
 
     With a distributed ``client`` whose workers advertise ``resource`` (start them with
-    ``dask worker ... --resources "GPU=1"``), the task is pinned to such a worker and
-    uses CuPy; with a client but no such worker it runs on any worker with SciPy;
-    without a client it runs here.
+    ``dask worker ... --resources "GPU=1"``), the task is pinned to such a worker; with a
+    client but no such worker it runs on any worker; without a client it runs here.
+    Wherever it runs it uses CuPy if that process sees a CUDA device, SciPy otherwise.
     """
     if client is None:
-        return cholesky_factor(H, backend="cupy" if gpu_available() else "numpy")
+        return cholesky_factor(H)
     from .cluster import workers_with_resource
 
     pinned = workers_with_resource(client, resource)
-    backend: Backend = "cupy" if pinned else "numpy"
     resources = {resource: 1} if pinned else None
-    log.info("factoring H (%d x %d) on %s", H.shape[0], H.shape[1], f"a {resource} worker (CuPy)" if pinned else "a worker (SciPy)")
-    future = client.submit(cholesky_factor, H, backend=backend, resources=resources, pure=False)
-    return future.result()
+    future = client.submit(cholesky_factor, H, resources=resources, pure=False)
+    factor = future.result()
+    log.info("factored H (%d x %d) on %s with %s", H.shape[0], H.shape[1], factor.worker, factor.backend)
+    return factor
 
 
 def broadcast(value, *, client=None):

@@ -179,6 +179,8 @@ def group_effects(source, sets, *, client=None) -> dict[str, GroupEstimate]:
                 fit_intercept=model.fit_intercept,
             )
     test_vals, self_terms = dask.compute(test_vals, self_terms)
+    test_vals = kernels.to_numpy(test_vals)
+    self_terms = {k: kernels.to_numpy(v) for k, v in self_terms.items()}
 
     out = {}
     for j, k in enumerate(names):

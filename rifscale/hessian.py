@@ -75,5 +75,5 @@ def unpack(packed: np.ndarray, theta: np.ndarray, *, lam: float, fit_intercept: 
 def objective(X: da.Array, y: da.Array, theta, *, lam: float, fit_intercept: bool, weights=None) -> Objective:
     """One pass over the data: L, ∇L and H at ``theta``."""
     theta = np.asarray(theta, dtype=np.float64)
-    packed = newton_terms(X, y, theta, lam=lam, fit_intercept=fit_intercept, weights=weights).compute()
+    packed = kernels.to_numpy(newton_terms(X, y, theta, lam=lam, fit_intercept=fit_intercept, weights=weights).compute())
     return unpack(packed, theta, lam=lam, fit_intercept=fit_intercept)

@@ -92,7 +92,7 @@ def select_test_subset(test: Split, theta: np.ndarray, config: RunConfig) -> np.
         return np.arange(n_test, dtype=np.int64)  # S would be every test point anyway
     k = config.paper_top
     losses = row_map(kernels.row_loss_block, test.X, test.y, width=1, theta=theta, fit_intercept=config.fit_intercept)[:, 0]
-    top = np.asarray(da.argtopk(losses, k).compute(), dtype=np.int64)
+    top = kernels.to_numpy(da.argtopk(losses, k).compute()).astype(np.int64)
     return paper_subset(top, n_test, n_random=config.paper_random, seed=config.seed)
 
 
@@ -120,6 +120,7 @@ def metric_at(test: Split, subset: np.ndarray, theta: np.ndarray, *, names, fit_
         theta=theta,
         fit_intercept=fit_intercept,
     ).compute()
+    packed = kernels.to_numpy(packed)
     values = packed[:2]
     grads = np.stack([packed[2 : 2 + p], packed[2 + p :]], axis=1)
     cols = [METRIC_INDEX[m] for m in names]

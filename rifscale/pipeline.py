@@ -45,6 +45,7 @@ from .errors import ConfigError, CorpusError, OutputExistsError
 from .factor import Factor, factor_hessian
 from .fit import FitResult, fit
 from .io import Corpus, _replace_dir, find_nonfinite, open_corpus
+from .kernels import to_numpy
 from .metrics import MetricAtOptimum, metric_at, select_test_subset
 from .model import FittedModel
 from .scores import Scores, score_table
@@ -203,7 +204,7 @@ def write_run(result: Attribution, out, *, overwrite: bool = False) -> dict:
         sources, targets = [], []
         rows = result.corpus.train.X.chunks[0][0]
         for name, arr in named.items():
-            arr = _regular(arr)
+            arr = _regular(arr).map_blocks(to_numpy, dtype=arr.dtype, meta=np.empty((0,), dtype=arr.dtype))
             targets.append(_create(tmp, name, shape=arr.shape, chunks=(rows,), dtype=arr.dtype))
             sources.append(arr)
         stored = da.store(sources, targets, lock=False, compute=False)
@@ -221,7 +222,7 @@ def write_run(result: Attribution, out, *, overwrite: bool = False) -> dict:
             "p": model.p,
             "metrics": list(model.metrics),
             "fit": result.fit.record(),
-            "factor_backend": model.factor.backend,
+            "factor": {"backend": model.factor.backend, "worker": model.factor.worker},
             "counts": {
                 "flagged_low_margin": int(n_flagged),
                 "test_subset": int(model.test_subset.size),
@@ -307,7 +308,7 @@ def open_run(path, *, corpus: Corpus | str | os.PathLike | None = None) -> Run:
         theta=(read("theta")),
         lam=cfg["lam"],
         fit_intercept=cfg["fit_intercept"],
-        factor=Factor(L=L, linv=linv, backend=manifest.get("factor_backend", "numpy")),
+        factor=Factor(L=L, linv=linv, backend=manifest["factor"]["backend"], worker=manifest["factor"]["worker"]),
         test_subset=(read("test_subset")),
         metric=MetricAtOptimum(
             names=tuple(manifest["metrics"]),
