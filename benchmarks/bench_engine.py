@@ -326,6 +326,22 @@ def bench_size(n: int, client, tmp: Path, repeats: int) -> dict:
     }
 
 
+def warm_up(client, tmp: Path) -> float:
+    """One small unrecorded run, so imports and first-call costs on the workers (SciPy for
+    the factor task, Zarr codecs) do not land in the first measured repeat."""
+    import rifscale
+    from rifscale.testing import make_problem
+
+    t = time.perf_counter()
+    pr = make_problem(10_000, D, n_test=1_000, seed=1, dtype=np.float32)
+    path = tmp / "warmup.zarr"
+    rifscale.ingest(path, train_X=pr.X, train_y=pr.y, test_X=pr.X_test, test_y=pr.y_test, chunk_rows=CHUNK_ROWS // 10)
+    run_engine(path, tmp / "warmup-run", client)
+    shutil.rmtree(tmp / "warmup-run")
+    shutil.rmtree(path)
+    return time.perf_counter() - t
+
+
 def _errors(engine: np.ndarray, ref: np.ndarray) -> dict:
     engine, ref = np.asarray(engine, dtype=np.float64), np.asarray(ref, dtype=np.float64)
     diff = np.abs(engine - ref)
@@ -340,66 +356,103 @@ def _errors(engine: np.ndarray, ref: np.ndarray) -> dict:
     }
 
 
+def reference_worker(spec_file: str) -> int:
+    """Child process: time the dense reference on make_problem(n, seed) and save its results.
+
+    The reference runs in a child so that its BLAS thread count can be set per run
+    (OpenBLAS reads OPENBLAS_NUM_THREADS once, at import)."""
+    from rifscale.testing import Reference, make_problem
+
+    spec = json.loads(Path(spec_file).read_text())
+    pr = make_problem(spec["n"], D, n_test=N_TEST, seed=spec["seed"], dtype=np.float32)
+    gc.collect()
+    t0 = time.perf_counter()
+    ref = Reference(pr.X, pr.y, lam=LAM)  # Newton fit, H^-1, leverage, per-sample gradients
+    t1 = time.perf_counter()
+    s_if, s_rif = ref.scores("test_loss", pr.X_test, pr.y_test)
+    t2 = time.perf_counter()
+    out = {"fit_and_leverage": t1 - t0, "scores": t2 - t1, "total": t2 - t0}
+    if spec.get("arrays"):
+        np.savez(spec["arrays"], theta=ref.theta, h=ref.h, s_if=s_if, s_rif=s_rif)
+    if spec.get("memory"):
+        del ref, s_if, s_rif
+        gc.collect()
+        tracemalloc.start()
+        tracemalloc.reset_peak()
+        ref = Reference(pr.X, pr.y, lam=LAM)
+        ref.scores("test_loss", pr.X_test, pr.y_test)
+        out["peak_tracemalloc_bytes"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    Path(spec["out"]).write_text(json.dumps(out))
+    return 0
+
+
+def _run_reference(tmp: Path, n: int, seed: int, threads: str | None, *, arrays=None, memory=False) -> dict:
+    import subprocess
+
+    spec = {"n": n, "seed": seed, "out": str(tmp / "ref-out.json"), "arrays": arrays, "memory": memory}
+    (tmp / "ref-spec.json").write_text(json.dumps(spec))
+    env = dict(os.environ)
+    if threads is not None:
+        env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = threads
+    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--reference-worker", str(tmp / "ref-spec.json")],
+                   env=env, check=True)
+    return json.loads((tmp / "ref-out.json").read_text())
+
+
 def compare_reference(n: int, client, tmp: Path, repeats: int) -> dict:
-    """Dense NumPy reference vs the engine, on the same float32 data, side by side."""
+    """Dense NumPy reference vs the engine, on the same float32 data, side by side: each
+    repeat runs the reference with 1 BLAS thread, with the driver's BLAS setting (OpenBLAS
+    default: all cores), then the engine."""
     import zarr
 
     import rifscale
-    from rifscale.testing import Reference, make_problem
+    from rifscale.testing import make_problem
 
     say(f"comparison at n = {n:,}")
-    pr = make_problem(n, D, n_test=N_TEST, seed=12345, dtype=np.float32)
+    seed = 12345
+    pr = make_problem(n, D, n_test=N_TEST, seed=seed, dtype=np.float32)
     path = tmp / f"compare-{n}.zarr"
     rifscale.ingest(path, train_X=pr.X, train_y=pr.y, test_X=pr.X_test, test_y=pr.y_test, chunk_rows=CHUNK_ROWS)
+    del pr
     config = {"test_subset": "all", "metrics": ("test_loss",)}
-
-    ref_fit, ref_scores, ref_total, eng_total, eng_stages = [], [], [], [], []
+    default_threads = os.environ.get("OPENBLAS_NUM_THREADS")
+    ref_runs = {"1": [], "default": []}
+    eng_total, eng_stages = [], []
     out = tmp / f"compare-run-{n}"
+    arrays = tmp / "ref-arrays.npz"
     for k in range(repeats):
-        gc.collect()
-        t0 = time.perf_counter()
-        ref = Reference(pr.X, pr.y, lam=LAM)  # Newton fit, H^-1, leverage, per-sample gradients
-        t1 = time.perf_counter()
-        s_if, s_rif = ref.scores("test_loss", pr.X_test, pr.y_test)
-        t2 = time.perf_counter()
-        ref_fit.append(t1 - t0)
-        ref_scores.append(t2 - t1)
-        ref_total.append(t2 - t0)
+        last = k == repeats - 1
+        ref_runs["1"].append(_run_reference(tmp, n, seed, "1", arrays=str(arrays) if last else None, memory=last))
+        ref_runs["default"].append(_run_reference(tmp, n, seed, None))
         if out.exists():
             shutil.rmtree(out)
         r = run_engine(path, out, client, **config)
+        r.pop("result")
         eng_total.append(r["total"])
         eng_stages.append(r["stages"])
-        say(f"comparison repeat {k + 1}/{repeats}: reference {t2 - t0:.2f} s, engine {r['total']:.2f} s")
-        r.pop("result")
+        say(
+            f"comparison repeat {k + 1}/{repeats}: reference {ref_runs['1'][-1]['total']:.2f} s (1 BLAS thread), "
+            f"{ref_runs['default'][-1]['total']:.2f} s (OPENBLAS_NUM_THREADS={default_threads}); "
+            f"engine {r['total']:.2f} s"
+        )
 
+    ref = np.load(arrays)
     run = zarr.open_group(str(out / "scores"), mode="r")
-    lev = np.asarray(run["leverage"][...])
-    e_if = np.asarray(run["if/test_loss"][...])
-    e_rif = np.asarray(run["rif/test_loss"][...])
     theta = np.asarray(zarr.open_group(str(out / "model"), mode="r")["theta"][...])
     errors = {
-        "theta": _errors(theta, ref.theta),
-        "leverage": _errors(lev, ref.h),
-        "if_test_loss": _errors(e_if, s_if),
-        "rif_test_loss": _errors(e_rif, s_rif),
+        "theta": _errors(theta, ref["theta"]),
+        "leverage": _errors(run["leverage"][...], ref["h"]),
+        "if_test_loss": _errors(run["if/test_loss"][...], ref["s_if"]),
+        "rif_test_loss": _errors(run["rif/test_loss"][...], ref["s_rif"]),
     }
-    h_max = float(ref.h.max())
-    del ref, s_if, s_rif
-
-    # the reference's driver memory (it holds everything), in a run of its own
-    gc.collect()
-    tracemalloc.start()
-    tracemalloc.reset_peak()
-    ref = Reference(pr.X, pr.y, lam=LAM)
-    ref.scores("test_loss", pr.X_test, pr.y_test)
-    _, ref_peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    del ref
+    h_max = float(ref["h"].max())
     shutil.rmtree(out)
     shutil.rmtree(path)
 
-    ref_t, eng_t = summary(ref_total), summary(eng_total)
+    def ref_summary(runs):
+        return {key: summary([r[key] for r in runs]) for key in ("fit_and_leverage", "scores", "total")}
+
     return {
         "n": n,
         "d": D,
@@ -407,13 +460,18 @@ def compare_reference(n: int, client, tmp: Path, repeats: int) -> dict:
         "lam": LAM,
         "engine_config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
         "data": "make_problem(seed=12345) stored as float32; the reference gets the same float32 values (as float64)",
-        "reference_fit_and_leverage_seconds": summary(ref_fit),
-        "reference_scores_seconds": summary(ref_scores),
-        "reference_total_seconds": ref_t,
-        "engine_total_seconds": eng_t,
+        "reference_1_thread_seconds": ref_summary(ref_runs["1"]),
+        "reference_default_threads_seconds": ref_summary(ref_runs["default"]),
+        "reference_default_threads_env": default_threads,
+        "engine_total_seconds": summary(eng_total),
         "engine_stage_seconds": {s: summary([st[s] for st in eng_stages]) for s in eng_stages[0]},
-        "engine_over_reference": statistics.median(e / r for e, r in zip(eng_total, ref_total)),
-        "reference_driver_peak_tracemalloc_bytes": ref_peak,
+        "engine_over_reference_1_thread": statistics.median(
+            e / r["total"] for e, r in zip(eng_total, ref_runs["1"])
+        ),
+        "engine_over_reference_default_threads": statistics.median(
+            e / r["total"] for e, r in zip(eng_total, ref_runs["default"])
+        ),
+        "reference_peak_tracemalloc_bytes": ref_runs["1"][-1]["peak_tracemalloc_bytes"],
         "max_leverage": h_max,
         "errors": errors,
     }
@@ -476,15 +534,26 @@ def markdown(result: dict) -> str:
             "",
             "| | median s (min-max) |",
             "|---|---:|",
-            f"| reference: fit + H^-1 + leverage | {c['reference_fit_and_leverage_seconds']['median']:.2f} |",
-            f"| reference: scores | {c['reference_scores_seconds']['median']:.2f} |",
-            f"| **reference total** | **{c['reference_total_seconds']['median']:.2f}** "
-            f"({c['reference_total_seconds']['min']:.2f}-{c['reference_total_seconds']['max']:.2f}) |",
-            f"| **engine total** (open + attribute + to_zarr) | **{c['engine_total_seconds']['median']:.2f}** "
-            f"({c['engine_total_seconds']['min']:.2f}-{c['engine_total_seconds']['max']:.2f}) |",
+        ]
+        for label, key in (("1 BLAS thread", "reference_1_thread_seconds"),
+                           (f"OPENBLAS_NUM_THREADS={c['reference_default_threads_env'] or 'unset (all cores)'}",
+                            "reference_default_threads_seconds")):
+            r = c[key]
+            lines += [
+                f"| reference ({label}): fit + H^-1 + leverage | {r['fit_and_leverage']['median']:.2f} |",
+                f"| reference ({label}): scores | {r['scores']['median']:.3f} |",
+                f"| **reference total ({label})** | **{r['total']['median']:.2f}** "
+                f"({r['total']['min']:.2f}-{r['total']['max']:.2f}) |",
+            ]
+        et = c["engine_total_seconds"]
+        lines += [
+            f"| **engine total** (open + attribute + to_zarr, 2 workers x 1 thread) | **{et['median']:.2f}** "
+            f"({et['min']:.2f}-{et['max']:.2f}) |",
             "",
-            f"Engine / reference wall time (median of per-repeat ratios): {c['engine_over_reference']:.2f}. "
-            f"Driver peak (tracemalloc): reference {c['reference_driver_peak_tracemalloc_bytes'] / 2**20:.0f} MiB.",
+            "Engine / reference wall time, median of per-repeat ratios: "
+            f"{c['engine_over_reference_1_thread']:.2f} (reference on 1 BLAS thread), "
+            f"{c['engine_over_reference_default_threads']:.2f} (reference on the default BLAS threads). "
+            f"Reference driver peak (tracemalloc): {c['reference_peak_tracemalloc_bytes'] / 2**20:.0f} MiB.",
             "",
             "| quantity | max abs diff / max abs ref | max elementwise rel | median elementwise rel |",
             "|---|---:|---:|---:|",
@@ -508,7 +577,10 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=lambda s: tuple(int(float(x)) for x in s.split(",")), help="comma-separated n values")
     ap.add_argument("--compare-n", type=int, help="n of the reference comparison (0 skips it)")
     ap.add_argument("--tmpdir", type=Path, help="where corpora and runs are written (default: system temp)")
+    ap.add_argument("--reference-worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.reference_worker:
+        return reference_worker(args.reference_worker)
 
     sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
     repeats = args.repeats or (1 if args.quick else 3)
@@ -548,6 +620,7 @@ def main(argv=None) -> int:
             assert len(nthreads) == N_WORKERS and set(nthreads.values()) == {1}, nthreads
             result["machine"] = machine_info(client)
             say(f"cluster up in {result['cluster_start_seconds']:.1f} s: {nthreads}")
+            result["warm_up_seconds"] = warm_up(client, tmp)
             result["sizes"] = [bench_size(n, client, tmp, repeats) for n in sizes]
             if compare_n:
                 result["comparison"] = compare_reference(compare_n, client, tmp, repeats)

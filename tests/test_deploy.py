@@ -1,4 +1,4 @@
-"""`dask scheduler` and `dask worker` processes on 127.0.0.1, as a cluster job starts them:
+"""`dask scheduler` and `dask worker` processes on 127.0.0.1, started by deploy/cluster.sh:
 the CLI attaches with --scheduler, and the factorisation is pinned to the worker that
 advertises the GPU resource (on this CPU-only machine it factors with SciPy there)."""
 
@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,44 +20,27 @@ from .conftest import rel_err
 
 pytestmark = pytest.mark.cluster
 BIN = Path(sys.executable).parent
-
-
-def _wait_for(path: Path, seconds=60):
-    end = time.time() + seconds
-    while time.time() < end:
-        if path.exists() and path.stat().st_size > 0:
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"{path} did not appear")
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
 
 @pytest.fixture(scope="module")
 def dask_processes(tmp_path_factory):
+    """The cluster of deploy/cluster.sh: a scheduler, one CPU and one GPU-resource worker."""
     tmp = tmp_path_factory.mktemp("deploy")
-    sched_file = tmp / "scheduler.json"
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    common = dict(cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    procs = [subprocess.Popen([BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--no-dashboard", "--scheduler-file", sched_file], **common)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore",
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["bash", DEPLOY / "cluster.sh", "start", tmp, "--workers", "1", "--gpu-workers", "1"],
+                   check=True, env=env, timeout=120)
     try:
-        _wait_for(sched_file)
-        procs.append(subprocess.Popen([BIN / "dask", "worker", "--scheduler-file", sched_file, "--nthreads", "1",
-                                       "--name", "cpu-0", "--no-dashboard", "--host", "127.0.0.1"], **common))
-        procs.append(subprocess.Popen([BIN / "dask", "worker", "--scheduler-file", sched_file, "--nthreads", "1",
-                                       "--name", "gpu-0", "--resources", "GPU=1", "--no-dashboard",
-                                       "--host", "127.0.0.1"], **common))
         from distributed import Client
 
-        with Client(scheduler_file=str(sched_file), timeout=30) as c:
+        with Client(scheduler_file=str(tmp / "scheduler.json"), timeout=30) as c:
             c.wait_for_workers(2, timeout=60)
             address = c.scheduler.address
-            gpu_worker = [a for a, w in c.scheduler_info()["workers"].items() if w["name"] == "gpu-0"][0]
-        yield {"address": address, "scheduler_file": sched_file, "gpu_worker": gpu_worker}
+            gpu_worker = [a for a, w in c.scheduler_info()["workers"].items() if w["name"].startswith("gpu-")][0]
+        yield {"address": address, "scheduler_file": tmp / "scheduler.json", "gpu_worker": gpu_worker}
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
+        subprocess.run(["bash", DEPLOY / "cluster.sh", "stop", tmp], env=env, timeout=60)
 
 
 def test_cli_on_dask_scheduler_and_worker_processes(dask_processes, tmp_path):
