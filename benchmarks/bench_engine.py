@@ -13,7 +13,9 @@ Measures, for synthetic corpora of n rows x d = 100 features (float32, 50 000-ro
   attribute + to_zarr, in a separate run so tracing does not slow the timed ones;
 * a side-by-side check at n = 50 000 of the engine against the dense NumPy reference
   ``rifscale.testing.Reference`` (time, and max relative difference of leverage and of the
-  IF/RIF scores for ``test_loss`` over all test rows).
+  IF/RIF scores for ``test_loss`` over all test rows). The reference runs in a child
+  process, once with 1 BLAS thread and once with the BLAS threads the benchmark was
+  started with (OpenBLAS default: all cores), interleaved with the engine runs.
 
 Every timing is repeated (3 times by default) and reported as median, min and max.
 
@@ -65,6 +67,16 @@ ENV_VARS = (
 )
 
 
+def _env() -> dict:
+    return {k: os.environ.get(k) for k in ENV_VARS}
+
+
+#: The driver's BLAS/thread variables as started. A LocalCluster's nanny writes its
+#: pre-spawn-environ (OPENBLAS_NUM_THREADS=1, ...) into this process's os.environ, so
+#: they are read here, before any cluster exists.
+START_ENV = _env()
+
+
 def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -104,10 +116,6 @@ def _blas() -> dict:
         return {"error": repr(exc)}
 
 
-def _env() -> dict:
-    return {k: os.environ.get(k) for k in ENV_VARS}
-
-
 def machine_info(client) -> dict:
     import dask
     import distributed
@@ -141,7 +149,7 @@ def machine_info(client) -> dict:
             "psutil": psutil.__version__,
         },
         "blas": _blas(),
-        "env_driver": _env(),
+        "env_driver": START_ENV,
         # distributed's nanny sets these in each worker process (pre-spawn-environ)
         "env_workers": next(iter(workers.values())) if workers else None,
     }
@@ -392,7 +400,8 @@ def _run_reference(tmp: Path, n: int, seed: int, threads: str | None, *, arrays=
 
     spec = {"n": n, "seed": seed, "out": str(tmp / "ref-out.json"), "arrays": arrays, "memory": memory}
     (tmp / "ref-spec.json").write_text(json.dumps(spec))
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    env.update({k: v for k, v in START_ENV.items() if v is not None})  # undo the nanny's changes
     if threads is not None:
         env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = threads
     subprocess.run([sys.executable, str(Path(__file__).resolve()), "--reference-worker", str(tmp / "ref-spec.json")],
@@ -416,7 +425,7 @@ def compare_reference(n: int, client, tmp: Path, repeats: int) -> dict:
     rifscale.ingest(path, train_X=pr.X, train_y=pr.y, test_X=pr.X_test, test_y=pr.y_test, chunk_rows=CHUNK_ROWS)
     del pr
     config = {"test_subset": "all", "metrics": ("test_loss",)}
-    default_threads = os.environ.get("OPENBLAS_NUM_THREADS")
+    default_threads = START_ENV.get("OPENBLAS_NUM_THREADS")
     ref_runs = {"1": [], "default": []}
     eng_total, eng_stages = [], []
     out = tmp / f"compare-run-{n}"
@@ -536,7 +545,8 @@ def markdown(result: dict) -> str:
             "|---|---:|",
         ]
         for label, key in (("1 BLAS thread", "reference_1_thread_seconds"),
-                           (f"OPENBLAS_NUM_THREADS={c['reference_default_threads_env'] or 'unset (all cores)'}",
+                           (f"OPENBLAS_NUM_THREADS={c['reference_default_threads_env']}" if c["reference_default_threads_env"]
+                            else "OpenBLAS default threads",
                             "reference_default_threads_seconds")):
             r = c[key]
             lines += [

@@ -44,7 +44,7 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None):
     if n_workers:
         workers = n_workers
     with LocalCluster(
-        n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=None
+        n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=":0"
     ) as cluster, Client(cluster) as client:
         log.info("started a LocalCluster with %d workers x %d thread(s)", workers, threads)
         yield client

@@ -22,7 +22,7 @@ def cluster():
     """A real multi-process LocalCluster on 127.0.0.1, shared by the cluster tests."""
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c:
         yield c
 
 
