@@ -10,7 +10,6 @@ the Python API takes, and calls the library.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import zipfile

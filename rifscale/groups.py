@@ -102,6 +102,56 @@ def _direct_ns(H, gram, G):
         return None
 
 
+@dataclass(frozen=True)
+class _SetDeltas:
+    method: str
+    n_flagged: int
+    singular: bool
+    G: np.ndarray  # Σ_T g_i
+    delta: dict  # method -> Δθ
+
+
+def _deltas(train, model: FittedModel, sets, *, client):
+    """Δθ for IF, RIF and NS of every set; one compute gathers the small sets (|T| < p)
+    and reduces the large ones in place. Returns the deltas, the gathered rows and masks."""
+    p = model.p
+    kw = dict(theta=model.theta, fit_intercept=model.fit_intercept, threshold=model.leverage_threshold)
+    linv = model.factor.linv
+    small = {k: v for k, v in sets.items() if v.size < p}
+    large = {k: v for k, v in sets.items() if v.size >= p}
+    linv_b = broadcast(linv, client=client) if large else linv
+    masks = {k: row_mask(train.n, train.X.chunks[0], v) for k, v in large.items()}
+    gathered = {k: (train.X[v], train.y[v]) for k, v in small.items()}
+    reduced = {
+        k: block_sum(kernels.set_stats_block, train.X, train.y, masks[k], width=2 * p + 1 + p * p,
+                     linv=linv_b, gram=True, **kw)
+        for k in large
+    }
+    gathered, reduced = dask.compute(gathered, reduced)
+    # the driver's algebra is NumPy even when the chunks live on a GPU
+    gathered = {k: (kernels.to_numpy(x), kernels.to_numpy(y)) for k, (x, y) in gathered.items()}
+    out = {}
+    for name in sets:
+        if name in gathered:
+            x, y = gathered[name]
+            stats = kernels.set_stats_block(x, y, linv=linv, gram=False, **kw)[0]
+            z = kernels.design(x, fit_intercept=model.fit_intercept)
+            _, alpha = kernels.sigmoid_and_weight(z @ model.theta)
+            ns, method = _woodbury_ns(linv, z, alpha, stats[:p]), "woodbury"
+        else:
+            stats = kernels.to_numpy(reduced[name])
+            ns, method = _direct_ns(model.factor.hessian, stats[2 * p + 1 :].reshape(p, p), stats[:p]), "direct"
+        n_flagged = int(round(stats[2 * p]))
+        nan = np.full(p, np.nan)
+        delta = {
+            "if": model.factor.solve(stats[:p]),
+            "rif": model.factor.solve(stats[p : 2 * p]) if n_flagged == 0 else nan,
+            "ns": ns if ns is not None else nan,
+        }
+        out[name] = _SetDeltas(method, n_flagged, ns is None, stats[:p], delta)
+    return out, gathered, masks
+
+
 def group_effects(source, sets, *, client=None) -> dict[str, GroupEstimate]:
     """IF, RIF and NS estimates for each named removal set.
 
@@ -112,104 +162,45 @@ def group_effects(source, sets, *, client=None) -> dict[str, GroupEstimate]:
     sets : mapping name -> row indices, list of row-index lists, or a JSON file path
     """
     corpus, model = source.corpus, source.model
-    train, p = corpus.train, model.p
+    train = corpus.train
     sets = normalise_sets(sets, train.n)
-    kw = dict(fit_intercept=model.fit_intercept, threshold=model.leverage_threshold)
-    linv = model.factor.linv
-    small = {k: v for k, v in sets.items() if v.size < p}
-    large = {k: v for k, v in sets.items() if v.size >= p}
-
-    # one compute: gather the small sets, reduce the large ones in place
-    gathered = {k: (train.X[v], train.y[v]) for k, v in small.items()}
-    linv_b = broadcast(linv, client=client) if large else linv
-    masks = {k: row_mask(train.n, train.X.chunks[0], v) for k, v in large.items()}
-    reduced = {
-        k: block_sum(
-            kernels.set_stats_block, train.X, train.y, masks[k], width=2 * p + 1 + p * p,
-            theta=model.theta, linv=linv_b, gram=True, **kw,
-        )
-        for k in large
-    }
-    gathered, reduced = dask.compute(gathered, reduced)
-    # the driver's algebra is NumPy even when the chunks live on a GPU
-    gathered = {k: (kernels.to_numpy(x), kernels.to_numpy(y)) for k, (x, y) in gathered.items()}
-    reduced = {k: kernels.to_numpy(v) for k, v in reduced.items()}
-
-    H = model.factor.hessian
-    deltas, info = {}, {}
-    for name, idx in sets.items():
-        if name in small:
-            x, y = gathered[name]
-            stats = kernels.set_stats_block(x, y, theta=model.theta, linv=linv, gram=False, **kw)[0]
-            z = kernels.design(x, fit_intercept=model.fit_intercept)
-            _, alpha = kernels.sigmoid_and_weight(z @ model.theta)
-            G = stats[:p]
-            ns = _woodbury_ns(linv, z, alpha, G)
-            method = "woodbury"
-        else:
-            stats = reduced[name]
-            G = stats[:p]
-            ns = _direct_ns(H, stats[2 * p + 1 :].reshape(p, p), G)
-            method = "direct"
-        n_flagged = int(round(stats[2 * p]))
-        rif = model.factor.solve(stats[p : 2 * p]) if n_flagged == 0 else np.full(p, np.nan)
-        deltas[name] = {
-            "if": model.factor.solve(G),
-            "rif": rif,
-            "ns": ns if ns is not None else np.full(p, np.nan),
-        }
-        info[name] = (method, n_flagged, ns is None, G)
+    deltas, gathered, masks = _deltas(train, model, sets, client=client)
 
     # plug-in values: every set and method in one pass over the test rows and one over train
     names = list(sets)
-    thetas = np.stack([model.theta + deltas[k][m] for k in names for m in METHODS], axis=1)
-    safe = np.where(np.isfinite(thetas), thetas, model.theta[:, None])
-    test_vals = metric_values(
-        corpus.test, model.test_subset, safe, names=model.metrics, fit_intercept=model.fit_intercept
-    )
+    thetas = np.stack([model.theta + deltas[k].delta[m] for k in names for m in METHODS], axis=1)
+    thetas = np.where(np.isfinite(thetas), thetas, model.theta[:, None])  # NaN estimates stay NaN below
+    test_vals = metric_values(corpus.test, model.test_subset, thetas, names=model.metrics,
+                              fit_intercept=model.fit_intercept)
     self_terms = {}
     for j, k in enumerate(names):
-        th = np.column_stack([model.theta, safe[:, 3 * j : 3 * j + 3]])
-        if k in small:
+        th = np.column_stack([model.theta, thetas[:, 3 * j : 3 * j + 3]])
+        if k in gathered:
             x, y = gathered[k]
             self_terms[k] = kernels.loss_block(x, y, thetas=th, fit_intercept=model.fit_intercept)[0]
         else:
-            self_terms[k] = block_sum(
-                kernels.loss_block, train.X, train.y, masks[k], width=4, thetas=th,
-                fit_intercept=model.fit_intercept,
-            )
+            self_terms[k] = block_sum(kernels.loss_block, train.X, train.y, masks[k], width=4, thetas=th,
+                                      fit_intercept=model.fit_intercept)
     test_vals, self_terms = dask.compute(test_vals, self_terms)
     test_vals = kernels.to_numpy(test_vals)
-    self_terms = {k: kernels.to_numpy(v) for k, v in self_terms.items()}
 
     out = {}
     for j, k in enumerate(names):
-        method, n_flagged, singular, G = info[k]
+        d = deltas[k]
         linear, plugin = {}, {}
         for mi, metric in enumerate(model.metrics):
-            grad = model.metric.grads[:, mi]
-            linear[metric] = {m: float(grad @ deltas[k][m]) for m in METHODS}
-            plugin[metric] = {
-                m: float(test_vals[mi, 3 * j + a] - model.metric.values[mi]) for a, m in enumerate(METHODS)
-            }
-        linear["self_loss"] = {m: float(G @ deltas[k][m]) for m in METHODS}
-        base = self_terms[k][0]
-        plugin["self_loss"] = {m: float(self_terms[k][1 + a] - base) for a, m in enumerate(METHODS)}
+            linear[metric] = {m: float(model.metric.grads[:, mi] @ d.delta[m]) for m in METHODS}
+            plugin[metric] = {m: float(test_vals[mi, 3 * j + a] - model.metric.values[mi]) for a, m in enumerate(METHODS)}
+        linear["self_loss"] = {m: float(d.G @ d.delta[m]) for m in METHODS}
+        own = kernels.to_numpy(self_terms[k])
+        plugin["self_loss"] = {m: float(own[1 + a] - own[0]) for a, m in enumerate(METHODS)}
         for form in (linear, plugin):  # a method without an estimate has no metric change
-            for metric in form:
+            for values in form.values():
                 for m in METHODS:
-                    if not np.isfinite(deltas[k][m]).all():
-                        form[metric][m] = float("nan")
-        out[k] = GroupEstimate(
-            name=k,
-            indices=sets[k],
-            ns_method=method,
-            n_flagged=n_flagged,
-            ns_singular=singular,
-            delta=deltas[k],
-            linear=linear,
-            plugin=plugin,
-        )
+                    if not np.isfinite(d.delta[m]).all():
+                        values[m] = float("nan")
+        out[k] = GroupEstimate(name=k, indices=sets[k], ns_method=d.method, n_flagged=d.n_flagged,
+                               ns_singular=d.singular, delta=d.delta, linear=linear, plugin=plugin)
     return out
 
 

@@ -365,8 +365,8 @@ def _write_split(group, name: str, X, y, ids, chunk_rows: int, dtype, hasher) ->
     ay = group.create_array(f"{name}/y", shape=(n,), chunks=(rows,), dtype="int8")
     aid = group.create_array(f"{name}/ids", shape=(n,), chunks=(rows,), dtype="int64")
     id_chunks = sid.chunks(rows) if sid is not None else None
-    for start, (cx, cy) in enumerate(zip(sx.chunks(rows), sy.chunks(rows))):
-        start *= rows
+    for k, (cx, cy) in enumerate(zip(sx.chunks(rows), sy.chunks(rows), strict=True)):
+        start = k * rows
         stop = start + cx.shape[0]
         cx = cx.astype(out_dtype, copy=False)
         finite = np.isfinite(cx).all(axis=1)
