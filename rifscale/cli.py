@@ -64,7 +64,7 @@ def _run(args) -> int:
     prepare_output(Path(args.out), overwrite=args.overwrite)  # fail before any work
     with connect(args.scheduler, n_workers=args.workers) as client:
         result = attribute(args.corpus, config, client=client)
-        manifest = write_run(result, args.out, overwrite=args.overwrite)
+        manifest = write_run(result, args.out, overwrite=args.overwrite, progress=not args.quiet)
     print(
         f"wrote run {args.out}: n = {manifest['n']}, p = {manifest['p']}, fit converged in "
         f"{manifest['fit']['n_iter']} iterations (rel grad {manifest['fit']['rel_grad_norm']:.1e}), "

@@ -92,8 +92,8 @@ class Attribution:
     def rif_scores(self) -> dict[str, da.Array]:
         return self.scores.rif_scores
 
-    def to_zarr(self, out, *, overwrite: bool = False) -> dict:
-        return write_run(self, out, overwrite=overwrite)
+    def to_zarr(self, out, *, overwrite: bool = False, progress: bool = False) -> dict:
+        return write_run(self, out, overwrite=overwrite, progress=progress)
 
 
 def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = None, *, client=None, **overrides) -> Attribution:
@@ -185,8 +185,29 @@ def _regular(a: da.Array) -> da.Array:
     return a.rechunk({0: rows[0]})
 
 
-def write_run(result: Attribution, out, *, overwrite: bool = False) -> dict:
-    """Compute the scores (one pass) and write the complete run directory."""
+def compute(*collections, progress: bool = False):
+    """``dask.compute`` with a progress bar on stdout when asked: distributed's text bar
+    with an active client, dask's ProgressBar on the local schedulers."""
+    if not progress:
+        return dask.compute(*collections)
+    client = current_client()
+    if client is None:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            return dask.compute(*collections)
+    from distributed import progress as show_progress
+
+    futures = client.compute(list(collections))
+    show_progress(futures)
+    print(flush=True)
+    return tuple(client.gather(futures))
+
+
+def write_run(result: Attribution, out, *, overwrite: bool = False, progress: bool = False) -> dict:
+    """Compute the scores (one pass) and write the complete run directory.
+
+    ``progress`` shows a progress bar of the scores pass on stdout."""
     out = Path(out)
     tmp = prepare_output(out, overwrite=overwrite)
     try:
@@ -209,7 +230,9 @@ def write_run(result: Attribution, out, *, overwrite: bool = False) -> dict:
             sources.append(arr)
         stored = da.store(sources, targets, lock=False, compute=False)
         lev = result.scores.leverage
-        _, n_flagged, max_lev, mean_lev = dask.compute(stored, result.scores.flags.sum(), lev.max(), lev.mean())
+        _, n_flagged, max_lev, mean_lev = compute(
+            stored, result.scores.flags.sum(), lev.max(), lev.mean(), progress=progress
+        )
         result.timings["scores"] = time.perf_counter() - t
         manifest = {
             "rifscale_run": 1,
