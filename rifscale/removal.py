@@ -1,0 +1,141 @@
+"""Removal-set strategies for the validation experiments (DESIGN.md §1).
+
+Sizes default to 40 values from 0.1 % to 5 % of n. One set per size per strategy, each
+reproducible from ``(seed, strategy, size)``:
+
+- ``random``: k rows uniformly without replacement.
+- ``feature_cluster``: a random feature j (never the intercept) and a random anchor row a;
+  the k rows with the smallest ``|x_ij − x_aj|``.
+- ``distance_cluster``: the k nearest neighbours (L2 in feature space) of a random anchor
+  (the anchor itself, at distance 0, included).
+- ``top_influence``: for a metric and a sign s, a random k of the **true** top-2k rows by
+  ``s · s_IF`` (the paper's code meant this but its ``argpartition`` picked another set).
+
+Distances and rankings are computed over the row chunks with ``da.argtopk``: nothing of
+size n × d (or n × n) is gathered, and all sizes of a strategy share one read of X.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+import dask
+import dask.array as da
+import numpy as np
+
+from ._blocks import row_map
+from .errors import ConfigError
+from .io import Split
+from .kernels import to_numpy
+
+Strategy = Literal["random", "feature_cluster", "distance_cluster", "top_influence"]
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
+
+
+@dataclass(frozen=True)
+class RemovalSet:
+    """One removal set: sorted row indices and how they were chosen."""
+
+    name: str
+    strategy: str
+    size: int
+    indices: np.ndarray = field(repr=False)
+    meta: dict = field(default_factory=dict)
+
+
+def default_sizes(n: int, count: int = 40, lo: float = 0.001, hi: float = 0.05) -> np.ndarray:
+    """``count`` sizes from ``lo·n`` to ``hi·n`` (rounded, at least 1, distinct)."""
+    return np.unique(np.clip(np.round(np.linspace(lo * n, hi * n, count)), 1, n).astype(np.int64))
+
+
+def _rng(seed: int, strategy: str, size: int) -> np.random.Generator:
+    return np.random.default_rng([seed, STRATEGIES.index(strategy), size])
+
+
+def _sq_dist_block(x, *, anchors):
+    """(m, K) squared L2 distances from each row to each anchor row (kernel)."""
+    from .kernels import array_namespace
+
+    xp = array_namespace(x)
+    x = xp.asarray(x, dtype=xp.float64)
+    a = xp.asarray(anchors, dtype=xp.float64)
+    return (x * x).sum(axis=1)[:, None] - 2.0 * x @ a.T + (a * a).sum(axis=1)[None, :]
+
+
+def _abs_diff_block(x, *, features, values):
+    """(m, K) ``|x[:, features[k]] − values[k]|`` (kernel)."""
+    from .kernels import array_namespace
+
+    xp = array_namespace(x)
+    return xp.abs(xp.asarray(x, dtype=xp.float64)[:, xp.asarray(features)] - xp.asarray(values)[None, :])
+
+
+def _smallest(D: da.Array, sizes) -> list[np.ndarray]:
+    """Row indices of the ``sizes[k]`` smallest entries of column k, all in one compute."""
+    picks = dask.compute(*[da.argtopk(-D[:, k], int(s)) for k, s in enumerate(sizes)])
+    return [np.sort(to_numpy(p)).astype(np.int64) for p in picks]
+
+
+def removal_sets(
+    train: Split,
+    strategy: Strategy,
+    *,
+    sizes=None,
+    seed: int = 0,
+    if_scores: da.Array | None = None,
+    sign: int = 1,
+    label: str = "",
+) -> list[RemovalSet]:
+    """One removal set per size for ``strategy``.
+
+    Parameters
+    ----------
+    train : the training split
+    sizes : sizes k (default :func:`default_sizes`)
+    if_scores : (n,) IF scores of one metric, needed by ``top_influence``
+    sign : +1 or −1: ``top_influence`` ranks by ``sign · s_IF``
+    label : added to the set names (e.g. the metric of ``top_influence``)
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"Unknown removal strategy {strategy!r}; choose from {STRATEGIES}.")
+    n, d = train.n, train.d
+    sizes = default_sizes(n) if sizes is None else np.asarray(sizes, dtype=np.int64)
+    if sizes.size == 0 or sizes.min() < 1 or sizes.max() > (n // 2 if strategy == "top_influence" else n):
+        raise ConfigError(
+            f"Removal-set sizes must be in [1, {n}] (and at most n/2 for top_influence); got {sizes.tolist()}."
+        )
+    rngs = [_rng(seed, strategy, int(k)) for k in sizes]
+    meta = [{} for _ in sizes]
+    if strategy == "random":
+        chosen = [np.sort(r.choice(n, int(k), replace=False)).astype(np.int64) for r, k in zip(rngs, sizes, strict=True)]
+    elif strategy == "feature_cluster":
+        feats = np.array([r.integers(d) for r in rngs])
+        anchors = np.array([r.integers(n) for r in rngs])
+        values = np.array([to_numpy(v) for v in dask.compute(*[train.X[a, j] for a, j in zip(anchors, feats, strict=True)])], dtype=np.float64)
+        D = row_map(_abs_diff_block, train.X, width=len(sizes), features=feats, values=values)
+        chosen = _smallest(D, sizes)
+        meta = [{"feature": int(j), "anchor": int(a)} for j, a in zip(feats, anchors, strict=True)]
+    elif strategy == "distance_cluster":
+        anchors = np.array([r.integers(n) for r in rngs])
+        rows = to_numpy(train.X[np.sort(anchors)].compute()).astype(np.float64)
+        rows = rows[np.searchsorted(np.sort(anchors), anchors)]
+        D = row_map(_sq_dist_block, train.X, width=len(sizes), anchors=rows)
+        chosen = _smallest(D, sizes)
+        meta = [{"anchor": int(a)} for a in anchors]
+    else:
+        if if_scores is None:
+            raise ConfigError("The top_influence strategy needs the IF scores of a metric (if_scores=...).")
+        if sign not in (1, -1):
+            raise ConfigError(f"sign must be +1 or -1; got {sign!r}.")
+        tops = dask.compute(*[da.argtopk(sign * if_scores, 2 * int(k)) for k in sizes])
+        chosen = [
+            np.sort(r.choice(to_numpy(t).astype(np.int64), int(k), replace=False))
+            for r, t, k in zip(rngs, tops, sizes, strict=True)
+        ]
+        meta = [{"sign": sign} for _ in sizes]
+    tag = f"{strategy}{label}"
+    return [
+        RemovalSet(name=f"{tag}-{int(k)}", strategy=strategy, size=int(k), indices=idx, meta=m)
+        for k, idx, m in zip(sizes, chosen, meta, strict=True)
+    ]
