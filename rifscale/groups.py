@@ -84,22 +84,41 @@ def normalise_sets(sets, n: int) -> dict[str, np.ndarray]:
     return {str(k): validate_indices(np.asarray(v), n, f"removal set {k!r}") for k, v in sets.items()}
 
 
-def _woodbury_ns(linv, z, alpha, G):
-    W = linv @ (z * np.sqrt(alpha)[:, None]).T
-    c = linv @ G
-    M = np.eye(W.shape[1]) - W.T @ W
-    try:
-        y = scipy.linalg.cho_solve(scipy.linalg.cho_factor(M, lower=True), W.T @ c)
-    except np.linalg.LinAlgError:
-        return None
-    return linv.T @ (c + W @ y)
+class LeaveOutHessian:
+    """Solves with ``H_{−T} = H − Σ_{i∈T} α_i z_i z_iᵀ`` (all at θ̂), the NS matrix.
 
+    Woodbury (``|T| < p``): with ``W = L⁻¹ Z_Tᵀ A_T^{1/2}`` and ``M = I − WᵀW`` (k×k),
+    ``H_{−T}⁻¹ v = L⁻ᵀ (c + W M⁻¹ Wᵀ c)``, ``c = L⁻¹ v``. Direct otherwise: the Cholesky
+    factor of the p×p matrix. :meth:`build` returns None when ``H_{−T}`` is not positive
+    definite (removing T leaves a direction of θ unpinned).
+    """
 
-def _direct_ns(H, gram, G):
-    try:
-        return scipy.linalg.cho_solve(scipy.linalg.cho_factor(H - gram, lower=True), G)
-    except np.linalg.LinAlgError:
-        return None
+    def __init__(self, method: str, linv: np.ndarray, factor):
+        self.method, self._linv, self._factor = method, linv, factor
+
+    @classmethod
+    def woodbury(cls, linv, z, alpha) -> "LeaveOutHessian | None":
+        W = linv @ (z * np.sqrt(alpha)[:, None]).T
+        try:
+            c = scipy.linalg.cho_factor(np.eye(W.shape[1]) - W.T @ W, lower=True)
+        except np.linalg.LinAlgError:
+            return None
+        return cls("woodbury", linv, (W, c))
+
+    @classmethod
+    def direct(cls, H, gram) -> "LeaveOutHessian | None":
+        try:
+            return cls("direct", None, scipy.linalg.cho_factor(H - gram, lower=True))
+        except np.linalg.LinAlgError:
+            return None
+
+    def solve(self, v: np.ndarray) -> np.ndarray:
+        """``H_{−T}⁻¹ v`` for a (p,) or (p, K) right-hand side."""
+        if self.method == "direct":
+            return scipy.linalg.cho_solve(self._factor, v)
+        W, c = self._factor
+        cv = self._linv @ v
+        return self._linv.T @ (cv + W @ scipy.linalg.cho_solve(c, W.T @ cv))
 
 
 @dataclass(frozen=True)
@@ -109,6 +128,7 @@ class _SetDeltas:
     singular: bool
     G: np.ndarray  # Σ_T g_i
     delta: dict  # method -> Δθ
+    hessian: LeaveOutHessian | None = None  # H_{−T} at θ̂, None when singular
 
 
 def _deltas(train, model: FittedModel, sets, *, client):
@@ -137,10 +157,11 @@ def _deltas(train, model: FittedModel, sets, *, client):
             stats = kernels.set_stats_block(x, y, linv=linv, gram=False, **kw)[0]
             z = kernels.design(x, fit_intercept=model.fit_intercept)
             _, alpha = kernels.sigmoid_and_weight(z @ model.theta)
-            ns, method = _woodbury_ns(linv, z, alpha, stats[:p]), "woodbury"
+            hess, method = LeaveOutHessian.woodbury(linv, z, alpha), "woodbury"
         else:
             stats = kernels.to_numpy(reduced[name])
-            ns, method = _direct_ns(model.factor.hessian, stats[2 * p + 1 :].reshape(p, p), stats[:p]), "direct"
+            hess, method = LeaveOutHessian.direct(model.factor.hessian, stats[2 * p + 1 :].reshape(p, p)), "direct"
+        ns = hess.solve(stats[:p]) if hess is not None else None
         n_flagged = int(round(stats[2 * p]))
         nan = np.full(p, np.nan)
         delta = {
@@ -148,7 +169,7 @@ def _deltas(train, model: FittedModel, sets, *, client):
             "rif": model.factor.solve(stats[p : 2 * p]) if n_flagged == 0 else nan,
             "ns": ns if ns is not None else nan,
         }
-        out[name] = _SetDeltas(method, n_flagged, ns is None, stats[:p], delta)
+        out[name] = _SetDeltas(method, n_flagged, ns is None, stats[:p], delta, hess)
     return out, gathered, masks
 
 

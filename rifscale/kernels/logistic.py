@@ -152,3 +152,56 @@ def min_margin_block(x, y, w=None, *, theta, fit_intercept: bool):
     if w is not None:
         margin = xp.where(xp.asarray(w) != 0, margin, xp.inf)
     return xp.min(xp.concatenate([margin, xp.asarray([xp.inf])]))[None, None]
+
+
+def keep_mask(rows, sets):
+    """(m, K) float64 weights: 0 where row ``rows[i]`` is in ``sets[k]``, 1 elsewhere.
+
+    ``rows`` are the block's consecutive global row numbers; each set is a sorted array of
+    row numbers (only its part inside the block is looked at).
+    """
+    xp = array_namespace(rows)
+    m = rows.shape[0]
+    mask = xp.ones((m, len(sets)), dtype=xp.float64)
+    if m == 0:
+        return mask
+    start, stop = int(rows[0]), int(rows[-1]) + 1
+    for k, s in enumerate(sets):
+        lo, hi = (int(v) for v in s.searchsorted([start, stop]))
+        if hi > lo:
+            mask[xp.asarray(s[lo:hi] - start), k] = 0.0
+    return mask
+
+
+def retrain_block(x, y, rows, *, thetas, sets, newton, fit_intercept: bool):
+    """One block's share of a pass of K leave-T-out retrains at once.
+
+    Set k drops the rows ``sets[k]`` and is at ``thetas[:, k]``. One GEMM gives the
+    logits of every row under every set (m × K); the gradients are one more.
+
+    Parameters
+    ----------
+    rows : (m,) global row numbers of the block
+    thetas : (p, K)
+    sets : list of K sorted int64 arrays of removed rows
+    newton : list of set positions whose Hessian is also wanted
+
+    Returns
+    -------
+    (1, 2K + pK + len(newton) p²) float64 array:
+        ``[Σ w ℓ (K), Σ w |r| ‖z‖ (K), Σ w r z (p×K, row-major), Hessians (p×p each)]``
+        with ``w`` the keep-weights of each set; no penalty.
+    """
+    xp = array_namespace(x)
+    z = design(x, fit_intercept=fit_intercept)
+    eta = z @ xp.asarray(thetas, dtype=xp.float64)
+    w = keep_mask(rows, sets)
+    loss = xp.sum(w * log_loss(eta, y), axis=0)
+    r = w * residual(eta, y)
+    scale = xp.sqrt(xp.sum(z * z, axis=1)) @ xp.abs(r)
+    parts = [loss, scale, (z.T @ r).ravel()]
+    if len(newton):
+        _, alpha = sigmoid_and_weight(eta[:, list(newton)])
+        wa = w[:, list(newton)] * alpha
+        parts += [((z * wa[:, j : j + 1]).T @ z).ravel() for j in range(len(newton))]
+    return xp.concatenate(parts)[None, :]
