@@ -51,7 +51,7 @@ def test_a_set_that_stalls_the_plain_iteration_is_still_solved(synchronous):
         assert safe[k].converged and safe[k].method == "newton"
         exact = ref.delta_exact(sets[k])
         assert np.linalg.norm(safe[k].delta - exact) <= 1e-7 * np.linalg.norm(exact)
-        assert plain[k].rel_grad_norm > 100 * 1e-9 and plain[k].passes == 40  # far from certified
+        assert plain[k].rel_grad_norm > 1e-9 and plain[k].passes == 40  # uncertified after 40 passes
         assert safe[k].passes < 40
 
 
