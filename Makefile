@@ -17,6 +17,7 @@ demo: $(STAMP)
 	$(BIN)/rifscale demo
 
 test: $(STAMP)
+	bash scripts/ensure-browser.sh
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test-slow: $(STAMP)

@@ -94,6 +94,20 @@ def _groups(args) -> int:
     return 0
 
 
+def _validate(args) -> int:
+    from .cluster import connect
+    from .validate import run_validation
+
+    with connect(args.scheduler, n_workers=args.workers) as client:
+        page = run_validation(
+            args.run, experiments=tuple(args.experiments), strategies=tuple(args.strategies), n_sizes=args.n_sizes,
+            seed=args.seed, poison_points=args.poison_points, top_metric=args.top_metric,
+            top_sign=1 if args.top_sign == "+" else -1, overwrite=args.overwrite, corpus=args.corpus, client=client,
+        )
+    print(f"wrote {page.parent} (open {page} in a browser) and {page.parent.parent / 'validation'}")
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -145,6 +159,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace RUN/groups if it exists")
     _add_cluster(p)
     p.set_defaults(func=_groups)
+
+    from .removal import STRATEGIES
+    from .validate import EXPERIMENTS
+
+    p = sub.add_parser("validate", help="estimates vs exact retrains: accuracy, sweeps, poisoning; figures and HTML")
+    p.add_argument("run", help="a run directory made by `rifscale run`")
+    p.add_argument("--experiments", nargs="+", default=["accuracy"], choices=EXPERIMENTS)
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    p.add_argument("--n-sizes", type=int, default=40, help="removal-set sizes from 0.1%% to 5%% of n (default 40)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--poison-points", type=int, default=100, help="test points of the poisoning experiment")
+    p.add_argument("--top-metric", default="test_loss", choices=METRICS, help="metric ranked by top_influence")
+    p.add_argument("--top-sign", default="+", choices=("+", "-"), help="rank by +s_IF or -s_IF")
+    p.add_argument("--corpus", help="corpus path, if it moved since the run")
+    p.add_argument("--overwrite", action="store_true", help="replace RUN/validation and RUN/report")
+    _add_cluster(p)
+    p.set_defaults(func=_validate)
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded Fashion-MNIST data")
     p.add_argument("--out", default="rifscale-demo", help="output directory (default ./rifscale-demo)")

@@ -173,7 +173,7 @@ def _deltas(train, model: FittedModel, sets, *, client):
     return out, gathered, masks
 
 
-def group_effects(source, sets, *, client=None) -> dict[str, GroupEstimate]:
+def group_effects(source, sets, *, client=None, extra: dict | None = None) -> dict[str, GroupEstimate]:
     """IF, RIF and NS estimates for each named removal set.
 
     Parameters
@@ -181,48 +181,61 @@ def group_effects(source, sets, *, client=None) -> dict[str, GroupEstimate]:
     source : Attribution or Run
         Anything with ``.corpus`` and ``.model`` (a fresh result, or ``open_run(path)``).
     sets : mapping name -> row indices, list of row-index lists, or a JSON file path
+    extra : mapping name -> {label: Δθ}, optional
+        More Δθ per set (e.g. ``"exact"`` from a retrain) whose metric changes are
+        computed in the same passes and reported beside IF, RIF and NS.
     """
     corpus, model = source.corpus, source.model
     train = corpus.train
     sets = normalise_sets(sets, train.n)
     deltas, gathered, masks = _deltas(train, model, sets, client=client)
+    delta = {k: {**deltas[k].delta, **(extra or {}).get(k, {})} for k in sets}
+    linear, plugin = _metric_changes(corpus, model, sets, delta, {k: d.G for k, d in deltas.items()}, gathered, masks)
+    return {
+        k: GroupEstimate(name=k, indices=sets[k], ns_method=d.method, n_flagged=d.n_flagged,
+                         ns_singular=d.singular, delta=delta[k], linear=linear[k], plugin=plugin[k])
+        for k, d in deltas.items()
+    }
 
-    # plug-in values: every set and method in one pass over the test rows and one over train
+
+def _metric_changes(corpus, model: FittedModel, sets, delta, G, gathered, masks):
+    """Linear and plug-in changes of every metric for every set and every Δθ label: one
+    pass over the test rows for all of them, and one over the removed rows (self_loss)."""
     names = list(sets)
-    thetas = np.stack([model.theta + deltas[k].delta[m] for k in names for m in METHODS], axis=1)
+    labels = {k: list(delta[k]) for k in names}
+    cols = [(k, lab) for k in names for lab in labels[k]]
+    thetas = np.stack([model.theta + delta[k][lab] for k, lab in cols], axis=1)
     thetas = np.where(np.isfinite(thetas), thetas, model.theta[:, None])  # NaN estimates stay NaN below
     test_vals = metric_values(corpus.test, model.test_subset, thetas, names=model.metrics,
                               fit_intercept=model.fit_intercept)
-    self_terms = {}
-    for j, k in enumerate(names):
-        th = np.column_stack([model.theta, thetas[:, 3 * j : 3 * j + 3]])
+    self_terms, first = {}, 0
+    for k in names:
+        th = np.column_stack([model.theta, thetas[:, first : first + len(labels[k])]])
+        first += len(labels[k])
         if k in gathered:
             x, y = gathered[k]
             self_terms[k] = kernels.loss_block(x, y, thetas=th, fit_intercept=model.fit_intercept)[0]
         else:
-            self_terms[k] = block_sum(kernels.loss_block, train.X, train.y, masks[k], width=4, thetas=th,
-                                      fit_intercept=model.fit_intercept)
+            self_terms[k] = block_sum(kernels.loss_block, corpus.train.X, corpus.train.y, masks[k], width=th.shape[1],
+                                      thetas=th, fit_intercept=model.fit_intercept)
     test_vals, self_terms = dask.compute(test_vals, self_terms)
     test_vals = kernels.to_numpy(test_vals)
-
-    out = {}
-    for j, k in enumerate(names):
-        d = deltas[k]
-        linear, plugin = {}, {}
+    linear, plugin, col = {}, {}, {c: j for j, c in enumerate(cols)}
+    for k in names:
+        lin, plug = {}, {}
         for mi, metric in enumerate(model.metrics):
-            linear[metric] = {m: float(model.metric.grads[:, mi] @ d.delta[m]) for m in METHODS}
-            plugin[metric] = {m: float(test_vals[mi, 3 * j + a] - model.metric.values[mi]) for a, m in enumerate(METHODS)}
-        linear["self_loss"] = {m: float(d.G @ d.delta[m]) for m in METHODS}
+            lin[metric] = {lab: float(model.metric.grads[:, mi] @ delta[k][lab]) for lab in labels[k]}
+            plug[metric] = {lab: float(test_vals[mi, col[k, lab]] - model.metric.values[mi]) for lab in labels[k]}
+        lin["self_loss"] = {lab: float(G[k] @ delta[k][lab]) for lab in labels[k]}
         own = kernels.to_numpy(self_terms[k])
-        plugin["self_loss"] = {m: float(own[1 + a] - own[0]) for a, m in enumerate(METHODS)}
-        for form in (linear, plugin):  # a method without an estimate has no metric change
+        plug["self_loss"] = {lab: float(own[1 + a] - own[0]) for a, lab in enumerate(labels[k])}
+        for form in (lin, plug):  # a method without an estimate has no metric change
             for values in form.values():
-                for m in METHODS:
-                    if not np.isfinite(d.delta[m]).all():
-                        values[m] = float("nan")
-        out[k] = GroupEstimate(name=k, indices=sets[k], ns_method=d.method, n_flagged=d.n_flagged,
-                               ns_singular=d.singular, delta=d.delta, linear=linear, plugin=plugin)
-    return out
+                for lab in labels[k]:
+                    if not np.isfinite(delta[k][lab]).all():
+                        values[lab] = float("nan")
+        linear[k], plugin[k] = lin, plug
+    return linear, plugin
 
 
 def write_groups(run_path, estimates: dict[str, GroupEstimate], *, overwrite: bool = False) -> Path:

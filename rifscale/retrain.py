@@ -72,6 +72,8 @@ class _State:
     precond: object  # LeaveOutHessian or None
     ref: float
     method: str = "chord"
+    added: tuple = ()  # (z (a, p), y (a,)) rows added to the objective (poisoning), or ()
+    hessian: np.ndarray | None = None  # Newton sets: H at the last accepted point
     loss: float = np.inf
     grad: np.ndarray | None = None
     step: np.ndarray | None = None
@@ -118,6 +120,35 @@ def retrain(
         states.append(_State(name=name, size=rows.size, rows=rows, theta=model.theta.copy(), trial=start,
                              precond=d.hessian, ref=float(np.linalg.norm(d.G)) or 1.0,
                              method="chord" if d.hessian is not None else "newton"))
+    _solve(train, model, states, tol=tol, max_passes=max_passes, safeguard=safeguard, client=client)
+    return {s.name: _result(s, model) for s in states}
+
+
+def _result(s: _State, model: FittedModel) -> Retrain:
+    gnorm = float(np.linalg.norm(s.grad)) if s.grad is not None else np.nan
+    return Retrain(
+        name=s.name, size=s.size, theta=s.theta, delta=s.theta - model.theta, converged=s.stopped_at is not None,
+        stopped_at=s.stopped_at, passes=s.passes, grad_norm=gnorm, rel_grad_norm=gnorm / s.ref,
+        method=s.method, seconds=(s.ended or time.perf_counter()) - s.started,
+    )
+
+
+def _added_terms(s: _State, theta: np.ndarray, want_hessian: bool):
+    """Loss, gradient, gradient scale and Hessian of the rows added to a problem."""
+    p = theta.shape[0]
+    if not s.added:
+        return 0.0, np.zeros(p), 0.0, (np.zeros((p, p)) if want_hessian else None)
+    z, y = s.added
+    eta = z @ theta
+    r = kernels.residual(eta, y)
+    _, alpha = kernels.sigmoid_and_weight(eta)
+    H = (z * alpha[:, None]).T @ z if want_hessian else None
+    return float(kernels.log_loss(eta, y).sum()), z.T @ r, float(np.abs(r) @ np.linalg.norm(z, axis=1)), H
+
+
+def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, safeguard, client) -> None:
+    """Advance every problem until certified, stuck, or out of passes; all share each pass."""
+    p = model.p
     D = penalty_diag(p, fit_intercept=model.fit_intercept)
     row_ids = _row_ids(train)
     all_sets = broadcast([s.rows for s in states], client=client)
@@ -141,17 +172,12 @@ def retrain(
         for j, s in enumerate(active):
             s.passes += 1
             H = hess[newton.index(j)] if j in newton else None
-            _advance(s, loss[j], grads[:, j], floors[j], H, tol=tol, safeguard=safeguard)
-        log.info("retrain pass %d: %d of %d sets still running", npass, sum(not s.done for s in states), len(states))
-    out = {}
-    for s in states:
-        gnorm = float(np.linalg.norm(s.grad)) if s.grad is not None else np.nan
-        out[s.name] = Retrain(
-            name=s.name, size=s.size, theta=s.theta, delta=s.theta - model.theta, converged=s.stopped_at is not None,
-            stopped_at=s.stopped_at, passes=s.passes, grad_norm=gnorm, rel_grad_norm=gnorm / s.ref,
-            method=s.method, seconds=(s.ended or time.perf_counter()) - s.started,
-        )
-    return out
+            a_loss, a_grad, a_scale, a_hess = _added_terms(s, thetas[:, j], H is not None)
+            if H is not None:
+                H = H + a_hess
+            floor = floors[j] + ROUNDING_FACTOR * eps * a_scale
+            _advance(s, loss[j] + a_loss, grads[:, j] + a_grad, floor, H, tol=tol, safeguard=safeguard)
+        log.info("retrain pass %d: %d of %d problems still running", npass, sum(not s.done for s in states), len(states))
 
 
 def _row_ids(train):
@@ -189,6 +215,8 @@ def _advance(s: _State, loss: float, grad: np.ndarray, floor: float, H, *, tol: 
     if not first and safeguard and s.method == "chord":
         s.slow = s.slow + 1 if gnorm > SLOW * np.linalg.norm(s.grad) else 0
     s.theta, s.loss, s.grad = s.trial, loss, grad
+    if H is not None:
+        s.hessian = H
     if gnorm <= tol * s.ref or gnorm <= floor:
         s.stopped_at = "tolerance" if gnorm <= tol * s.ref else "rounding floor"
         s.done, s.ended = True, time.perf_counter()
@@ -206,3 +234,25 @@ def _advance(s: _State, loss: float, grad: np.ndarray, floor: float, H, *, tol: 
         return
     s.slope, s.t = float(grad @ s.step), 1.0
     s.trial = s.theta + s.step
+
+
+def poisoned_fits(source, x: np.ndarray, y: np.ndarray, *, tol: float = 1e-9, max_passes: int = 60,
+                  client=None) -> list[Retrain]:
+    """Exact fits of the training objective plus one added row each: problem j adds the
+    row ``x[j]`` with label ``y[j]``, warm-started at θ̂, by exact Newton steps.
+
+    Returns
+    -------
+    (list of Retrain, list of (p, p) Hessians at each θ_P)
+    """
+    corpus, model = source.corpus, source.model
+    z = kernels.design(np.asarray(x), fit_intercept=model.fit_intercept)
+    y = np.asarray(y, dtype=np.float64)
+    empty = np.empty(0, dtype=np.int64)
+    states = []
+    for j in range(z.shape[0]):
+        g = float(np.linalg.norm(kernels.residual(z[j : j + 1] @ model.theta, y[j : j + 1]) * z[j]))
+        states.append(_State(name=f"poison-{j}", size=0, rows=empty, theta=model.theta.copy(), trial=model.theta.copy(),
+                             precond=None, ref=g or 1.0, method="newton", added=(z[j : j + 1], y[j : j + 1])))
+    _solve(corpus.train, model, states, tol=tol, max_passes=max_passes, safeguard=True, client=client)
+    return [_result(s, model) for s in states], [s.hessian for s in states]

@@ -1,0 +1,283 @@
+"""Validation experiments: estimates against exact retrains (DESIGN.md §1).
+
+- :func:`accuracy` — removal sets from each strategy and size, retrained exactly
+  (batched), and the IF, RIF and NS predictions of each metric change, in the linear and
+  the plug-in form, against the actual change (the paper's Figure 1).
+- :func:`sweeps` — the accuracy summary while varying λ and while subsampling n at fixed
+  d (Figure 2).
+- :func:`poisoning` — for test points (x, y): add (x, 1 − y), fit, and predict with IF and
+  RIF the change of x's logit when the poisoned row is removed; the exact answer is the
+  clean model's logit (Figure 3).
+
+Every experiment returns plain tables (lists of dicts) that :mod:`rifscale.report` draws.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import dask
+import dask.array as da
+import numpy as np
+
+from . import kernels
+from .groups import METHODS, group_effects
+from .io import Corpus, Split
+from .removal import STRATEGIES, RemovalSet, default_sizes, removal_sets
+from .retrain import poisoned_fits, retrain
+
+log = logging.getLogger(__name__)
+
+FORMS = ("linear", "plugin")
+
+
+def if_scores(source, metric: str) -> da.Array:
+    """Lazy IF scores of one metric, from a fresh result or a stored run."""
+    if hasattr(source, "if_scores"):
+        return source.if_scores[metric]
+    return da.from_zarr(source.array(f"scores/if/{metric}"))
+
+
+def make_sets(source, *, strategies=STRATEGIES, sizes=None, seed: int = 0,
+              top_metric: str = "test_loss", top_sign: int = 1) -> list[RemovalSet]:
+    train = source.corpus.train
+    out = []
+    for strategy in strategies:
+        kw = {}
+        if strategy == "top_influence":
+            kw = dict(if_scores=if_scores(source, top_metric), sign=top_sign,
+                      label=f"[{'+' if top_sign > 0 else '-'}{top_metric}]")
+        out += removal_sets(train, strategy, sizes=sizes, seed=seed, **kw)
+    return out
+
+
+def summarise(predicted: np.ndarray, actual: np.ndarray) -> dict:
+    """Pearson r, least-squares slope through the origin of predicted on actual, and the
+    median relative error |predicted − actual| / |actual|."""
+    ok = np.isfinite(predicted) & np.isfinite(actual)
+    p, a = predicted[ok], actual[ok]
+    if p.size < 2:
+        return {"count": int(p.size), "pearson": np.nan, "slope": np.nan, "median_rel_err": np.nan}
+    nz = a != 0
+    return {
+        "count": int(p.size),
+        "pearson": float(np.corrcoef(p, a)[0, 1]) if p.std() > 0 and a.std() > 0 else np.nan,
+        "slope": float(p @ a / (a @ a)) if a @ a > 0 else np.nan,
+        "median_rel_err": float(np.median(np.abs(p[nz] - a[nz]) / np.abs(a[nz]))) if nz.any() else np.nan,
+    }
+
+
+@dataclass
+class Accuracy:
+    """Per-set rows, per-(strategy, metric, form, method) summaries, retrain records."""
+
+    rows: list = field(default_factory=list)
+    summary: list = field(default_factory=list)
+    retrains: dict = field(default_factory=dict)
+    sets: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def accuracy(source, *, strategies=STRATEGIES, sizes=None, seed: int = 0, top_metric: str = "test_loss",
+             top_sign: int = 1, tol: float = 1e-9, client=None) -> Accuracy:
+    """Predicted vs actual metric changes for every strategy and size (batched retrains)."""
+    t0 = time.perf_counter()
+    sets = make_sets(source, strategies=strategies, sizes=sizes, seed=seed, top_metric=top_metric, top_sign=top_sign)
+    named = {s.name: s.indices for s in sets}
+    log.info("accuracy: %d removal sets, retraining them exactly (batched)", len(sets))
+    truth = retrain(source, named, tol=tol, client=client)
+    est = group_effects(source, named, client=client, extra={k: {"exact": r.delta} for k, r in truth.items()})
+    result = Accuracy(retrains=truth, sets=sets)
+    for s in sets:
+        e = est[s.name]
+        for metric in e.plugin:
+            actual = e.plugin[metric]["exact"]
+            for form in FORMS:
+                for method in METHODS:
+                    result.rows.append({
+                        "set": s.name, "strategy": s.strategy, "size": s.size, "metric": metric, "form": form,
+                        "method": method, "predicted": getattr(e, form)[metric][method], "actual": actual,
+                        "converged": truth[s.name].converged,
+                    })
+    result.summary = _summary(result.rows, key=("strategy", "metric", "form", "method"))
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _summary(rows, *, key) -> list[dict]:
+    groups = {}
+    for r in rows:
+        if r["converged"]:
+            groups.setdefault(tuple(r[k] for k in key), []).append((r["predicted"], r["actual"]))
+    out = []
+    for k, pairs in groups.items():
+        p, a = np.array(pairs, dtype=np.float64).T
+        out.append({**dict(zip(key, k, strict=True)), **summarise(p, a)})
+    return out
+
+
+# ---------------------------------------------------------------------------- sweeps
+
+
+def _subsample(corpus: Corpus, n: int, seed: int) -> Corpus:
+    """The first-chunk-order random subsample of n training rows (the test split is kept)."""
+    idx = np.sort(np.random.default_rng([seed, n]).choice(corpus.n, n, replace=False))
+    t = corpus.train
+    rows = max(1, t.X.chunks[0][0])
+    train = Split(X=t.X[idx].rechunk({0: rows}), y=t.y[idx].rechunk(rows), ids=t.ids[idx].rechunk(rows))
+    return Corpus(train=train, test=corpus.test, path=corpus.path, attrs=corpus.attrs,
+                  fingerprint=f"{corpus.fingerprint}-sub{n}-{seed}")
+
+
+def sweeps(corpus: Corpus, config, *, lams=None, fractions=(0.25, 0.5, 1.0), strategies=("random", "distance_cluster"),
+           n_sizes: int = 10, seed: int = 0, client=None) -> list[dict]:
+    """Accuracy summaries (plug-in form) while varying λ, and while subsampling n at fixed d."""
+    from .pipeline import attribute
+
+    lams = lams if lams is not None else [config.lam * f for f in (0.01, 0.1, 1.0, 10.0)]
+    out = []
+    configs = [("lam", lam, corpus, config.replace(lam=lam)) for lam in lams]
+    configs += [("n", int(f * corpus.n), _subsample(corpus, int(f * corpus.n), seed) if f < 1 else corpus, config)
+                for f in fractions]
+    for axis, value, c, cfg in configs:
+        res = attribute(c, cfg, client=client)
+        sizes = default_sizes(c.n, count=n_sizes)
+        acc = accuracy(res, strategies=strategies, sizes=sizes, seed=seed, client=client)
+        for r in _summary([r for r in acc.rows if r["form"] == "plugin"], key=("metric", "method")):
+            out.append({"axis": axis, "value": value, "lam": cfg.lam, "n": c.n, "d": c.d, **r})
+        log.info("sweep %s = %s done", axis, value)
+    return out
+
+
+# ---------------------------------------------------------------------------- poisoning
+
+
+def poisoning(source, *, n_points: int = 100, seed: int = 0, client=None) -> list[dict]:
+    """Poisoning: for test point (x, y), fit with (x, 1 − y) added; the change of x's logit
+    when the poisoned row is removed again, predicted by IF and RIF at the poisoned fit,
+    against the exact answer ``z_xᵀ(θ̂ − θ_P)`` (removing the row restores the clean fit)."""
+    corpus, model = source.corpus, source.model
+    test = corpus.test
+    idx = np.sort(np.random.default_rng([seed, 7]).choice(test.n, min(n_points, test.n), replace=False))
+    x, y = dask.compute(test.X[idx], test.y[idx])
+    x, y = kernels.to_numpy(x).astype(np.float64), kernels.to_numpy(y).astype(np.float64)
+    flipped = 1.0 - y
+    fits, hessians = poisoned_fits(source, x, flipped, client=client)
+    z = kernels.design(x, fit_intercept=model.fit_intercept)
+    rows = []
+    for j, (f, H) in enumerate(zip(fits, hessians, strict=True)):
+        if not f.converged or H is None:
+            rows.append({"test_row": int(idx[j]), "converged": False})
+            continue
+        eta = z[j] @ f.theta
+        r = float(kernels.residual(np.array([eta]), flipped[j : j + 1])[0])
+        _, alpha = kernels.sigmoid_and_weight(np.array([eta]))
+        q = float(z[j] @ np.linalg.solve(H, z[j]))
+        h = float(alpha[0]) * q
+        rows.append({
+            "test_row": int(idx[j]), "label": int(y[j]), "converged": True, "leverage": h,
+            "exact": float(z[j] @ (model.theta - f.theta)), "if": r * q, "rif": r * q / (1.0 - h),
+            "passes": f.passes,
+        })
+    return rows
+
+
+# ---------------------------------------------------------------------------- driver
+
+EXPERIMENTS = ("accuracy", "sweeps", "poisoning")
+SUMMARY_COLUMNS = ["strategy", "metric", "form", "method", "count", "pearson", "slope", "median_rel_err"]
+
+
+def run_validation(run_path, *, experiments=("accuracy",), strategies=STRATEGIES, n_sizes: int = 40, seed: int = 0,
+                   poison_points: int = 100, top_metric: str = "test_loss", top_sign: int = 1,
+                   overwrite: bool = False, corpus=None, client=None) -> Path:
+    """Run the chosen experiments on a finished run; write ``validation/`` (Zarr: the sets,
+    the exact Δθ, retrain records) and ``report/`` (tables as JSON, figures, index.html).
+    Both are written beside and moved into place when complete."""
+    import shutil
+
+    import zarr
+
+    from .config import RunConfig
+    from .errors import ConfigError
+    from .io import _replace_dir
+    from .pipeline import open_run, prepare_output
+    from .report import accuracy_figure, poisoning_figure, sweeps_figure, write_json, write_report
+
+    bad = [e for e in experiments if e not in EXPERIMENTS]
+    if bad or not experiments:
+        raise ConfigError(f"Unknown experiment(s) {bad}; choose from {EXPERIMENTS}.")
+    run = open_run(run_path, corpus=corpus)
+    outs = {name: run.path / name for name in ("validation", "report")}
+    tmps = {name: prepare_output(path, overwrite=overwrite) for name, path in outs.items()}
+    sections, records = [], {}
+    try:
+        tmps["report"].mkdir()
+        vgroup = zarr.open_group(str(tmps["validation"]), mode="w")
+        if "accuracy" in experiments:
+            sizes = default_sizes(run.corpus.n, count=n_sizes)
+            acc = accuracy(run, strategies=strategies, sizes=sizes, seed=seed, top_metric=top_metric,
+                           top_sign=top_sign, client=client)
+            _store_sets(vgroup, acc)
+            write_json(tmps["report"] / "accuracy_rows.json", acc.rows)
+            write_json(tmps["report"] / "accuracy_summary.json", acc.summary)
+            for form in FORMS:
+                accuracy_figure(acc.rows, form, tmps["report"] / f"accuracy_{form}.png")
+            n_bad = sum(not r.converged for r in acc.retrains.values())
+            records["accuracy"] = {"sets": len(acc.sets), "not_converged": n_bad, "seconds": acc.seconds,
+                                   "max_passes": max(r.passes for r in acc.retrains.values())}
+            sections.append({
+                "heading": "Accuracy: predicted vs actual (exact retrains)",
+                "text": (f"{len(acc.sets)} removal sets ({', '.join(strategies)}; {len(sizes)} sizes from "
+                         f"{sizes[0]} to {sizes[-1]} rows), each retrained exactly: {n_bad} not converged, "
+                         f"at most {records['accuracy']['max_passes']} passes. Slope is the least-squares slope "
+                         "through the origin of predicted on actual (1 is perfect; IF's is typically < 1)."),
+                "figures": ["accuracy_plugin.png", "accuracy_linear.png"],
+                "tables": [(acc.summary, SUMMARY_COLUMNS)],
+            })
+        if "sweeps" in experiments:
+            config = RunConfig(**{k: (tuple(v) if k == "metrics" else v) for k, v in run.manifest["config"].items()})
+            rows = sweeps(run.corpus, config, seed=seed, client=client)
+            write_json(tmps["report"] / "sweeps.json", rows)
+            sweeps_figure(rows, tmps["report"] / "sweeps.png")
+            sections.append({"heading": "Sweeps over λ and n", "figures": ["sweeps.png"],
+                             "tables": [(rows, ["axis", "value", "n", "d", "metric", "method", "count", "pearson",
+                                                "slope", "median_rel_err"])]})
+        if "poisoning" in experiments:
+            rows = poisoning(run, n_points=poison_points, seed=seed, client=client)
+            write_json(tmps["report"] / "poisoning.json", rows)
+            poisoning_figure(rows, tmps["report"] / "poisoning.png")
+            ok = [r for r in rows if r.get("converged")]
+            exact = np.array([r["exact"] for r in ok])
+            summary = [{"method": m, **summarise(np.array([r[m] for r in ok]), exact)} for m in ("if", "rif")]
+            records["poisoning"] = {"points": len(rows), "converged": len(ok), "summary": summary}
+            sections.append({"heading": "Poisoning", "figures": ["poisoning.png"],
+                             "text": "Change of a test point's logit when its label-flipped copy is removed "
+                                     "from the training set: predicted at the poisoned fit vs exact.",
+                             "tables": [(summary, ["method", "count", "pearson", "slope", "median_rel_err"])]})
+        vgroup.attrs.update({"experiments": list(experiments), "records": records, "seed": seed})
+        write_report(tmps["report"], title=f"rifscale validation: {run.path.name}",
+                     intro=(f"n = {run.corpus.n}, d = {run.corpus.d}, lam = {run.model.lam}, "
+                            f"intercept = {run.model.fit_intercept}; corpus {run.manifest['corpus']['path']}."),
+                     sections=sections)
+        for name in ("validation", "report"):
+            _replace_dir(tmps[name], outs[name])
+    finally:
+        for tmp in tmps.values():
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return outs["report"] / "index.html"
+
+
+def _store_sets(group, acc: Accuracy) -> None:
+    """The removal sets (concatenated indices + offsets) and the exact Δθ of each."""
+    names = [s.name for s in acc.sets]
+    offsets = np.concatenate([[0], np.cumsum([s.size for s in acc.sets])]).astype(np.int64)
+    group.create_array("sets/indices", data=np.concatenate([s.indices for s in acc.sets]).astype(np.int64))
+    group.create_array("sets/offsets", data=offsets)
+    group.create_array("exact/delta_theta", data=np.stack([acc.retrains[k].delta for k in names]))
+    group["sets"].attrs.update({"names": names, "strategies": [s.strategy for s in acc.sets],
+                                "meta": [s.meta for s in acc.sets]})
+    group["exact"].attrs["retrains"] = [acc.retrains[k].record() for k in names]
