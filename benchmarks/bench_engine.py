@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """End-to-end engine benchmark of rifscale on a local 2-process Dask cluster.
 
-Measures, for synthetic corpora of n rows x d = 100 features (float32, 50 000-row chunks):
+Runs on ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+dashboard_address=None)``. Measures, for synthetic corpora of n rows x d = 100 features (float32, 50 000-row chunks):
 
 * ingest wall time (``rifscale.ingest`` from in-memory arrays) and rows/s;
 * ``attribute(...)`` + ``Attribution.to_zarr(...)`` wall time, split into the stages the
@@ -116,6 +117,20 @@ def _blas() -> dict:
         return {"error": repr(exc)}
 
 
+def source_info() -> dict:
+    """The commit the benchmarked code is at, and whether rifscale/ had local changes."""
+    import subprocess
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=HERE.parent, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    changed = git("status", "--porcelain", "--", "rifscale")
+    return {"commit": git("rev-parse", "HEAD"), "rifscale_locally_modified": bool(changed) if changed is not None else None}
+
+
 def machine_info(client) -> dict:
     import dask
     import distributed
@@ -188,6 +203,52 @@ class RssPeak:
     @property
     def growth(self) -> int:
         return self.peak - self.base
+
+
+class OtherLoad:
+    """How busy the machine was with *other* processes during a section: machine-wide
+    busy CPU time minus the CPU time of this benchmark's process tree (driver, workers,
+    reference children), as a share of wall time x CPUs. Near 0 on a quiet machine; the
+    timings of a section with a large share are inflated by contention."""
+
+    def __init__(self):
+        import psutil
+
+        self._psutil = psutil
+        self._me = psutil.Process()
+
+    def _busy(self) -> float:
+        t = self._psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+
+    def _own(self) -> float:
+        total = 0.0
+        for proc in [self._me, *self._me.children(recursive=True)]:
+            try:
+                t = proc.cpu_times()
+            except self._psutil.Error:
+                continue
+            total += t.user + t.system + t.children_user + t.children_system
+        return total
+
+    def __enter__(self):
+        self._t, self._busy0, self._own0 = time.perf_counter(), self._busy(), self._own()
+        self.load_start = os.getloadavg()[0]
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.perf_counter() - self._t
+        other = (self._busy() - self._busy0) - (self._own() - self._own0)
+        ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        self.share = max(other, 0.0) / (wall * ncpu)
+        self.load_end = os.getloadavg()[0]
+
+    def record(self) -> dict:
+        return {
+            "other_processes_cpu_share": round(self.share, 3),
+            "loadavg_1min_start": self.load_start,
+            "loadavg_1min_end": self.load_end,
+        }
 
 
 # --------------------------------------------------------------------------- stages
@@ -502,15 +563,17 @@ def markdown(result: dict) -> str:
         f"Machine: {m['cpu_model']}, {m['cpus_in_affinity']} CPUs, {m['ram_gib']} GiB RAM; "
         f"Python {m['python']}, NumPy {m['versions']['numpy']} ({m['blas'].get('name')}), "
         f"Dask {m['versions']['dask']}, Zarr {m['versions']['zarr']}.",
-        f"LocalCluster: {cfg['workers']} worker processes x {cfg['threads_per_worker']} thread "
+        f"Code: commit {(result.get('source') or {}).get('commit', '?')[:10]}"
+        f"{' + local changes in rifscale/' if (result.get('source') or {}).get('rifscale_locally_modified') else ''}.",
+        f"LocalCluster: {cfg['workers']} worker processes x {cfg['threads_per_worker']} thread, no dashboard "
         f"(worker env OPENBLAS_NUM_THREADS={(m['env_workers'] or {}).get('OPENBLAS_NUM_THREADS')}). "
         f"d = {cfg['d']}, float32, {cfg['chunk_rows']:,}-row chunks, {cfg['n_test']:,} test rows, "
         f"lam = {cfg['lam']}, default RunConfig (test_subset \"paper\", both metrics).",
         f"Median of {cfg['repeats']} repeat(s), seconds. Full numbers (min/max, every repeat) in the JSON.",
         "",
         "| n | chunks | ingest | open | fit (passes) | factor | metrics | scores | other | **total** "
-        "| Newton pass | scores pass | driver peak (tracemalloc / RSS growth) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Newton pass | scores pass | driver peak (tracemalloc / RSS growth) | other load |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in result["sizes"]:
         st = {k: v["median"] for k, v in s["stage_seconds"].items()}
@@ -522,7 +585,8 @@ def markdown(result: dict) -> str:
             f"| **{s['total_seconds']['median']:.2f}** "
             f"| {s['newton_pass_seconds']['median']:.2f} ({_fmt_rate(s['newton_pass_rows_per_s'])} rows/s) "
             f"| {_fmt_rate(s['scores_pass_rows_per_s'])} rows/s "
-            f"| {s['driver_peak_tracemalloc_bytes'] / 2**20:.1f} / {s['driver_rss_growth_bytes'] / 2**20:.0f} MiB |"
+            f"| {s['driver_peak_tracemalloc_bytes'] / 2**20:.1f} / {s['driver_rss_growth_bytes'] / 2**20:.0f} MiB "
+            f"| {s['contention']['other_processes_cpu_share']:.0%} |"
         )
     lines += [
         "",
@@ -533,6 +597,7 @@ def markdown(result: dict) -> str:
             f"n = {s['n']:,}: {_fmt_rate(s['scores_compute_only_rows_per_s'])} rows/s" for s in result["sizes"]
         )
         + ".",
+        "\"other load\": CPU share used by processes outside the benchmark while it ran (0% = quiet machine).",
     ]
     c = result.get("comparison")
     if c:
@@ -563,7 +628,8 @@ def markdown(result: dict) -> str:
             "Engine / reference wall time, median of per-repeat ratios: "
             f"{c['engine_over_reference_1_thread']:.2f} (reference on 1 BLAS thread), "
             f"{c['engine_over_reference_default_threads']:.2f} (reference on the default BLAS threads). "
-            f"Reference driver peak (tracemalloc): {c['reference_peak_tracemalloc_bytes'] / 2**20:.0f} MiB.",
+            f"Reference driver peak (tracemalloc): {c['reference_peak_tracemalloc_bytes'] / 2**20:.0f} MiB. "
+            f"Other load meanwhile: {c['contention']['other_processes_cpu_share']:.0%}.",
             "",
             "| quantity | max abs diff / max abs ref | max elementwise rel | median elementwise rel |",
             "|---|---:|---:|---:|",
@@ -599,7 +665,7 @@ def main(argv=None) -> int:
     out = args.out or HERE / "results" / f"engine-{date}{'-quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    from rifscale.cluster import connect
+    from distributed import Client, LocalCluster
 
     started = time.perf_counter()
     result = {
@@ -624,16 +690,28 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="rifscale-bench-", dir=args.tmpdir) as tmp:
         tmp = Path(tmp)
         t = time.perf_counter()
-        with connect(n_workers=N_WORKERS) as client:
+        with LocalCluster(
+            n_workers=N_WORKERS, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster, Client(cluster) as client:
             result["cluster_start_seconds"] = time.perf_counter() - t
             nthreads = client.nthreads()
             assert len(nthreads) == N_WORKERS and set(nthreads.values()) == {1}, nthreads
             result["machine"] = machine_info(client)
+            result["source"] = source_info()
             say(f"cluster up in {result['cluster_start_seconds']:.1f} s: {nthreads}")
             result["warm_up_seconds"] = warm_up(client, tmp)
-            result["sizes"] = [bench_size(n, client, tmp, repeats) for n in sizes]
+            result["sizes"] = []
+            for n in sizes:
+                with OtherLoad() as load:
+                    entry = bench_size(n, client, tmp, repeats)
+                entry["contention"] = load.record()
+                say(f"n = {n:,}: other processes used {load.share:.0%} of the CPUs meanwhile")
+                result["sizes"].append(entry)
             if compare_n:
-                result["comparison"] = compare_reference(compare_n, client, tmp, repeats)
+                with OtherLoad() as load:
+                    result["comparison"] = compare_reference(compare_n, client, tmp, repeats)
+                result["comparison"]["contention"] = load.record()
+                say(f"comparison: other processes used {load.share:.0%} of the CPUs meanwhile")
     result["benchmark_wall_seconds"] = time.perf_counter() - started
 
     out.write_text(json.dumps(result, indent=2) + "\n")
