@@ -93,3 +93,16 @@ def test_cli_run_and_groups_on_existing_scheduler(cluster, corpus_path, problem,
     # a second `groups` does not overwrite unasked
     assert main(["-q", "groups", str(out), "--sets", str(sets), "--scheduler", cluster.scheduler_address]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_batched_retrains_on_the_cluster(client, corpus_path, problem):
+    from rifscale.retrain import retrain
+
+    pr, ref = problem
+    res = rifscale.attribute(corpus_path, lam=2.0, test_subset="all", client=client)
+    sets = {"a": [0, 5, 9], "b": list(range(0, 90, 4)), "c": [44]}
+    out = retrain(res, sets, client=client)
+    for name, idx in sets.items():
+        exact = ref.delta_exact(np.array(idx))
+        assert out[name].converged
+        assert np.linalg.norm(out[name].delta - exact) <= 1e-7 * np.linalg.norm(exact)
