@@ -111,7 +111,6 @@ def retrain(
     corpus, model = source.corpus, source.model
     train = corpus.train
     sets = normalise_sets(sets, train.n)
-    p = model.p
     deltas, _, _ = _deltas(train, model, sets, client=client)
     states = []
     for name, rows in sets.items():

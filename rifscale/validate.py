@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dask
 import dask.array as da
@@ -260,7 +261,7 @@ def run_validation(run_path, *, experiments=("accuracy",), strategies=STRATEGIES
         vgroup.attrs.update({"experiments": list(experiments), "records": records, "seed": seed})
         write_report(tmps["report"], title=f"rifscale validation: {run.path.name}",
                      intro=(f"n = {run.corpus.n}, d = {run.corpus.d}, lam = {run.model.lam}, "
-                            f"intercept = {run.model.fit_intercept}; corpus {run.manifest['corpus']['path']}."),
+                            f"intercept = {run.model.fit_intercept}; corpus {Path(run.manifest['corpus']['path'] or 'in-memory').name}."),
                      sections=sections)
         for name in ("validation", "report"):
             _replace_dir(tmps[name], outs[name])
