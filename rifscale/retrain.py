@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 ARMIJO = 1e-4
 LOSS_ROUNDING = 1e-12
 SLOW = 0.5  # a chord step that shrinks ‖∇L‖ by less than this switches the set to Newton
+#: Most Hessian entries (p² per Newton problem) one pass may return per chunk; Newton
+#: problems beyond it take turns, so memory per task stays bounded whatever K and p are.
+HESSIAN_BUDGET = 2**25
 
 
 @dataclass(frozen=True)
@@ -152,11 +155,16 @@ def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, 
     row_ids = _row_ids(train)
     all_sets = broadcast([s.rows for s in states], client=client)
     eps = np.finfo(np.float64).eps
+    budget = max(1, HESSIAN_BUDGET // (p * p))
     for npass in range(1, max_passes + 1):
-        active = [s for s in states if not s.done]
-        if not active:
+        running = [k for k, s in enumerate(states) if not s.done]
+        if not running:
             break
-        pos = [states.index(s) for s in active]
+        waiting = [k for k in running if states[k].method == "newton"]
+        turn = npass % max(1, -(-len(waiting) // budget))  # which share of the Newton problems runs
+        skip = set(waiting) - set(waiting[turn * budget : (turn + 1) * budget])
+        pos = [k for k in running if k not in skip]
+        active = [states[k] for k in pos]
         newton = [j for j, s in enumerate(active) if s.method == "newton"]
         thetas = np.stack([s.trial for s in active], axis=1)
         K = len(active)
@@ -168,7 +176,7 @@ def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, 
         grads = packed[2 * K : 2 * K + p * K].reshape(p, K) + model.lam * D[:, None] * thetas
         floors = ROUNDING_FACTOR * eps * (packed[K : 2 * K] + model.lam * np.linalg.norm(D[:, None] * thetas, axis=0))
         hess = packed[2 * K + p * K :].reshape(len(newton), p, p) + model.lam * np.diag(D)
-        for j, s in enumerate(active):
+        for j, s in enumerate(active):  # a problem's passes: those that evaluated it
             s.passes += 1
             H = hess[newton.index(j)] if j in newton else None
             a_loss, a_grad, a_scale, a_hess = _added_terms(s, thetas[:, j], H is not None)

@@ -64,3 +64,19 @@ def test_first_chord_step_is_the_ns_estimate(synchronous):
     for k in sets:  # one pass evaluates the start: θ̂ + Δθ_NS, not yet certified
         np.testing.assert_allclose(one[k].delta, ns[k].delta["ns"], rtol=1e-12, atol=1e-15)
         assert not one[k].converged and one[k].passes == 1
+
+
+def test_newton_problems_take_turns_within_the_hessian_budget(monkeypatch, synchronous):
+    import rifscale.retrain as R
+
+    n, d, lam = 60, 120, 0.1
+    pr = make_problem(n, d, seed=4)
+    ref = Reference(pr.X, pr.y, lam=lam)
+    res = rifscale.attribute(corpus_of(pr, 32), lam=lam, test_subset="all")
+    sets = {f"s{i}": np.arange(i, i + 15) for i in range(0, 40, 4)}
+    monkeypatch.setattr(R, "HESSIAN_BUDGET", 121 * 121 * 2)  # two Newton Hessians per pass
+    out = R.retrain(res, sets)
+    assert sum(r.method == "newton" for r in out.values()) > 2
+    for k, r in out.items():
+        exact = ref.delta_exact(sets[k])
+        assert r.converged and np.linalg.norm(r.delta - exact) <= 1e-7 * np.linalg.norm(exact)
