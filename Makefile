@@ -23,5 +23,9 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m "slow" -q
 
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python benchmarks/bench_retrain.py --data demo
+
 clean:
 	rm -rf $(VENV) rifscale-demo

@@ -2,7 +2,8 @@
 """End-to-end engine benchmark of rifscale on a local 2-process Dask cluster.
 
 Runs on ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-dashboard_address=None)``. Measures, for synthetic corpora of n rows x d = 100 features (float32, 50 000-row chunks):
+dashboard_address=None)``. Measures, for synthetic corpora of n rows x d = 100 features
+(float32, 50 000-row chunks):
 
 * ingest wall time (``rifscale.ingest`` from in-memory arrays) and rows/s;
 * ``attribute(...)`` + ``Attribution.to_zarr(...)`` wall time, split into the stages the
@@ -19,10 +20,12 @@ dashboard_address=None)``. Measures, for synthetic corpora of n rows x d = 100 f
   started with (OpenBLAS default: all cores), interleaved with the engine runs.
 
 Every timing is repeated (3 times by default) and reported as median, min and max.
+Before each timed run the script waits (at most 90 s) for other processes to leave the
+CPUs alone, and records the CPU share they used during the run ("other load").
 
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/bench_engine.py            # full run, ~5-10 minutes
+    .venv/bin/python benchmarks/bench_engine.py            # full run, 4-5 minutes on 2 quiet cores
     .venv/bin/python benchmarks/bench_engine.py --quick    # smoke run, n in {20k, 80k}, 1 repeat
 
 Writes ``benchmarks/results/engine-<date>.json`` (``engine-<date>-quick.json`` with
@@ -254,18 +257,42 @@ class OtherLoad:
 # --------------------------------------------------------------------------- stages
 
 
+#: Before each timed repeat, wait (at most QUIET_MAX_WAIT s) until other processes use
+#: under QUIET_SHARE of the CPUs over a QUIET_WINDOW-second window (see --no-wait).
+QUIET_SHARE, QUIET_WINDOW, QUIET_MAX_WAIT = 0.10, 2.0, 90.0
+WAIT_FOR_QUIET = True
+
+
+def wait_quiet() -> float:
+    """Seconds spent waiting for the machine to be quiet (0 when it already was)."""
+    if not WAIT_FOR_QUIET:
+        return 0.0
+    t = time.perf_counter()
+    while time.perf_counter() - t < QUIET_MAX_WAIT:
+        with OtherLoad() as load:
+            time.sleep(QUIET_WINDOW)
+        if load.share < QUIET_SHARE:
+            break
+    waited = time.perf_counter() - t - QUIET_WINDOW
+    if waited > 1:
+        say(f"waited {waited:.0f} s for other processes to quieten down")
+    return max(waited, 0.0)
+
+
 def run_engine(path: Path, out: Path, client, **config) -> dict:
     """open + attribute + to_zarr once; wall times of every stage."""
     import rifscale
 
     gc.collect()
-    t0 = time.perf_counter()
-    corpus = rifscale.open_corpus(path)
-    t1 = time.perf_counter()
-    res = rifscale.attribute(corpus, client=client, lam=LAM, **config)
-    t2 = time.perf_counter()
-    res.to_zarr(out)
-    t3 = time.perf_counter()
+    waited = wait_quiet()
+    with OtherLoad() as load:
+        t0 = time.perf_counter()
+        corpus = rifscale.open_corpus(path)
+        t1 = time.perf_counter()
+        res = rifscale.attribute(corpus, client=client, lam=LAM, **config)
+        t2 = time.perf_counter()
+        res.to_zarr(out)
+        t3 = time.perf_counter()
     stages = {"open": t1 - t0}
     stages.update({k: float(res.timings[k]) for k in ("fit", "factor", "metrics", "scores")})
     stages["other"] = (t3 - t1) - sum(res.timings[k] for k in ("fit", "factor", "metrics", "scores"))
@@ -278,6 +305,8 @@ def run_engine(path: Path, out: Path, client, **config) -> dict:
         "n_passes": res.fit.n_passes,
         "stopped_at": res.fit.stopped_at,
         "fit_seconds_per_pass": res.fit.seconds / res.fit.n_passes,
+        "other_load": round(load.share, 3),
+        "waited_for_quiet_seconds": round(waited, 1),
         "result": res,
     }
 
@@ -325,26 +354,32 @@ def bench_size(n: int, client, tmp: Path, repeats: int) -> dict:
         say(
             f"n = {n:,}: repeat {k + 1}/{repeats}: total {r['total']:.2f} s  "
             + "  ".join(f"{s} {v:.2f}" for s, v in r["stages"].items())
-            + f"  ({r['n_passes']} passes)"
+            + f"  ({r['n_passes']} passes; other load {r['other_load']:.0%})"
         )
     res = runs[-1]["result"]
     corpus = res.corpus
 
     # one Newton pass (L, grad, H) at the fitted theta, on its own
-    newton = []
+    newton, loads = [], []
     for _ in range(repeats):
         gc.collect()
-        t = time.perf_counter()
-        objective(corpus.train.X, corpus.train.y, res.theta, lam=LAM, fit_intercept=True)
-        newton.append(time.perf_counter() - t)
+        wait_quiet()
+        with OtherLoad() as load:
+            t = time.perf_counter()
+            objective(corpus.train.X, corpus.train.y, res.theta, lam=LAM, fit_intercept=True)
+            newton.append(time.perf_counter() - t)
+        loads.append(load.share)
 
     # the scores pass without writing anything: every block computed, summed to one row
     compute_only = []
     for _ in range(repeats):
         gc.collect()
-        t = time.perf_counter()
-        res.scores.table.sum(axis=0).compute()
-        compute_only.append(time.perf_counter() - t)
+        wait_quiet()
+        with OtherLoad() as load:
+            t = time.perf_counter()
+            res.scores.table.sum(axis=0).compute()
+            compute_only.append(time.perf_counter() - t)
+        loads.append(load.share)
     del runs[-1]["result"], res, corpus
     for r in runs:
         r.pop("result", None)
@@ -389,6 +424,11 @@ def bench_size(n: int, client, tmp: Path, repeats: int) -> dict:
         "scores_pass_rows_per_s": n / scores["median"],
         "scores_compute_only_seconds": summary(compute_only),
         "scores_compute_only_rows_per_s": n / statistics.median(compute_only),
+        # CPU share of other processes during each timed end-to-end repeat, and the worst
+        # one over every timed measurement of this size (end to end, Newton, compute-only)
+        "other_load_per_repeat": [r["other_load"] for r in runs],
+        "other_load_max": round(max([r["other_load"] for r in runs] + loads), 3),
+        "waited_for_quiet_seconds": [r["waited_for_quiet_seconds"] for r in runs],
         "driver_peak_tracemalloc_bytes": traced_peak,
         "driver_rss_growth_bytes": rss.growth,
         "memory_run_total_seconds": mem_run["total"],
@@ -488,19 +528,27 @@ def compare_reference(n: int, client, tmp: Path, repeats: int) -> dict:
     config = {"test_subset": "all", "metrics": ("test_loss",)}
     default_threads = START_ENV.get("OPENBLAS_NUM_THREADS")
     ref_runs = {"1": [], "default": []}
-    eng_total, eng_stages = [], []
+    eng_total, eng_stages, eng_loads = [], [], []
     out = tmp / f"compare-run-{n}"
     arrays = tmp / "ref-arrays.npz"
+    ref_loads = []
     for k in range(repeats):
         last = k == repeats - 1
-        ref_runs["1"].append(_run_reference(tmp, n, seed, "1", arrays=str(arrays) if last else None, memory=last))
-        ref_runs["default"].append(_run_reference(tmp, n, seed, None))
+        for threads, key in (("1", "1"), (None, "default")):
+            wait_quiet()
+            with OtherLoad() as load:
+                ref_runs[key].append(
+                    _run_reference(tmp, n, seed, threads, arrays=str(arrays) if last and threads else None,
+                                   memory=bool(last and threads))
+                )
+            ref_loads.append(load.share)
         if out.exists():
             shutil.rmtree(out)
         r = run_engine(path, out, client, **config)
         r.pop("result")
         eng_total.append(r["total"])
         eng_stages.append(r["stages"])
+        eng_loads.append(r["other_load"])
         say(
             f"comparison repeat {k + 1}/{repeats}: reference {ref_runs['1'][-1]['total']:.2f} s (1 BLAS thread), "
             f"{ref_runs['default'][-1]['total']:.2f} s (OPENBLAS_NUM_THREADS={default_threads}); "
@@ -542,6 +590,9 @@ def compare_reference(n: int, client, tmp: Path, repeats: int) -> dict:
             e / r["total"] for e, r in zip(eng_total, ref_runs["default"])
         ),
         "reference_peak_tracemalloc_bytes": ref_runs["1"][-1]["peak_tracemalloc_bytes"],
+        "other_load_engine_per_repeat": eng_loads,
+        "other_load_reference_per_run": [round(x, 3) for x in ref_loads],
+        "other_load_max": round(max(eng_loads + ref_loads), 3),
         "max_leverage": h_max,
         "errors": errors,
     }
@@ -586,7 +637,7 @@ def markdown(result: dict) -> str:
             f"| {s['newton_pass_seconds']['median']:.2f} ({_fmt_rate(s['newton_pass_rows_per_s'])} rows/s) "
             f"| {_fmt_rate(s['scores_pass_rows_per_s'])} rows/s "
             f"| {s['driver_peak_tracemalloc_bytes'] / 2**20:.1f} / {s['driver_rss_growth_bytes'] / 2**20:.0f} MiB "
-            f"| {s['contention']['other_processes_cpu_share']:.0%} |"
+            f"| {s['other_load_max']:.0%} |"
         )
     lines += [
         "",
@@ -597,7 +648,8 @@ def markdown(result: dict) -> str:
             f"n = {s['n']:,}: {_fmt_rate(s['scores_compute_only_rows_per_s'])} rows/s" for s in result["sizes"]
         )
         + ".",
-        "\"other load\": CPU share used by processes outside the benchmark while it ran (0% = quiet machine).",
+        "\"other load\": the largest CPU share used by processes outside the benchmark during any timed "
+        "measurement of that row (0% = quiet machine).",
     ]
     c = result.get("comparison")
     if c:
@@ -629,7 +681,7 @@ def markdown(result: dict) -> str:
             f"{c['engine_over_reference_1_thread']:.2f} (reference on 1 BLAS thread), "
             f"{c['engine_over_reference_default_threads']:.2f} (reference on the default BLAS threads). "
             f"Reference driver peak (tracemalloc): {c['reference_peak_tracemalloc_bytes'] / 2**20:.0f} MiB. "
-            f"Other load meanwhile: {c['contention']['other_processes_cpu_share']:.0%}.",
+            f"Other load (max over the timed runs): {c['other_load_max']:.0%}.",
             "",
             "| quantity | max abs diff / max abs ref | max elementwise rel | median elementwise rel |",
             "|---|---:|---:|---:|",
@@ -653,8 +705,12 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=lambda s: tuple(int(float(x)) for x in s.split(",")), help="comma-separated n values")
     ap.add_argument("--compare-n", type=int, help="n of the reference comparison (0 skips it)")
     ap.add_argument("--tmpdir", type=Path, help="where corpora and runs are written (default: system temp)")
+    ap.add_argument("--no-wait", action="store_true",
+                    help="do not wait for other processes to quieten down before each timed run")
     ap.add_argument("--reference-worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    global WAIT_FOR_QUIET
+    WAIT_FOR_QUIET = not args.no_wait
     if args.reference_worker:
         return reference_worker(args.reference_worker)
 
@@ -685,6 +741,8 @@ def main(argv=None) -> int:
             "threads_per_worker": 1,
             "repeats": repeats,
             "compare_n": compare_n,
+            "wait_for_quiet": {"enabled": not args.no_wait, "max_other_share": QUIET_SHARE,
+                               "window_s": QUIET_WINDOW, "max_wait_s": QUIET_MAX_WAIT},
         },
     }
     with tempfile.TemporaryDirectory(prefix="rifscale-bench-", dir=args.tmpdir) as tmp:
