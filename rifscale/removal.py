@@ -7,7 +7,7 @@ reproducible from ``(seed, strategy, size)``:
 - ``feature_cluster``: a random feature j (never the intercept) and a random anchor row a;
   the k rows with the smallest ``|x_ij − x_aj|``.
 - ``distance_cluster``: the k nearest neighbours (L2 in feature space) of a random anchor
-  (the anchor itself, at distance 0, included).
+  (the anchor itself, at distance 0, is among them unless it has exact duplicates).
 - ``top_influence``: for a metric and a sign s, a random k of the **true** top-2k rows by
   ``s · s_IF`` (the paper's code meant this but its ``argpartition`` picked another set).
 
@@ -101,9 +101,10 @@ def removal_sets(
         raise ConfigError(f"Unknown removal strategy {strategy!r}; choose from {STRATEGIES}.")
     n, d = train.n, train.d
     sizes = default_sizes(n) if sizes is None else np.asarray(sizes, dtype=np.int64)
-    if sizes.size == 0 or sizes.min() < 1 or sizes.max() > (n // 2 if strategy == "top_influence" else n):
+    if sizes.size == 0 or sizes.min() < 1 or sizes.max() > (n // 2 if strategy == "top_influence" else n - 1):
         raise ConfigError(
-            f"Removal-set sizes must be in [1, {n}] (and at most n/2 for top_influence); got {sizes.tolist()}."
+            f"Removal-set sizes must be in [1, {n - 1}] (at most n/2 = {n // 2} for top_influence: it draws "
+            f"from the top 2k); got {sizes.tolist() or 'none'}."
         )
     rngs = [_rng(seed, strategy, int(k)) for k in sizes]
     meta = [{} for _ in sizes]

@@ -35,9 +35,21 @@ def _identity(ax, xs, ys):
         ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.8, ls="--", zorder=0)
 
 
+def _empty_figure(path: Path, message: str) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 2))
+    ax.text(0.5, 0.5, message, ha="center", va="center")
+    ax.set_axis_off()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def accuracy_figure(rows: list[dict], form: str, path: Path) -> Path:
     plt = _plt()
     rows = [r for r in rows if r["form"] == form and r["converged"]]
+    if not rows:
+        return _empty_figure(path, "no converged exact retrain to compare with")
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     fig, axes = plt.subplots(len(metrics), len(strategies), figsize=(3.2 * len(strategies), 3.0 * len(metrics)),
@@ -70,6 +82,8 @@ def accuracy_figure(rows: list[dict], form: str, path: Path) -> Path:
 def sweeps_figure(rows: list[dict], path: Path) -> Path:
     plt = _plt()
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    if not metrics:
+        return _empty_figure(path, "no sweep results")
     fig, axes = plt.subplots(2, 2 * len(metrics), figsize=(3.3 * 2 * len(metrics), 6), squeeze=False)
     for k, metric in enumerate(metrics):
         for col, axis in enumerate(("lam", "n")):
@@ -98,6 +112,8 @@ def sweeps_figure(rows: list[dict], path: Path) -> Path:
 def poisoning_figure(rows: list[dict], path: Path) -> Path:
     plt = _plt()
     ok = [r for r in rows if r.get("converged")]
+    if not ok:
+        return _empty_figure(path, "no converged poisoned fit")
     exact = np.array([r["exact"] for r in ok])
     fig, ax = plt.subplots(figsize=(4.5, 4.2))
     for m in ("if", "rif"):

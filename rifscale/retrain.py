@@ -9,9 +9,15 @@ The step of set k is preconditioned by ``P_k = H − Σ_{i∈T_k} α_i z_i z_i�
 the NS estimate (sets start there). This chord iteration converges linearly, fast when
 removing T changes the curvature little. It is safeguarded:
 
-- a step that does not lower ``L_{−T}`` (Armijo) is halved, and the set switches to
-  exact Newton (its Hessian then comes with each pass);
-- a set whose gradient norm falls by less than half per pass switches to Newton too.
+- a chord step that does not lower ``L_{−T}`` (Armijo) is not taken: the set switches to
+  exact Newton from its last accepted point (its Hessian then comes with each pass), and
+  Newton steps that fail Armijo are halved;
+- a set whose gradient norm falls by less than half on two passes in a row switches to
+  Newton too.
+
+Newton problems need a p×p Hessian per pass; at most ``HESSIAN_BUDGET / p²`` of them get
+one in a pass (least recently evaluated first), so task memory stays bounded. A problem's
+``max_passes`` counts the passes that evaluated it.
 
 A set is certified when ``‖∇L_{−T}(θ)‖ ≤ tol · ‖∇L_{−T}(θ̂)‖`` (``‖Σ_{i∈T} g_i‖``), or
 when the gradient is at its rounding floor (``32 ε Σ|r_i|‖z_i‖``), and is reported as not
@@ -84,6 +90,7 @@ class _State:
     t: float = 1.0
     passes: int = 0
     slow: int = 0
+    last: int = 0  # the pass that last evaluated this problem
     reeval: bool = True  # the next pass re-evaluates an accepted point: nothing to test
     done: bool = False
     stopped_at: str | None = None
@@ -156,16 +163,21 @@ def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, 
     all_sets = broadcast([s.rows for s in states], client=client)
     eps = np.finfo(np.float64).eps
     budget = max(1, HESSIAN_BUDGET // (p * p))
-    for npass in range(1, max_passes + 1):
+    npass = 0
+    while True:
+        for s in states:
+            if not s.done and s.passes >= max_passes:
+                s.done, s.ended = True, time.perf_counter()
         running = [k for k, s in enumerate(states) if not s.done]
         if not running:
             break
-        waiting = [k for k in running if states[k].method == "newton"]
-        turn = npass % max(1, -(-len(waiting) // budget))  # which share of the Newton problems runs
-        skip = set(waiting) - set(waiting[turn * budget : (turn + 1) * budget])
+        npass += 1
+        waiting = sorted((k for k in running if states[k].method == "newton"), key=lambda k: states[k].last)
+        skip = set(waiting[budget:])  # least recently evaluated Newton problems go first
         pos = [k for k in running if k not in skip]
         active = [states[k] for k in pos]
         newton = [j for j, s in enumerate(active) if s.method == "newton"]
+        slot = {j: i for i, j in enumerate(newton)}
         thetas = np.stack([s.trial for s in active], axis=1)
         K = len(active)
         packed = kernels.to_numpy(block_sum(
@@ -177,8 +189,8 @@ def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, 
         floors = ROUNDING_FACTOR * eps * (packed[K : 2 * K] + model.lam * np.linalg.norm(D[:, None] * thetas, axis=0))
         hess = packed[2 * K + p * K :].reshape(len(newton), p, p) + model.lam * np.diag(D)
         for j, s in enumerate(active):  # a problem's passes: those that evaluated it
-            s.passes += 1
-            H = hess[newton.index(j)] if j in newton else None
+            s.passes, s.last = s.passes + 1, npass
+            H = hess[slot[j]] if j in slot else None
             a_loss, a_grad, a_scale, a_hess = _added_terms(s, thetas[:, j], H is not None)
             if H is not None:
                 H = H + a_hess
@@ -244,7 +256,7 @@ def _advance(s: _State, loss: float, grad: np.ndarray, floor: float, H, *, tol: 
 
 
 def poisoned_fits(source, x: np.ndarray, y: np.ndarray, *, tol: float = 1e-9, max_passes: int = 60,
-                  client=None) -> list[Retrain]:
+                  client=None) -> tuple[list[Retrain], list[np.ndarray | None]]:
     """Exact fits of the training objective plus one added row each: problem j adds the
     row ``x[j]`` with label ``y[j]``, warm-started at θ̂, by exact Newton steps.
 

@@ -210,7 +210,14 @@ def run_validation(run_path, *, experiments=("accuracy",), strategies=STRATEGIES
     bad = [e for e in experiments if e not in EXPERIMENTS]
     if bad or not experiments:
         raise ConfigError(f"Unknown experiment(s) {bad}; choose from {EXPERIMENTS}.")
+    if n_sizes < 1:
+        raise ConfigError(f"n_sizes must be >= 1; got {n_sizes}.")
     run = open_run(run_path, corpus=corpus)
+    if "top_influence" in strategies and top_metric not in run.model.metrics:
+        raise ConfigError(
+            f"top_influence ranks by the IF scores of {top_metric!r}, which this run did not compute "
+            f"(it has {list(run.model.metrics)}); choose --top-metric from those or rerun with --metrics."
+        )
     outs = {name: run.path / name for name in ("validation", "report")}
     tmps = {name: prepare_output(path, overwrite=overwrite) for name, path in outs.items()}
     sections, records = [], {}

@@ -70,5 +70,9 @@ def test_bad_requests(train):
         removal_sets(tr, "nearest", sizes=[3])
     with pytest.raises(ConfigError, match="needs the IF scores"):
         removal_sets(tr, "top_influence", sizes=[3])
-    with pytest.raises(ConfigError, match=r"sizes must be in \[1, 500\]"):
+    with pytest.raises(ConfigError, match=r"sizes must be in \[1, 499\]"):
         removal_sets(tr, "random", sizes=[0])
+    with pytest.raises(ConfigError, match=r"sizes must be in \[1, 499\]"):
+        removal_sets(tr, "distance_cluster", sizes=[500])  # removing every row leaves nothing to fit
+    with pytest.raises(ConfigError, match=r"at most n/2 = 250 for top_influence"):
+        removal_sets(tr, "top_influence", sizes=[251], if_scores=da.zeros(500, chunks=64))

@@ -109,3 +109,27 @@ def test_html_report_renders_with_its_figures(validated_run, tmp_path):
     subprocess.run(["chromium", *flags, "--window-size=1400,2000", f"--screenshot={shot}", page.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_poisoning_when_newton_problems_take_turns(problem, monkeypatch, synchronous):
+    """One Hessian per pass (as for very wide embeddings): every poisoned fit still gets its
+    own passes and converges to the same answers."""
+    import rifscale.retrain as R
+
+    pr, _ = problem
+    res = rifscale.attribute(corpus_of(pr, 64), lam=0.3)
+    wide_open = poisoning(res, n_points=8, seed=3)
+    monkeypatch.setattr(R, "HESSIAN_BUDGET", 16 * 16)
+    in_turns = poisoning(res, n_points=8, seed=3)
+    for a, b in zip(wide_open, in_turns):
+        assert b["converged"] and b["rif"] == pytest.approx(a["rif"], rel=1e-9, abs=1e-12)
+
+
+def test_figures_without_converged_rows(tmp_path):
+    from rifscale.report import accuracy_figure, poisoning_figure, sweeps_figure
+
+    rows = [{"form": "plugin", "converged": False, "strategy": "random", "metric": "test_loss",
+             "method": "if", "predicted": 1.0, "actual": 2.0}]
+    for path in (accuracy_figure(rows, "plugin", tmp_path / "a.png"), sweeps_figure([], tmp_path / "s.png"),
+                 poisoning_figure([{"converged": False}], tmp_path / "p.png")):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -77,13 +77,16 @@ def set_stats_block(x, y, w=None, *, theta, linv, fit_intercept: bool, threshold
         as NaN when the count is non-zero.
     """
     xp = array_namespace(x)
+    if w is not None:  # only the set's rows matter: skip the O(p²) work for the others
+        w = xp.asarray(w, dtype=xp.float64)
+        keep = w != 0
+        x, y, w = x[keep], xp.asarray(y)[keep], w[keep]
     z = design(x, fit_intercept=fit_intercept)
     _, r, alpha, _, h = _leverage_terms(z, y, theta, linv)
     one_minus_h = 1.0 - h
     flag = one_minus_h < threshold
     if w is None:
         w = xp.ones(z.shape[0], dtype=xp.float64)
-    w = xp.asarray(w, dtype=xp.float64)
     wr = w * r
     rescaled = xp.where(flag, 0.0, wr / xp.where(flag, 1.0, one_minus_h))
     parts = [z.T @ wr, z.T @ rescaled, xp.sum(w * flag)[None]]
