@@ -35,14 +35,22 @@ def _identity(ax, xs, ys):
         ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.8, ls="--", zorder=0)
 
 
+def _save(fig, path: Path, title: str | None = None) -> Path:
+    plt = _plt()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _empty_figure(path: Path, message: str) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 2))
     ax.text(0.5, 0.5, message, ha="center", va="center")
     ax.set_axis_off()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def accuracy_figure(rows: list[dict], form: str, path: Path) -> Path:
@@ -72,11 +80,7 @@ def accuracy_figure(rows: list[dict], form: str, path: Path) -> Path:
                 ax.set_xlabel("actual (exact retrain)", fontsize=9)
             ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=8, loc="upper left")
-    fig.suptitle(f"Predicted vs actual change ({'plug-in f(θ̂+Δθ) − f(θ̂)' if form == 'plugin' else 'linear ∇fᵀΔθ'})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, f"Predicted vs actual change ({'plug-in f(θ̂+Δθ) − f(θ̂)' if form == 'plugin' else 'linear ∇fᵀΔθ'})")
 
 
 def sweeps_figure(rows: list[dict], path: Path) -> Path:
@@ -102,11 +106,7 @@ def sweeps_figure(rows: list[dict], path: Path) -> Path:
                 ax.set_title(f"{metric}: {stat}", fontsize=9)
                 ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("Accuracy (plug-in) while varying λ and n at fixed d")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, "Accuracy (plug-in) while varying λ and n at fixed d")
 
 
 def poisoning_figure(rows: list[dict], path: Path) -> Path:
@@ -123,10 +123,7 @@ def poisoning_figure(rows: list[dict], path: Path) -> Path:
     ax.set_ylabel("predicted")
     ax.set_title(f"Poisoning: {len(ok)} test points")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
