@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/rifscale demo
+	$(BIN)/rifscale demo --overwrite
 
 test: $(STAMP)
 	bash scripts/ensure-browser.sh
