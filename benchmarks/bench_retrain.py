@@ -33,6 +33,8 @@ from rifscale.demo import demo_data_path
 from rifscale.removal import default_sizes, removal_sets
 from rifscale.retrain import retrain
 
+from bench_engine import _cpu_model  # noqa: E402  (the script's folder is on sys.path)
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -133,7 +135,7 @@ def main() -> None:
                    "stop_messages": {m: sum(v["message"] == m for v in lb.values()) for m in {v["message"] for v in lb.values()}},
                    "median_iterations": statistics.median(v["nit"] for v in lb.values())},
         "max_rel_diff_delta_theta": agree,
-        "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
+        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "numpy": np.__version__, "scipy": scipy.__version__, "dask": dask.__version__,
                     "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")},
     }
@@ -141,16 +143,6 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=1))
     print(json.dumps({k: result[k] for k in ("data", "n", "d", "sets", "median_seconds", "speedup_median",
                                               "batched", "lbfgsb", "max_rel_diff_delta_theta")}, indent=1))
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -173,6 +173,25 @@ def _deltas(train, model: FittedModel, sets, *, client):
     return out, gathered, masks
 
 
+@dataclass(frozen=True)
+class SetStatistics:
+    """Per-set Δθ (IF, RIF, NS) and the leave-T-out Hessians, from one compute over the
+    data; shared by :func:`group_effects` and :func:`rifscale.retrain.retrain` so that a
+    caller needing both reads the data once."""
+
+    sets: dict  # name -> sorted row indices
+    deltas: dict  # name -> _SetDeltas
+    gathered: dict = field(repr=False)  # small sets: name -> (x, y) rows
+    masks: dict = field(repr=False)  # large sets: name -> lazy row mask
+
+
+def set_statistics(source, sets, *, client=None) -> SetStatistics:
+    train = source.corpus.train
+    sets = normalise_sets(sets, train.n)
+    deltas, gathered, masks = _deltas(train, source.model, sets, client=client)
+    return SetStatistics(sets=sets, deltas=deltas, gathered=gathered, masks=masks)
+
+
 def group_effects(source, sets, *, client=None, extra: dict | None = None) -> dict[str, GroupEstimate]:
     """IF, RIF and NS estimates for each named removal set.
 
@@ -181,14 +200,14 @@ def group_effects(source, sets, *, client=None, extra: dict | None = None) -> di
     source : Attribution or Run
         Anything with ``.corpus`` and ``.model`` (a fresh result, or ``open_run(path)``).
     sets : mapping name -> row indices, list of row-index lists, or a JSON file path
+        or the :class:`SetStatistics` of them (then nothing is recomputed)
     extra : mapping name -> {label: Δθ}, optional
         More Δθ per set (e.g. ``"exact"`` from a retrain) whose metric changes are
         computed in the same passes and reported beside IF, RIF and NS.
     """
     corpus, model = source.corpus, source.model
-    train = corpus.train
-    sets = normalise_sets(sets, train.n)
-    deltas, gathered, masks = _deltas(train, model, sets, client=client)
+    stats = sets if isinstance(sets, SetStatistics) else set_statistics(source, sets, client=client)
+    sets, deltas, gathered, masks = stats.sets, stats.deltas, stats.gathered, stats.masks
     delta = {k: {**deltas[k].delta, **(extra or {}).get(k, {})} for k in sets}
     linear, plugin = _metric_changes(corpus, model, sets, delta, {k: d.G for k, d in deltas.items()}, gathered, masks)
     return {

@@ -36,7 +36,7 @@ import scipy.linalg
 from . import kernels
 from ._blocks import block_sum
 from .factor import broadcast
-from .groups import _deltas, normalise_sets
+from .groups import SetStatistics, set_statistics
 from .hessian import ROUNDING_FACTOR, penalty_diag
 from .model import FittedModel
 
@@ -112,7 +112,8 @@ def retrain(
     Parameters
     ----------
     source : Attribution or Run (anything with ``.corpus`` and ``.model``)
-    sets : mapping name -> row indices (or a list of row-index lists)
+    sets : mapping name -> row indices (or a list of row-index lists), or their
+        :class:`~rifscale.groups.SetStatistics`
     tol : certify ``‖∇L_{−T}‖ ≤ tol · ‖∇L_{−T}(θ̂)‖``
     max_passes : passes over the data before the remaining sets are reported unconverged
     safeguard : False runs the plain chord iteration (full steps, no Newton fallback);
@@ -120,8 +121,8 @@ def retrain(
     """
     corpus, model = source.corpus, source.model
     train = corpus.train
-    sets = normalise_sets(sets, train.n)
-    deltas, _, _ = _deltas(train, model, sets, client=client)
+    stats = sets if isinstance(sets, SetStatistics) else set_statistics(source, sets, client=client)
+    sets, deltas = stats.sets, stats.deltas
     states = []
     for name, rows in sets.items():
         d = deltas[name]

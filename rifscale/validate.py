@@ -24,7 +24,7 @@ import dask.array as da
 import numpy as np
 
 from . import kernels
-from .groups import METHODS, group_effects
+from .groups import METHODS, group_effects, set_statistics
 from .io import Corpus, Split
 from .removal import STRATEGIES, RemovalSet, default_sizes, removal_sets
 from .retrain import poisoned_fits, retrain
@@ -88,8 +88,9 @@ def accuracy(source, *, strategies=STRATEGIES, sizes=None, seed: int = 0, top_me
     sets = make_sets(source, strategies=strategies, sizes=sizes, seed=seed, top_metric=top_metric, top_sign=top_sign)
     named = {s.name: s.indices for s in sets}
     log.info("accuracy: %d removal sets, retraining them exactly (batched)", len(sets))
-    truth = retrain(source, named, tol=tol, client=client)
-    est = group_effects(source, named, client=client, extra={k: {"exact": r.delta} for k, r in truth.items()})
+    stats = set_statistics(source, named, client=client)  # one read of the data serves both
+    truth = retrain(source, stats, tol=tol, client=client)
+    est = group_effects(source, stats, client=client, extra={k: {"exact": r.delta} for k, r in truth.items()})
     result = Accuracy(retrains=truth, sets=sets)
     for s in sets:
         e = est[s.name]
