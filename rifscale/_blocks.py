@@ -7,15 +7,29 @@
   lazy (n, width) array aligned to the input's row chunks.
 
 Keyword arguments go to the kernel unchanged; a ``dask.delayed`` value (e.g. a broadcast
-factor) becomes one dependency shared by all tasks rather than a copy per task.
+factor) becomes one dependency shared by all tasks rather than a copy per task. Every
+kernel's block result is returned as a host (NumPy) array, so reductions and stores see
+host arrays also when the chunks are CuPy arrays on a GPU.
 """
 
 from __future__ import annotations
 
+import functools
+
 import dask.array as da
 import numpy as np
 
+from .kernels import to_numpy
+
 _META = np.empty((0, 0), dtype=np.float64)
+
+
+def _on_host(kernel):
+    @functools.wraps(kernel)
+    def run(*args, **kwargs):
+        return to_numpy(kernel(*args, **kwargs))
+
+    return run
 
 
 def _args(X: da.Array, rows) -> list:
@@ -29,7 +43,7 @@ def _args(X: da.Array, rows) -> list:
 def per_block(kernel, X: da.Array, *rows, width: int, **kwargs) -> da.Array:
     """(number of row chunks, width) array: one packed row per chunk."""
     return da.blockwise(
-        kernel,
+        _on_host(kernel),
         "ij",
         *_args(X, rows),
         new_axes={"j": width},
@@ -49,7 +63,7 @@ def block_sum(kernel, X: da.Array, *rows, width: int, split_every: int | None = 
 def row_map(kernel, X: da.Array, *rows, width: int, **kwargs) -> da.Array:
     """(n, width) array aligned to X's row chunks."""
     return da.blockwise(
-        kernel,
+        _on_host(kernel),
         "ij",
         *_args(X, rows),
         new_axes={"j": width},

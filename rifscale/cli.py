@@ -37,7 +37,8 @@ def _ingest(args) -> int:
                 sources[key] = f"{args.npz}:{key}"
     if sources["train_X"] is None or sources["train_y"] is None:
         raise RifscaleError("ingest needs --train-X and --train-y (or --npz FILE holding train_X and train_y).")
-    corpus = ingest(args.out, chunk_rows=args.chunk_rows, dtype=args.dtype, overwrite=args.overwrite, **sources)
+    corpus = ingest(args.out, chunk_rows=args.chunk_rows, dtype=args.dtype, compressor=args.compressor,
+                    overwrite=args.overwrite, **sources)
     test = f", test {corpus.test.n} x {corpus.test.d}" if corpus.test else ""
     print(f"wrote corpus {args.out}: train {corpus.n} x {corpus.d}{test}, {corpus.train.X.numblocks[0]} row chunk(s)")
     return 0
@@ -53,6 +54,8 @@ def config_from_args(args) -> RunConfig:
         metrics=tuple(args.metrics),
         leverage_threshold=args.leverage_threshold,
         seed=args.seed,
+        persist=args.persist,
+        device=args.device,
     )
 
 
@@ -62,7 +65,7 @@ def _run(args) -> int:
 
     config = config_from_args(args)
     prepare_output(Path(args.out), overwrite=args.overwrite)  # fail before any work
-    with connect(args.scheduler, n_workers=args.workers) as client:
+    with connect(args.scheduler, n_workers=args.workers, processes=args.processes) as client:
         result = attribute(args.corpus, config, client=client)
         manifest = write_run(result, args.out, overwrite=args.overwrite, progress=not args.quiet)
     print(
@@ -85,7 +88,7 @@ def _groups(args) -> int:
         from .errors import OutputExistsError
 
         raise OutputExistsError(f"{str(out)!r} already exists; pass --overwrite to replace it.")
-    with connect(args.scheduler, n_workers=args.workers) as client:
+    with connect(args.scheduler, n_workers=args.workers, processes=args.processes) as client:
         estimates = group_effects(run, sets, client=client)
     write_groups(run.path, estimates, overwrite=args.overwrite)
     for metric in run.model.metrics:
@@ -98,7 +101,7 @@ def _validate(args) -> int:
     from .cluster import connect
     from .validate import run_validation
 
-    with connect(args.scheduler, n_workers=args.workers) as client:
+    with connect(args.scheduler, n_workers=args.workers, processes=args.processes) as client:
         page = run_validation(
             args.run, experiments=tuple(args.experiments), strategies=tuple(args.strategies), n_sizes=args.n_sizes,
             seed=args.seed, poison_points=args.poison_points, top_metric=args.top_metric,
@@ -111,13 +114,17 @@ def _validate(args) -> int:
 def _demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, scheduler=args.scheduler, overwrite=args.overwrite, n_workers=args.workers)
+    run_demo(args.out, scheduler=args.scheduler, overwrite=args.overwrite, n_workers=args.workers,
+             processes=args.processes)
     return 0
 
 
 def _add_cluster(p) -> None:
     p.add_argument("--scheduler", metavar="ADDRESS", help="address of a running dask scheduler (default: start a LocalCluster sized to this machine)")
-    p.add_argument("--workers", type=int, help="number of LocalCluster workers (default: one per core)")
+    p.add_argument("--workers", type=int, help="LocalCluster size: threads of its in-process worker, or worker "
+                   "processes with --processes (default: one per core)")
+    p.add_argument("--processes", action="store_true", help="start the LocalCluster with worker processes instead "
+                   "of one in-process worker (slower to start; isolates workers)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,7 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--npz", help="an .npz holding train_X, train_y [, train_ids, test_X, test_y, test_ids]")
     for key in ("train_X", "train_y", "train_ids", "test_X", "test_y", "test_ids"):
         p.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar="SRC", help="file.npy, file.npz:key, or a Zarr array path")
-    p.add_argument("--chunk-rows", type=int, default=65536, help="rows per chunk (default 65536)")
+    p.add_argument("--chunk-rows", type=int, help="rows per stored chunk (default: about 32 MiB of X per chunk, "
+                   "rows split evenly)")
+    p.add_argument("--compressor", choices=("none", "zstd"), default="none",
+                   help="compression of the stored arrays (default none: embeddings barely compress and zstd "
+                   "makes every read about 3x slower)")
     p.add_argument("--dtype", choices=("float32", "float64"), help="storage dtype of X (default: the source's, float32 for non-floats)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_ingest)
@@ -148,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="+", default=list(defaults.metrics), choices=METRICS)
     p.add_argument("--leverage-threshold", type=float, default=defaults.leverage_threshold)
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--persist", choices=("auto", "always", "never"), default=defaults.persist,
+                   help="keep the training rows in worker memory for all passes (auto: when they take at most "
+                   "half of it; default auto)")
+    p.add_argument("--device", choices=("cpu", "gpu"), default=defaults.device,
+                   help="run the row-chunk kernels on the CPU or, with CuPy, on the workers' GPUs (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace the run directory if it exists")
     _add_cluster(p)
     p.set_defaults(func=_run)

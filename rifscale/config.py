@@ -17,6 +17,8 @@ from .errors import ConfigError
 MetricName = Literal["test_loss", "test_prediction"]
 METRICS: tuple[MetricName, ...] = get_args(MetricName)
 TestSubsetMode = Literal["paper", "all"]
+Persist = Literal["auto", "always", "never"]
+Device = Literal["cpu", "gpu"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,14 @@ class RunConfig:
         Seed of every random choice (the "paper" test subset).
     paper_top, paper_random : int
         Sizes of the two parts of the "paper" test subset (50 and 50 in the paper).
+    persist : "auto", "always" or "never"
+        Keep the training rows (as stored) in worker memory for the fit and the scores
+        pass: "auto" does when they take at most half the cluster's memory; otherwise
+        every pass streams them from the store. Execution only: results do not change.
+    device : "cpu" or "gpu"
+        Where the row-chunk kernels run: "gpu" moves each chunk to CuPy on the workers
+        (float64 accumulation, host arrays at reduction boundaries); an error when no
+        worker sees a CUDA device.
     """
 
     lam: float = 1.0
@@ -58,6 +68,8 @@ class RunConfig:
     seed: int = 0
     paper_top: int = 50
     paper_random: int = 50
+    persist: Persist = "auto"
+    device: Device = "cpu"
 
     def __post_init__(self) -> None:
         if isinstance(self.lam, bool) or not isinstance(self.lam, numbers.Real):
@@ -89,6 +101,11 @@ class RunConfig:
                 "The 'test_subset' parameter must be 'paper', 'all' or an existing .npy/.json/.txt "
                 f"file of test row indices. Got {self.test_subset!r}, which is none of these."
             )
+        for name, allowed in (("persist", get_args(Persist)), ("device", get_args(Device))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"The '{name}' parameter must be one of {allowed}. Got {getattr(self, name)!r} instead."
+                )
         for name in ("paper_top", "paper_random", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:

@@ -1,18 +1,27 @@
 r"""Distributed Newton fit of the L2-regularised logistic regression (DESIGN.md §1).
 
-Each iteration is one pass over the row chunks computing L, ∇L and H together
+Each pass over the row chunks computes L and ∇L in float64 and, when asked, the Hessian
 (:mod:`rifscale.hessian`); the p×p Newton system is solved on the driver by Cholesky.
-A backtracking line search guards the step: a trial point is accepted when it satisfies
-Armijo's condition ``L(θ + t s) ≤ L(θ) + 1e-4 t ∇Lᵀ s`` or — once L is at its rounding
-floor — when it lowers ‖∇L‖. Because the pass at the accepted point already holds its
-gradient and Hessian, an iteration with a full step costs exactly one pass.
+Only the final answer has to be exact, so the passes before it are made cheap:
 
-Convergence: ``‖∇L(θ)‖ ≤ tol · ‖∇L(θ₀)‖`` (θ₀ = 0 by default), or ‖∇L(θ)‖ at its
-rounding floor ``32 ε (Σ|r_i|‖z_i‖ + λ‖Dθ‖)`` — below that the gradient is noise and no
-iteration can lower it (this happens for warm starts whose initial gradient is already
-tiny); the record says which (``stopped_at``). Not converging within ``max_iter``
-iterations raises :class:`~rifscale.errors.NotConvergedError`; IF and RIF assume
-∇L(θ̂) = 0, so a loose fit is never returned silently.
+* **warm start**: θ starts at the optimum of a strided row subsample (at most
+  ``WARM_MAX_ELEMENTS`` values gathered to the driver, λ scaled by m/n), fitted in
+  memory; it is dropped when its full-data loss is not below L(0);
+* **approximate Hessians**: the Hessian products of intermediate iterations are float32
+  (sums over chunks in float64), and a Hessian is reused for further steps while each
+  step still shrinks ‖∇L‖ at least ``REUSE_BELOW``-fold (a chord step costs one pass
+  with no Hessian work);
+* **exact end**: the pass expected to converge also computes the float64 Hessian; if
+  the converged point's Hessian is not float64, one more pass computes it. The factored
+  H is therefore always the float64 Hessian at the returned θ̂.
+
+Steps are safeguarded by a backtracking line search (:func:`rifscale.newton.accept`);
+after the first rejected trial the fit falls back to plain Newton with fresh float64
+Hessians. Convergence: ``‖∇L(θ)‖ ≤ tol · ‖∇L(0)‖`` — relative to the gradient at zero
+whatever the start — or ‖∇L(θ)‖ at its rounding floor (``stopped_at`` says which).
+Not converging within ``max_iter`` iterations raises
+:class:`~rifscale.errors.NotConvergedError`; IF and RIF assume ∇L(θ̂) = 0, so a loose fit
+is never returned silently.
 
 With λ = 0 a minimiser need not exist (separable classes). A converged fit is then
 checked: θ must not separate the classes, and H must not be numerically singular.
@@ -24,24 +33,29 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import dask
 import dask.array as da
 import numpy as np
-import scipy.linalg
 
 from . import kernels
 from ._blocks import per_block
 from .errors import ConfigError, NotConvergedError, NotPositiveDefiniteError, not_positive_definite
-from .hessian import Objective, objective
+from .hessian import objectives
 from .io import find_nonfinite
+from .newton import MIN_STEP, accept, newton_direction, stop_reason
 
 log = logging.getLogger(__name__)
 
-ARMIJO = 1e-4
-MIN_STEP = 2.0**-30
-#: A trial loss this close (relative) to the current one is equal up to rounding.
-LOSS_ROUNDING = 1e-12
 #: With λ = 0, H with a smaller eigenvalue ratio is treated as singular.
 MIN_RCOND_UNPENALISED = 1e-10
+#: A Hessian is kept for the next step while the last step shrank ‖∇L‖ by at least this.
+REUSE_BELOW = 0.1
+#: Most values (rows × d) of the warm-start subsample gathered to the driver (64 MiB float32).
+WARM_MAX_ELEMENTS = 2**24
+#: The warm start needs at least this many subsample rows per parameter (else it is skipped).
+WARM_MIN_ROWS_PER_PARAM = 8
+#: Relative gradient tolerance of the subsample fit (its optimum only approximates θ̂).
+WARM_TOL = 1e-8
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,8 @@ class FitResult:
     seconds: float
     hessian: np.ndarray = field(repr=False)
     history: tuple = field(default=(), repr=False)
+    hessian_passes: dict = field(default_factory=dict)  # precision -> passes that built a Hessian
+    warm_start: dict | None = None  # the subsample fit's record, if one was used
 
     def record(self) -> dict:
         """JSON-ready convergence record."""
@@ -75,6 +91,8 @@ class FitResult:
             "tol": self.tol,
             "stopped_at": self.stopped_at,
             "seconds": self.seconds,
+            "hessian_passes": dict(self.hessian_passes),
+            "warm_start": self.warm_start,
             "history": list(self.history),
         }
 
@@ -101,13 +119,13 @@ def _check_unpenalised_hessian(hessian: np.ndarray) -> None:
         )
 
 
-def _newton_step(obj: Objective, *, lam: float, it: int) -> np.ndarray:
-    if not np.isfinite(obj.hessian).all():
+def _direction(H: np.ndarray, grad: np.ndarray, *, lam: float, it: int) -> np.ndarray:
+    if not np.isfinite(H).all():
         raise not_positive_definite(
             f"at Newton iteration {it}", "it holds NaN or Inf: check the scale of X (huge feature values)"
         )
     try:
-        c = scipy.linalg.cho_factor(obj.hessian, lower=True, check_finite=False)
+        return newton_direction(H, grad)
     except np.linalg.LinAlgError:
         if lam > 0:
             raise NotPositiveDefiniteError(
@@ -117,7 +135,45 @@ def _newton_step(obj: Objective, *, lam: float, it: int) -> np.ndarray:
                 "(theta0=None) or rescale X."
             ) from None
         raise not_positive_definite(f"at Newton iteration {it}") from None
-    return -scipy.linalg.cho_solve(c, obj.grad, check_finite=False)
+
+
+def subsample_start(X: da.Array, y: da.Array, weights=None, *, lam: float, fit_intercept: bool):
+    """θ fitted on a strided row subsample (every k-th row, kept in worker memory), with
+    λ scaled by m/n so that its optimum approximates the full one; None when the
+    subsample would be too small to help or its fit fails. Returns (θ, record)."""
+    n, d = X.shape
+    p = d + int(fit_intercept)
+    m = min(max(WARM_MIN_ROWS_PER_PARAM * p, n // 16), WARM_MAX_ELEMENTS // d)
+    if m < WARM_MIN_ROWS_PER_PARAM * p or n < 4 * m:
+        return None, None
+    t0 = time.perf_counter()
+    stride = n // m
+    parts = [X[::stride], y[::stride]] + ([weights[::stride]] if weights is not None else [])
+    parts = _persist(*parts)
+    xs, ys, ws = parts[0], parts[1], (parts[2] if weights is not None else None)
+    rows = xs.shape[0] if ws is None else float(ws.sum().compute())
+    total = n if weights is None else float(weights.sum().compute())
+    lam_s = lam * rows / max(total, 1.0)
+    try:
+        sub = fit(xs, ys, weights=ws, lam=lam_s, fit_intercept=fit_intercept, tol=WARM_TOL,
+                  warm_start=False, max_iter=30, progress=logging.DEBUG, final_hessian=False)
+    except (NotConvergedError, NotPositiveDefiniteError, np.linalg.LinAlgError):
+        return None, None
+    if not np.isfinite(sub.theta).all():
+        return None, None
+    record = {"rows": int(rows), "stride": stride, "lam": lam_s, "passes": sub.n_passes,
+              "seconds": time.perf_counter() - t0, "used": True}
+    return sub.theta, record
+
+
+def _persist(*arrays):
+    """Keep small derived arrays in (worker) memory: on the active client if any."""
+    try:
+        from distributed import default_client
+
+        return default_client().persist(list(arrays))
+    except (ImportError, ValueError):
+        return dask.persist(*arrays)
 
 
 def fit(
@@ -130,7 +186,9 @@ def fit(
     max_iter: int = 50,
     weights: da.Array | None = None,
     theta0: np.ndarray | None = None,
+    warm_start: bool = True,
     progress: int = logging.INFO,
+    final_hessian: bool = True,
 ) -> FitResult:
     """Minimise ``Σ w_i ℓ_i(θ) + (λ/2)‖θ_w‖²`` by safeguarded Newton.
 
@@ -141,74 +199,110 @@ def fit(
     weights : (n,) dask array or None
         Row weights (0 drops a row); None keeps all rows.
     theta0 : (p,) array or None
-        Starting point (warm start); zeros by default.
+        Starting point; None starts from the subsample fit (``warm_start``) or zeros.
+    warm_start : bool
+        Start from a fit on a row subsample when no ``theta0`` is given.
     progress : int
         Logging level of the per-iteration progress lines.
+    final_hessian : bool
+        Make sure the returned Hessian is the float64 one at θ̂ (one more pass if the
+        converging pass did not compute it); False for fits whose H is not used.
     """
     t0 = time.perf_counter()
     p = X.shape[1] + int(fit_intercept)
-    theta = np.zeros(p) if theta0 is None else np.asarray(theta0, dtype=np.float64).copy()
-    if theta.shape != (p,):
-        raise ConfigError(
-            f"theta0 has shape {theta.shape}; expected ({p},) = d + fit_intercept for d = {X.shape[1]}."
-        )
+    zero = np.zeros(p)
+    warm = None
+    if theta0 is not None:
+        start = np.asarray(theta0, dtype=np.float64).copy()
+        if start.shape != (p,):
+            raise ConfigError(
+                f"theta0 has shape {start.shape}; expected ({p},) = d + fit_intercept for d = {X.shape[1]}."
+            )
+    else:
+        start, warm = subsample_start(X, y, weights, lam=lam, fit_intercept=fit_intercept) if warm_start else (None, None)
+        if start is None:
+            start = zero
 
-    def evaluate(th):
+    counts = {"float32": 0, "float64": 0}
+    passes = 0
+
+    def evaluate(points):
+        nonlocal passes
+        passes += 1
+        for _, h in points:
+            if h:
+                counts[h] += 1
         # non-finite values are checked right after each pass (and named), not warned about
         with np.errstate(invalid="ignore", over="ignore"):
-            return objective(X, y, th, lam=lam, fit_intercept=fit_intercept, weights=weights)
+            return objectives(X, y, points, lam=lam, fit_intercept=fit_intercept, weights=weights)
 
-    obj = evaluate(theta)
-    passes = 1
-    if not (np.isfinite(obj.loss) and np.isfinite(obj.grad).all()):
-        find_nonfinite("train", X)
-        raise NotConvergedError("The objective is not finite at the starting point; check the scale of X.")
-    ref = float(np.linalg.norm(obj.grad)) or 1.0
+    exact = False  # after a rejected trial: plain Newton with fresh float64 Hessians
+    first_mode = "float32"
+    if start is zero or not np.any(start):
+        (cur,) = evaluate([(start, first_mode)])
+        at_zero = cur
+    else:
+        cur, at_zero = evaluate([(start, first_mode), (zero, None)])
+    for o in (cur, at_zero):
+        if not (np.isfinite(o.loss) and np.isfinite(o.grad).all()):
+            find_nonfinite("train", X)
+            raise NotConvergedError(
+                "The objective is not finite at the starting point: the logits overflow. Rescale X "
+                "(e.g. standardise the features) so that |x_i . theta| stays moderate."
+            )
+    if warm is not None and not cur.loss < at_zero.loss:  # the subsample misled: start from zero
+        warm["used"] = False
+        (cur,) = evaluate([(zero, first_mode)])
+    ref = at_zero.grad_norm or 1.0
+    H = cur.hessian
+    ratio = 1.0  # ‖∇L‖ after / before the last accepted step
     history = []
+    rel = cur.grad_norm / ref
     for it in range(max_iter + 1):
-        gnorm = float(np.linalg.norm(obj.grad))
+        gnorm = cur.grad_norm
         rel = gnorm / ref
-        history.append({"iter": it, "loss": obj.loss, "grad_norm": gnorm, "rel_grad_norm": rel})
-        log.log(progress, "newton iter %2d  loss %.12g  rel grad %.3e", it, obj.loss, rel)
-        stopped_at = "tolerance" if rel <= tol else "rounding floor" if gnorm <= obj.grad_floor else None
+        history.append({"iter": it, "loss": cur.loss, "grad_norm": gnorm, "rel_grad_norm": rel,
+                        "hessian": cur.hessian_dtype, "elapsed": time.perf_counter() - t0})
+        log.log(progress, "newton iter %2d  loss %.12g  rel grad %.3e", it, cur.loss, rel)
+        stopped_at = stop_reason(gnorm, ref=ref, floor=cur.grad_floor, tol=tol)
         if stopped_at:
-            if lam == 0:
-                _check_not_separated(X, y, obj.theta, fit_intercept=fit_intercept, weights=weights)
-                _check_unpenalised_hessian(obj.hessian)
+            if final_hessian and cur.hessian_dtype != "float64":  # the factored H must be the exact one at θ̂
+                (cur,) = evaluate([(cur.theta, "float64")])
+            if lam == 0 and final_hessian:
+                _check_not_separated(X, y, cur.theta, fit_intercept=fit_intercept, weights=weights)
+                _check_unpenalised_hessian(cur.hessian)
             return FitResult(
-                theta=obj.theta,
-                lam=lam,
-                fit_intercept=fit_intercept,
-                converged=True,
-                n_iter=it,
-                n_passes=passes,
-                loss=obj.loss,
-                grad_norm=gnorm,
-                rel_grad_norm=rel,
-                tol=tol,
-                stopped_at=stopped_at,
-                seconds=time.perf_counter() - t0,
-                hessian=obj.hessian,
-                history=tuple(history),
+                theta=cur.theta, lam=lam, fit_intercept=fit_intercept, converged=True, n_iter=it,
+                n_passes=passes, loss=cur.loss, grad_norm=gnorm, rel_grad_norm=rel, tol=tol,
+                stopped_at=stopped_at, seconds=time.perf_counter() - t0, hessian=cur.hessian,
+                history=tuple(history), hessian_passes=dict(counts), warm_start=warm,
             )
         if it == max_iter:
             break
-        step = _newton_step(obj, lam=lam, it=it)
-        slope = float(obj.grad @ step)
+        if cur.hessian is not None:
+            H = cur.hessian
+        step = _direction(H, cur.grad, lam=lam, it=it)
+        slope = float(cur.grad @ step)
         t = 1.0
         while True:
-            trial = evaluate(obj.theta + t * step)
-            passes += 1
-            finite = np.isfinite(trial.loss) and np.isfinite(trial.grad).all()
-            if finite and (
-                trial.loss <= obj.loss + ARMIJO * t * slope
-                # at the loss's rounding floor Armijo is noise: a lower gradient decides
-                or (
-                    trial.loss <= obj.loss + LOSS_ROUNDING * abs(obj.loss)
-                    and np.linalg.norm(trial.grad) < gnorm
-                )
-            ):
+            if exact:
+                mode = "float64"
+            elif ratio * rel <= tol:  # this step is expected to converge: get the exact H with it
+                mode = "float64"
+            elif ratio <= REUSE_BELOW:
+                mode = None  # the Hessian still works: a chord step needs only the gradient
+            else:
+                mode = "float32"
+            (trial,) = evaluate([(cur.theta + t * step, mode)])
+            if accept(trial.loss, trial.grad_norm, prev_loss=cur.loss, prev_gnorm=gnorm, t=t, slope=slope):
                 break
+            if not exact:  # an approximate Hessian misled the step: plain Newton from here
+                exact = True
+                (cur,) = evaluate([(cur.theta, "float64")])
+                H = cur.hessian
+                step = _direction(H, cur.grad, lam=lam, it=it)
+                slope, t = float(cur.grad @ step), 1.0
+                continue
             t *= 0.5
             if t < MIN_STEP:
                 raise NotConvergedError(
@@ -217,7 +311,8 @@ def fit(
                     "the objective. The problem is badly conditioned; increase lam or loosen tol."
                 )
         history[-1]["step"] = t
-        obj = trial
+        ratio = trial.grad_norm / gnorm if gnorm > 0 else 0.0
+        cur = trial
     hint = (
         " With lam = 0 this usually means the classes are separable and theta diverges; use lam > 0."
         if lam == 0
@@ -225,5 +320,5 @@ def fit(
     )
     raise NotConvergedError(
         f"The Newton fit did not converge in max_iter = {max_iter} iterations: relative gradient "
-        f"norm {rel:.3e} > tol = {tol:.1e} (loss {obj.loss:.6g}).{hint}"
+        f"norm {rel:.3e} > tol = {tol:.1e} (loss {cur.loss:.6g}).{hint}"
     )

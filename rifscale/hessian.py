@@ -2,78 +2,85 @@ r"""Blockwise objective, gradient and Hessian of the L2-regularised logistic reg
 
 .. math::
 
-    L(\theta) = \sum_i w_i \ell_i(\theta) + \tfrac{\lambda}{2}\|\theta_w\|^2,\qquad
+    L(\theta) = \sum_i w_i \ell_i(\theta) + \tfrac{\lambda}{2}\|D\theta\|^2,\qquad
     \nabla L = \sum_i w_i r_i z_i + \lambda D\theta,\qquad
     H = \sum_i w_i \alpha_i z_i z_i^T + \lambda D
 
-``D = diag(1, …, 1, 0)`` with an intercept (last entry, never penalised), ``I`` without.
-The per-chunk terms come from :func:`rifscale.kernels.newton_block` in float64 and are
-tree-summed; the penalty is added once, here. Weights ``w`` are 1 unless rows are removed.
+One pass over the row chunks returns the row sums from
+:func:`rifscale.kernels.newton_block` (float64 sums; the Hessian products in float64,
+in float32, or skipped), tree-summed; the penalty is added once, by the Newton core
+(:mod:`rifscale.newton`). Weights ``w`` are 1 unless rows are removed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import dask
 import dask.array as da
 import numpy as np
 
 from . import kernels
 from ._blocks import block_sum
-
-
-def penalty_diag(p: int, *, fit_intercept: bool) -> np.ndarray:
-    """Diagonal of D: ones, with a zero for the intercept (last) entry."""
-    D = np.ones(p)
-    if fit_intercept:
-        D[-1] = 0.0
-    return D
+from .newton import penalised, penalised_hessian
 
 
 @dataclass(frozen=True)
 class Objective:
-    """L, ∇L and H (penalty included) at one θ."""
+    """L, ∇L and (optionally) H, penalty included, at one θ."""
 
     theta: np.ndarray
     loss: float
     grad: np.ndarray
-    hessian: np.ndarray
-    grad_floor: float  # ‖∇L‖ below this is rounding noise (see rounding_floor)
+    hessian: np.ndarray | None
+    hessian_dtype: str | None  # precision of the Hessian products: "float64", "float32" or None
+    grad_floor: float  # ‖∇L‖ below this is rounding noise
+
+    @property
+    def grad_norm(self) -> float:
+        return float(np.linalg.norm(self.grad))
 
 
-#: Multiple of eps · (Σ|r_i|‖z_i‖ + λ‖Dθ‖) below which a gradient norm is rounding noise.
-ROUNDING_FACTOR = 32.0
-
-
-def newton_terms(X: da.Array, y: da.Array, theta, *, lam: float, fit_intercept: bool, weights=None) -> da.Array:
-    """Lazy packed ``[Σ w ℓ, Σ w |r|‖z‖, Σ w r z, Σ w α z zᵀ]`` (no penalty) at ``theta``."""
+def newton_terms(X: da.Array, y: da.Array, theta, *, fit_intercept: bool, weights=None,
+                 hessian: str | None = "float64") -> da.Array:
+    """Lazy packed ``[Σ w ℓ, Σ w |r|‖z‖, Σ w r z (, Σ w α z zᵀ)]`` (no penalty) at ``theta``."""
     p = theta.shape[0]
     return block_sum(
         kernels.newton_block,
         X,
         y,
         weights,
-        width=2 + p + p * p,
+        width=2 + p + (p * p if hessian else 0),
         theta=np.asarray(theta, dtype=np.float64),
         fit_intercept=fit_intercept,
+        hessian=hessian,
     )
 
 
-def unpack(packed: np.ndarray, theta: np.ndarray, *, lam: float, fit_intercept: bool) -> Objective:
+def unpack(packed: np.ndarray, theta: np.ndarray, *, lam: float, fit_intercept: bool,
+           hessian: str | None = "float64") -> Objective:
     """Add the penalty to summed ``newton_block`` terms."""
     p = theta.shape[0]
-    D = penalty_diag(p, fit_intercept=fit_intercept)
-    loss = float(packed[0]) + 0.5 * lam * float(np.sum(D * theta * theta))
-    grad = packed[2 : 2 + p] + lam * D * theta
-    hess = packed[2 + p :].reshape(p, p)
-    hess = 0.5 * (hess + hess.T) + lam * np.diag(D)
-    scale = float(packed[1]) + lam * float(np.linalg.norm(D * theta))
-    floor = ROUNDING_FACTOR * np.finfo(np.float64).eps * scale
-    return Objective(theta=theta, loss=loss, grad=grad, hessian=hess, grad_floor=floor)
+    loss, grad, floor = penalised(theta, float(packed[0]), packed[2 : 2 + p], float(packed[1]),
+                                  lam=lam, fit_intercept=fit_intercept)
+    H = None
+    if hessian:
+        H = penalised_hessian(packed[2 + p :].reshape(p, p), lam=lam, fit_intercept=fit_intercept)
+    return Objective(theta=theta, loss=float(loss), grad=grad, hessian=H, hessian_dtype=hessian,
+                     grad_floor=float(floor))
 
 
-def objective(X: da.Array, y: da.Array, theta, *, lam: float, fit_intercept: bool, weights=None) -> Objective:
-    """One pass over the data: L, ∇L and H at ``theta``."""
-    theta = np.asarray(theta, dtype=np.float64)
-    packed = kernels.to_numpy(newton_terms(X, y, theta, lam=lam, fit_intercept=fit_intercept, weights=weights).compute())
-    return unpack(packed, theta, lam=lam, fit_intercept=fit_intercept)
+def objectives(X: da.Array, y: da.Array, points, *, lam: float, fit_intercept: bool,
+               weights=None) -> list[Objective]:
+    """One pass over the data for several ``(theta, hessian)`` points at once."""
+    points = [(np.asarray(th, dtype=np.float64), h) for th, h in points]
+    graphs = [newton_terms(X, y, th, fit_intercept=fit_intercept, weights=weights, hessian=h) for th, h in points]
+    packed = dask.compute(*graphs)
+    return [unpack(kernels.to_numpy(pk), th, lam=lam, fit_intercept=fit_intercept, hessian=h)
+            for pk, (th, h) in zip(packed, points)]
+
+
+def objective(X: da.Array, y: da.Array, theta, *, lam: float, fit_intercept: bool, weights=None,
+              hessian: str | None = "float64") -> Objective:
+    """One pass over the data: L, ∇L and H (in the given precision, or none) at ``theta``."""
+    return objectives(X, y, [(theta, hessian)], lam=lam, fit_intercept=fit_intercept, weights=weights)[0]

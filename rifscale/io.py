@@ -24,7 +24,6 @@ import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import dask
 import dask.array as da
@@ -249,16 +248,19 @@ def find_nonfinite(split_name: str, X: da.Array) -> None:
 
 # ---------------------------------------------------------------------------- ingest
 
+#: Compressors ``ingest`` can write X with. "none" is the default: on float32 embeddings
+#: zstd saves under 10 % of the bytes but makes every read about 3x slower
+#: (benchmarks/README.md, "Zarr compressor").
+COMPRESSORS = ("none", "zstd")
+#: Default stored chunk size: about this many bytes of X per chunk, rows split evenly.
+CHUNK_BYTES = 32 * 2**20
 
-class _RowSource:
-    """Reads rows of a 1-D or 2-D source in order, a chunk at a time."""
 
-    def __init__(self, label: str, shape, dtype, read):
-        self.label, self.shape, self.dtype, self._read = label, tuple(shape), np.dtype(dtype), read
-
-    def chunks(self, rows: int) -> Iterator[np.ndarray]:
-        for start in range(0, self.shape[0], rows):
-            yield np.asarray(self._read(start, min(start + rows, self.shape[0])))
+def default_chunk_rows(n: int, row_bytes: int) -> int:
+    """Rows per stored chunk: about :data:`CHUNK_BYTES` of X each, n split evenly (so the
+    last chunk is not a sliver and no chunk is padded much)."""
+    k = max(1, -(-n * row_bytes // CHUNK_BYTES))
+    return max(1, -(-n // k))
 
 
 def _read_npy_header(fh, label: str):
@@ -269,120 +271,176 @@ def _read_npy_header(fh, label: str):
     return readers[major](fh)
 
 
-def _npz_member_source(label: str, file: str, key: str) -> _RowSource:
-    """Stream one member of an .npz (compressed or not) without reading it whole."""
+def _read_npz_rows(file: str, member: str, offset: int, dtype, shape, block_info=None):
+    """Rows ``block_info``'s location of one .npz member (seeking inside the archive)."""
+    (start, stop), *_ = block_info[None]["array-location"]
+    row_items = int(np.prod(shape[1:], dtype=np.int64))
+    with zipfile.ZipFile(file) as zf, zf.open(member) as fh:
+        fh.seek(offset + start * row_items * dtype.itemsize)
+        buf = fh.read((stop - start) * row_items * dtype.itemsize)
+    return np.frombuffer(buf, dtype=dtype).reshape((stop - start,) + tuple(shape[1:]))
+
+
+def _npz_member(label: str, file: str, key: str, rows: int) -> da.Array:
+    """One member of an .npz (compressed or not) as a Dask array whose tasks each read
+    their own rows. Members saved uncompressed (``np.savez``) seek directly; compressed
+    ones decompress from the start of the member, so big archives should be uncompressed."""
     with zipfile.ZipFile(file) as zf:
         names = {n[:-4] if n.endswith(".npy") else n: n for n in zf.namelist()}
         if key not in names:
             raise CorpusError(f"{file!r} has no array {key!r}; it holds {sorted(names)}.")
         with zf.open(names[key]) as fh:
             shape, fortran, dtype = _read_npy_header(fh, f"{file}:{key}")
+            offset = fh.tell()
     if fortran and len(shape) > 1:
         raise CorpusError(f"{label}: {file}:{key} is stored in Fortran order; save it C-ordered (np.ascontiguousarray).")
-    state = {"fh": None, "zf": None, "pos": 0}
-    row_items = int(np.prod(shape[1:], dtype=np.int64))
-
-    def read(start, stop):
-        if state["fh"] is None or start != state["pos"]:
-            state["zf"] = zipfile.ZipFile(file)
-            state["fh"] = state["zf"].open(names[key])
-            _read_npy_header(state["fh"], f"{file}:{key}")
-            state["fh"].read(start * row_items * dtype.itemsize)
-        nbytes = (stop - start) * row_items * dtype.itemsize
-        buf = state["fh"].read(nbytes)
-        state["pos"] = stop
-        if stop == shape[0]:
-            state["fh"].close()
-            state["zf"].close()
-            state["fh"] = None
-        return np.frombuffer(buf, dtype=dtype).reshape((stop - start,) + tuple(shape[1:]))
-
-    return _RowSource(label, shape, dtype, read)
+    chunks = (_row_chunks(shape[0], rows),) + tuple((s,) for s in shape[1:])
+    return da.map_blocks(_read_npz_rows, file, names[key], offset, dtype, shape, chunks=chunks, dtype=dtype,
+                         meta=np.empty((0,) * len(shape), dtype=dtype))
 
 
-def _source(label: str, spec) -> _RowSource:
-    """Resolve an ingest source: an array, ``file.npy``, ``file.npz:key``, or a Zarr array
-    (``store.zarr/path/to/array`` or ``store.zarr:path/to/array``)."""
-    if not isinstance(spec, (str, os.PathLike)):
-        arr = spec if isinstance(spec, zarr.Array) else np.asarray(spec)
-        return _RowSource(label, arr.shape, arr.dtype, lambda a, b: arr[a:b])
-    spec = str(spec)
+def _row_chunks(n: int, rows: int) -> tuple[int, ...]:
+    return tuple(min(rows, n - s) for s in range(0, n, rows)) or (0,)
+
+
+def _source(label: str, spec, rows: int) -> da.Array:
+    """An ingest source as a Dask array chunked by ``rows`` rows (all columns in one
+    chunk): a NumPy/Dask/Zarr array, ``file.npy`` (memory-mapped), ``file.npz:key``,
+    or a Zarr array (``store.zarr/path/to/array`` or ``store.zarr:path/to/array``)."""
+    if isinstance(spec, da.Array):
+        arr = spec
+    elif isinstance(spec, zarr.Array):
+        arr = da.from_zarr(spec)
+    elif not isinstance(spec, (str, os.PathLike)):
+        arr = np.asarray(spec)
+        arr = da.from_array(arr, chunks=(rows,) + arr.shape[1:] if arr.ndim else ())
+    else:
+        arr = _source_path(label, str(spec), rows)
+    if arr.ndim >= 1:
+        arr = arr.rechunk((rows,) + arr.shape[1:])
+    return arr
+
+
+def _source_path(label: str, spec: str, rows: int) -> da.Array:
     file, _, key = spec.partition(":") if ":" in spec and not Path(spec).exists() else (spec, "", "")
     if not Path(file).exists():
         raise CorpusError(f"{label}: source {spec!r} does not exist.")
     if file.endswith(".npz"):
         if not key:
             raise CorpusError(f"{label}: name the array inside the archive, e.g. {file}:{label.replace('/', '_')}.")
-        return _npz_member_source(label, file, key)
+        return _npz_member(label, file, key, rows)
     if file.endswith(".npy"):
         arr = np.load(file, mmap_mode="r")
-        return _RowSource(label, arr.shape, arr.dtype, lambda a, b: arr[a:b])
+        return da.from_array(arr, chunks=(rows,) + arr.shape[1:] if arr.ndim else ())
     try:
         arr = zarr.open_array(file, path=key or None, mode="r") if key else zarr.open_array(file, mode="r")
     except Exception as exc:
         raise CorpusError(
             f"{label}: cannot read {spec!r} as .npy, .npz:key or a Zarr array ({exc})."
         ) from exc
-    return _RowSource(label, arr.shape, arr.dtype, lambda a, b: arr[a:b])
+    return da.from_zarr(arr)
 
 
-def _prepare_X(src: _RowSource, dtype) -> np.dtype:
-    if len(src.shape) != 2 or 0 in src.shape:
-        raise CorpusError(f"{src.label} must be a non-empty 2-D array (n, d); got shape {src.shape}.")
-    native = src.dtype.newbyteorder("=")  # a big-endian float64 source stays float64
+def _x_dtype(label: str, X: da.Array, dtype) -> np.dtype:
+    if X.ndim != 2 or 0 in X.shape:
+        raise CorpusError(f"{label} must be a non-empty 2-D array (n, d); got shape {X.shape}.")
+    native = X.dtype.newbyteorder("=")  # a big-endian float64 source stays float64
     out = np.dtype(dtype) if dtype is not None else (native if native in FLOAT_DTYPES else np.dtype("float32"))
     if out not in FLOAT_DTYPES:
         raise CorpusError(f"--dtype must be float32 or float64; got {out}.")
-    if not (np.issubdtype(src.dtype, np.number) or src.dtype == np.bool_):
-        raise CorpusError(f"{src.label} has non-numeric dtype {src.dtype}.")
+    if not (np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_):
+        raise CorpusError(f"{label} has non-numeric dtype {X.dtype}.")
     return out
 
 
-def _labels(chunk: np.ndarray, label: str, start: int) -> np.ndarray:
-    bad = ~np.isin(chunk, (0, 1))
+def _checked_x(x, *, label: str, out_dtype, rows: int, block_info=None):
+    """The chunk cast to the corpus dtype; a CorpusError naming the row if not finite."""
+    x = np.asarray(x).astype(out_dtype, copy=False)
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        start = block_info[0]["array-location"][0][0]
+        raise CorpusError(
+            f"{label} holds NaN or Inf at row {start + int(np.flatnonzero(~finite)[0])} "
+            f"(row chunk {start // rows}). Clean or impute those rows first."
+        )
+    return x
+
+
+def _checked_y(y, *, label: str, block_info=None):
+    y = np.asarray(y)
+    bad = ~np.isin(y, (0, 1))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
+        start = block_info[0]["array-location"][0][0]
         raise CorpusError(
-            f"{label} holds a label outside {{0, 1}} at row {start + i} (value {chunk[i].item()!r}). "
+            f"{label} holds a label outside {{0, 1}} at row {start + i} (value {y[i].item()!r}). "
             "Map your two classes to 0 and 1 before ingesting."
         )
-    return chunk.astype(np.int8)
+    return y.astype(np.int8)
 
 
-def _write_split(group, name: str, X, y, ids, chunk_rows: int, dtype, hasher) -> int:
-    sx, sy = _source(f"{name}/X", X), _source(f"{name}/y", y)
-    out_dtype = _prepare_X(sx, dtype)
+def _chunk_digest(x, y, ids):
+    h = hashlib.sha256()
+    for part in (x, y, ids):
+        h.update(np.ascontiguousarray(part).tobytes())
+    return np.frombuffer(h.digest(), dtype=np.uint8)[None, :]
+
+
+@dataclass(frozen=True)
+class _PlannedSplit:
+    name: str
+    X: da.Array
+    y: da.Array
+    ids: da.Array
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[0]
+
+    def digests(self) -> da.Array:
+        """(chunks, 32) sha256 digests of each row chunk's X, y and ids bytes."""
+        return da.blockwise(_chunk_digest, "ij", self.X, "ik", self.y, "i", self.ids, "i",
+                            new_axes={"j": 32}, adjust_chunks={"i": 1}, concatenate=True,
+                            dtype=np.uint8, meta=np.empty((0, 0), dtype=np.uint8))
+
+
+def _plan_split(name: str, X, y, ids, rows: int, dtype) -> _PlannedSplit:
+    """Sources → validated, cast, row-chunked Dask arrays (nothing is read yet)."""
+    sx, sy = _source(f"{name}/X", X, rows), _source(f"{name}/y", y, rows)
+    out_dtype = _x_dtype(f"{name}/X", sx, dtype)
     n, d = sx.shape
     if sy.shape != (n,):
         raise CorpusError(f"{name}/y has shape {sy.shape}; expected ({n},) to match {name}/X with n = {n} rows.")
-    sid = _source(f"{name}/ids", ids) if ids is not None else None
-    if sid is not None and sid.shape != (n,):
-        raise CorpusError(f"{name}/ids has shape {sid.shape}; expected ({n},).")
-    if sid is not None and not np.issubdtype(sid.dtype, np.integer):
-        raise CorpusError(f"{name}/ids has dtype {sid.dtype}; ids must be integers (they are stored as int64).")
-    rows = min(chunk_rows, n)
-    aX = group.create_array(f"{name}/X", shape=(n, d), chunks=(rows, d), dtype=out_dtype)
-    ay = group.create_array(f"{name}/y", shape=(n,), chunks=(rows,), dtype="int8")
-    aid = group.create_array(f"{name}/ids", shape=(n,), chunks=(rows,), dtype="int64")
-    id_chunks = sid.chunks(rows) if sid is not None else None
-    for k, (cx, cy) in enumerate(zip(sx.chunks(rows), sy.chunks(rows), strict=True)):
-        start = k * rows
-        stop = start + cx.shape[0]
-        cx = cx.astype(out_dtype, copy=False)
-        finite = np.isfinite(cx).all(axis=1)
-        if not finite.all():
-            raise CorpusError(
-                f"{name}/X holds NaN or Inf at row {start + int(np.flatnonzero(~finite)[0])} "
-                f"(row chunk {start // rows}). Clean or impute those rows first."
-            )
-        cy = _labels(cy, f"{name}/y", start)
-        cid = next(id_chunks).astype(np.int64) if id_chunks is not None else np.arange(start, stop, dtype=np.int64)
-        aX[start:stop] = cx
-        ay[start:stop] = cy
-        aid[start:stop] = cid
-        for part in (cx, cy, cid):
-            hasher.update(np.ascontiguousarray(part).tobytes())
-    return n
+    if ids is not None:
+        sid = _source(f"{name}/ids", ids, rows)
+        if sid.shape != (n,):
+            raise CorpusError(f"{name}/ids has shape {sid.shape}; expected ({n},).")
+        if not np.issubdtype(sid.dtype, np.integer):
+            raise CorpusError(f"{name}/ids has dtype {sid.dtype}; ids must be integers (they are stored as int64).")
+        sid = sid.astype(np.int64)
+    else:
+        sid = da.arange(n, chunks=rows, dtype=np.int64)
+    cx = sx.map_blocks(_checked_x, label=f"{name}/X", out_dtype=out_dtype, rows=rows, dtype=out_dtype,
+                       meta=np.empty((0, 0), dtype=out_dtype))
+    cy = sy.map_blocks(_checked_y, label=f"{name}/y", dtype=np.int8, meta=np.empty((0,), dtype=np.int8))
+    return _PlannedSplit(name=name, X=cx, y=cy, ids=sid)
+
+
+def _auto_rows(train_X, dtype) -> int:
+    X = _source("train/X", train_X, 2**62)  # metadata only
+    out = _x_dtype("train/X", X, dtype)
+    return default_chunk_rows(X.shape[0], X.shape[1] * out.itemsize)
+
+
+def _targets(group, split: _PlannedSplit, rows: int, compressor: str) -> list:
+    comp = None if compressor == "none" else "auto"
+    n, d = split.X.shape
+    rows = min(rows, n)
+    return [
+        group.create_array(f"{split.name}/X", shape=(n, d), chunks=(rows, d), dtype=split.X.dtype, compressors=comp),
+        group.create_array(f"{split.name}/y", shape=(n,), chunks=(rows,), dtype="int8", compressors=comp),
+        group.create_array(f"{split.name}/ids", shape=(n,), chunks=(rows,), dtype="int64", compressors=comp),
+    ]
 
 
 def ingest(
@@ -394,41 +452,71 @@ def ingest(
     test_y=None,
     train_ids=None,
     test_ids=None,
-    chunk_rows: int = 65536,
+    chunk_rows: int | None = None,
     dtype=None,
+    compressor: str = "none",
     overwrite: bool = False,
     provenance: dict | None = None,
 ) -> Corpus:
-    """Build a layout-1 corpus at ``out``, streaming the sources a row chunk at a time.
+    """Build a layout-1 corpus at ``out``, chunk-parallel.
 
-    Each source is an array, a ``.npy`` file (memory-mapped), ``file.npz:key`` (streamed
-    from the archive) or a Zarr array path (``store.zarr/path`` or ``store.zarr:path``).
-    The corpus is written to a temporary sibling and moved into place only when complete;
-    an existing ``out`` is refused unless ``overwrite``.
+    Each source is an array (NumPy, Zarr or Dask — a Dask array is never gathered), a
+    ``.npy`` file (memory-mapped), ``file.npz:key`` or a Zarr array path
+    (``store.zarr/path`` or ``store.zarr:path``). Every row chunk is read, checked
+    (finite X, labels in {0, 1}), cast, hashed and written by its own task: by local
+    threads for in-memory arrays and local files, with the active Dask scheduler (e.g. a
+    distributed client) when the sources are Dask arrays.
+    ``content_sha256`` is the sha256 of the per-chunk sha256 digests of X, y and ids
+    bytes, train chunks then test chunks, in row order.
+
+    ``chunk_rows`` defaults to :func:`default_chunk_rows` of the training split (about
+    32 MiB of X per chunk); ``compressor`` is "none" (default) or "zstd" (see :data:`COMPRESSORS`). The corpus
+    is written to a temporary sibling and moved into place only when complete; an
+    existing ``out`` is refused unless ``overwrite``.
     """
     out = Path(out)
-    if int(chunk_rows) != chunk_rows or chunk_rows < 1:
+    if chunk_rows is not None and (isinstance(chunk_rows, bool) or int(chunk_rows) != chunk_rows or chunk_rows < 1):
         raise CorpusError(f"chunk_rows must be a positive integer; got {chunk_rows!r}.")
+    if compressor not in COMPRESSORS:
+        raise CorpusError(f"compressor must be one of {COMPRESSORS}; got {compressor!r}.")
     if (test_X is None) != (test_y is None):
         raise CorpusError("Pass both test_X and test_y, or neither.")
     if test_ids is not None and test_X is None:
         raise CorpusError("test_ids was given without test_X and test_y; pass the whole test split.")
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{str(out)!r} already exists; choose another path or pass --overwrite to replace it.")
+    rows = int(chunk_rows) if chunk_rows is not None else _auto_rows(train_X, dtype)
+    splits = [_plan_split("train", train_X, train_y, train_ids, rows, dtype)]
+    if test_X is not None:
+        splits.append(_plan_split("test", test_X, test_y, test_ids, rows, dtype))
+        if splits[1].X.shape[1] != splits[0].X.shape[1]:
+            raise CorpusError(
+                f"test/X has d = {splits[1].X.shape[1]} features but train/X has d = {splits[0].X.shape[1]}; "
+                "both splits must have the same feature columns."
+            )
     tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
         root = zarr.open_group(str(tmp), mode="w")
+        sources, targets = [], []
+        for sp in splits:
+            sources += [sp.X, sp.y, sp.ids]
+            targets += _targets(root, sp, rows, compressor)
+        stored = da.store(sources, targets, lock=False, compute=False)
+        # data in this process (arrays, local files) is ingested by local threads; only
+        # Dask-array sources run where the active scheduler (e.g. a cluster) puts them
+        lazy = all(isinstance(v, da.Array) for v in (train_X, test_X) if v is not None)
+        _, *digests = dask.compute(stored, *[sp.digests() for sp in splits], scheduler=None if lazy else "threads")
         hasher = hashlib.sha256()
-        n = _write_split(root, "train", train_X, train_y, train_ids, int(chunk_rows), dtype, hasher)
-        n_test = 0
-        if test_X is not None:
-            n_test = _write_split(root, "test", test_X, test_y, test_ids, int(chunk_rows), dtype, hasher)
+        for dg in digests:
+            hasher.update(np.ascontiguousarray(dg).tobytes())
         root.attrs.update(
             {
                 "rifscale_format": FORMAT_VERSION,
                 "content_sha256": hasher.hexdigest(),
-                "n_train": n,
-                "n_test": n_test,
+                "content_hash": "sha256 of per-chunk sha256(X, y, ids bytes), train then test, row order",
+                "compressor": compressor,
+                "n_train": splits[0].n,
+                "n_test": splits[1].n if len(splits) > 1 else 0,
                 **(provenance or {}),
             }
         )

@@ -30,7 +30,7 @@ import platform
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import dask
@@ -48,6 +48,7 @@ from .io import Corpus, _replace_dir, find_nonfinite, open_corpus
 from .kernels import to_numpy
 from .metrics import MetricAtOptimum, metric_at, select_test_subset
 from .model import FittedModel
+from .partition import check_device, prepare_split
 from .scores import Scores, score_table
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Attribution:
     model: FittedModel
     scores: Scores
     timings: dict = field(default_factory=dict)
+    layout: dict = field(default_factory=dict)  # blocks, persisted, device (rifscale.partition)
 
     @property
     def theta(self) -> np.ndarray:
@@ -118,17 +120,20 @@ def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = Non
             "`rifscale ingest ... --test-X Xt.npy --test-y yt.npy`."
         )
     client = client if client is not None else current_client()
+    check_device(config.device, client)
     timings = {}
     t = time.perf_counter()
+    train, layout = prepare_split(corpus.train, client=client, persist=config.persist, device=config.device)
+    corpus = replace(corpus, train=train)
     fitted = fit(
-        corpus.train.X,
-        corpus.train.y,
+        train.X,
+        train.y,
         lam=config.lam,
         fit_intercept=config.fit_intercept,
         tol=config.tol,
         max_iter=config.max_iter,
     )
-    timings["fit"] = time.perf_counter() - t
+    timings["fit"] = time.perf_counter() - t  # includes the first read (and persist) of the rows
     log.info("fit converged in %d iterations (%d passes), rel grad %.2e", fitted.n_iter, fitted.n_passes, fitted.rel_grad_norm)
     t = time.perf_counter()
     factor = factor_hessian(fitted.hessian, client=client)
@@ -150,7 +155,8 @@ def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = Non
         leverage_threshold=config.leverage_threshold,
     )
     scores = score_table(corpus.train, model, client=client)
-    return Attribution(corpus=corpus, config=config, fit=fitted, model=model, scores=scores, timings=timings)
+    return Attribution(corpus=corpus, config=config, fit=fitted, model=model, scores=scores, timings=timings,
+                       layout=layout)
 
 
 def _versions() -> dict:
@@ -246,6 +252,7 @@ def write_run(result: Attribution, out, *, overwrite: bool = False, progress: bo
             "metrics": list(model.metrics),
             "fit": result.fit.record(),
             "factor": {"backend": model.factor.backend, "worker": model.factor.worker},
+            "layout": dict(result.layout),
             "counts": {
                 "flagged_low_margin": int(n_flagged),
                 "test_subset": int(model.test_subset.size),

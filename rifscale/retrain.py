@@ -31,19 +31,16 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.linalg
 
 from . import kernels
 from ._blocks import block_sum
 from .factor import broadcast
 from .groups import SetStatistics, set_statistics
-from .hessian import ROUNDING_FACTOR, penalty_diag
+from .newton import EPS, MIN_STEP, ROUNDING_FACTOR, accept, newton_direction, penalised, penalised_hessian, stop_reason
 from .model import FittedModel
 
 log = logging.getLogger(__name__)
 
-ARMIJO = 1e-4
-LOSS_ROUNDING = 1e-12
 SLOW = 0.5  # a chord step that shrinks ‖∇L‖ by less than this switches the set to Newton
 #: Most Hessian entries (p² per Newton problem) one pass may return per chunk; Newton
 #: problems beyond it take turns, so memory per task stays bounded whatever K and p are.
@@ -159,10 +156,8 @@ def _added_terms(s: _State, theta: np.ndarray, want_hessian: bool):
 def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, safeguard, client) -> None:
     """Advance every problem until certified, stuck, or out of passes; all share each pass."""
     p = model.p
-    D = penalty_diag(p, fit_intercept=model.fit_intercept)
     row_ids = _row_ids(train)
     all_sets = broadcast([s.rows for s in states], client=client)
-    eps = np.finfo(np.float64).eps
     budget = max(1, HESSIAN_BUDGET // (p * p))
     npass = 0
     while True:
@@ -185,17 +180,16 @@ def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, 
             _retrain_active, train.X, train.y, row_ids, width=2 * K + p * K + len(newton) * p * p,
             thetas=thetas, all_sets=all_sets, active=pos, newton=newton, fit_intercept=model.fit_intercept,
         ).compute())
-        loss = packed[:K] + 0.5 * model.lam * np.sum(D[:, None] * thetas * thetas, axis=0)
-        grads = packed[2 * K : 2 * K + p * K].reshape(p, K) + model.lam * D[:, None] * thetas
-        floors = ROUNDING_FACTOR * eps * (packed[K : 2 * K] + model.lam * np.linalg.norm(D[:, None] * thetas, axis=0))
-        hess = packed[2 * K + p * K :].reshape(len(newton), p, p) + model.lam * np.diag(D)
+        loss, grads, floors = penalised(thetas, packed[:K], packed[2 * K : 2 * K + p * K].reshape(p, K),
+                                        packed[K : 2 * K], lam=model.lam, fit_intercept=model.fit_intercept)
+        hess = packed[2 * K + p * K :].reshape(len(newton), p, p)
         for j, s in enumerate(active):  # a problem's passes: those that evaluated it
             s.passes, s.last = s.passes + 1, npass
-            H = hess[slot[j]] if j in slot else None
+            H = penalised_hessian(hess[slot[j]], lam=model.lam, fit_intercept=model.fit_intercept) if j in slot else None
             a_loss, a_grad, a_scale, a_hess = _added_terms(s, thetas[:, j], H is not None)
             if H is not None:
                 H = H + a_hess
-            floor = floors[j] + ROUNDING_FACTOR * eps * a_scale
+            floor = floors[j] + ROUNDING_FACTOR * EPS * a_scale
             _advance(s, loss[j] + a_loss, grads[:, j] + a_grad, floor, H, tol=tol, safeguard=safeguard)
         log.info("retrain pass %d: %d of %d problems still running", npass, sum(not s.done for s in states), len(states))
 
@@ -216,18 +210,15 @@ def _advance(s: _State, loss: float, grad: np.ndarray, floor: float, H, *, tol: 
     gnorm = float(np.linalg.norm(grad))
     first = s.grad is None or s.reeval
     s.reeval = False
-    accepted = first or not safeguard or (
-        np.isfinite(loss) and (
-            loss <= s.loss + ARMIJO * s.t * s.slope
-            or (loss <= s.loss + LOSS_ROUNDING * abs(s.loss) and gnorm < np.linalg.norm(s.grad))
-        )
+    accepted = first or not safeguard or accept(
+        loss, gnorm, prev_loss=s.loss, prev_gnorm=float(np.linalg.norm(s.grad)), t=s.t, slope=s.slope
     )
     if not accepted:
         s.t *= 0.5
         if s.method == "chord":  # the fixed preconditioner misleads here: exact Newton from θ
             s.method, s.t, s.trial, s.reeval = "newton", 1.0, s.theta, True
             return
-        if s.t < 2.0**-30:
+        if s.t < MIN_STEP:
             s.done, s.ended = True, time.perf_counter()
             return
         s.trial = s.theta + s.t * s.step
@@ -237,8 +228,8 @@ def _advance(s: _State, loss: float, grad: np.ndarray, floor: float, H, *, tol: 
     s.theta, s.loss, s.grad = s.trial, loss, grad
     if H is not None:
         s.hessian = H
-    if gnorm <= tol * s.ref or gnorm <= floor:
-        s.stopped_at = "tolerance" if gnorm <= tol * s.ref else "rounding floor"
+    s.stopped_at = stop_reason(gnorm, ref=s.ref, floor=floor, tol=tol)
+    if s.stopped_at:
         s.done, s.ended = True, time.perf_counter()
         return
     if s.slow >= 2:
@@ -247,8 +238,7 @@ def _advance(s: _State, loss: float, grad: np.ndarray, floor: float, H, *, tol: 
         s.trial, s.t, s.reeval = s.theta, 1.0, True
         return
     try:
-        s.step = -(s.precond.solve(grad) if s.method == "chord" else
-                   scipy.linalg.cho_solve(scipy.linalg.cho_factor(H, lower=True), grad))
+        s.step = -s.precond.solve(grad) if s.method == "chord" else newton_direction(s.hessian, grad)
     except np.linalg.LinAlgError:
         s.done, s.ended = True, time.perf_counter()  # H_{−T} not PD: reported as not converged
         return

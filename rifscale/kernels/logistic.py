@@ -22,6 +22,8 @@ digits for large |η| (unlike ``log1p(exp(η)) - y η``); σ and α are computed
 
 from __future__ import annotations
 
+import numpy as np
+
 from ._namespace import array_namespace
 
 
@@ -73,39 +75,104 @@ def sigmoid(eta):
     return sigmoid_and_weight(eta)[0]
 
 
-def newton_block(x, y, w=None, *, theta, fit_intercept: bool):
-    """Loss, gradient and Hessian of one block at ``theta``, packed in one row.
+#: Rows per sub-block inside a chunk: keeps the float64 copy of a sub-block in cache and
+#: bounds float32 accumulation to this many rows before it is added in float64.
+SUB_ROWS = 8192
+
+#: Hessian precisions :func:`newton_block` computes; None computes no Hessian.
+HESSIAN_DTYPES = ("float32", "float64")
+
+
+def _gram_accumulate(b, out):
+    """``out += bᵀ b`` for a (k, p) block ``b``, the product in ``b``'s precision.
+
+    A plain GEMM: OpenBLAS's symmetric rank-k update (``syrk``, half the flops) measured
+    no faster than GEMM on these shapes (benchmarks/README.md), so it buys nothing.
+    """
+    g = b.T @ b
+    out += g if g.dtype == out.dtype else g.astype(out.dtype)
+
+
+def newton_block(x, y, w=None, *, theta, fit_intercept: bool, hessian: str | None = "float64"):
+    """Loss, gradient and (optionally) Hessian of one block at ``theta``, packed in one row.
+
+    The block is never concatenated with a ones column: the intercept's parts are
+    ``Σ r``, ``Σ α x`` and ``Σ α``. Logits, losses and gradients are float64 whatever the
+    storage dtype (rows are cast a sub-block of :data:`SUB_ROWS` at a time). The Hessian
+    ``Σ w α z zᵀ`` is a symmetric rank-k update of ``√(wα) x``: in float64, or — for the
+    approximate Hessians of early Newton iterations — in float32 with the sub-blocks
+    summed in float64.
 
     Parameters
     ----------
-    x : (m, d) array
+    x : (m, d) array (float32 or float64)
     y : (m,) array of 0/1
     w : (m,) array or None
         Per-row weights (0/1 to drop rows); None means all ones.
     theta : (p,) array
     fit_intercept : bool
+    hessian : "float64", "float32" or None
+        Precision of the Hessian products; None returns no Hessian.
 
     Returns
     -------
-    (1, 2 + p + p*p) float64 array
+    (1, 2 + p [+ p*p]) float64 array
         ``[Σ w ℓ, Σ w |r| ‖z‖, Σ w r z (p), Σ w α z zᵀ (p*p, row-major)]``. The second
         entry is the scale of the gradient sum: its rounding error is a small multiple of
         machine epsilon times this.
     """
+    if hessian is not None and hessian not in HESSIAN_DTYPES:
+        raise ValueError(f"hessian must be one of {HESSIAN_DTYPES} or None; got {hessian!r}")
     xp = array_namespace(x)
-    z = design(x, fit_intercept=fit_intercept)
+    m, d = x.shape
     theta = xp.asarray(theta, dtype=xp.float64)
-    eta = z @ theta
-    _, alpha = sigmoid_and_weight(eta)
-    loss = log_loss(eta, y)
-    r = residual(eta, y)
-    if w is not None:
-        w = xp.asarray(w, dtype=xp.float64)
-        loss, r, alpha = w * loss, w * r, w * alpha
-    grad = z.T @ r
-    scale = xp.sum(xp.abs(r) * xp.sqrt(xp.sum(z * z, axis=1)))
-    hess = (z * alpha[:, None]).T @ z
-    return xp.concatenate([xp.stack([xp.sum(loss), scale]), grad, hess.ravel()])[None, :]
+    tw, t0 = (theta[:d], theta[d]) if fit_intercept else (theta, 0.0)
+    p = theta.shape[0]
+    loss = 0.0
+    scale = 0.0
+    grad = xp.zeros(p, dtype=xp.float64)
+    H = xp.zeros((d, d), dtype=xp.float64) if hessian else None
+    hx1 = xp.zeros(d, dtype=xp.float64)  # Σ α x: the intercept column of H
+    h11 = 0.0
+    step = SUB_ROWS if xp is np else max(m, 1)
+    for s in range(0, m, step):
+        xb = xp.asarray(x[s : s + step], dtype=xp.float64)
+        yb = y[s : s + step]
+        eta = xb @ tw + t0
+        _, alpha = sigmoid_and_weight(eta)
+        lb = log_loss(eta, yb)
+        r = residual(eta, yb)
+        if w is not None:
+            wb = xp.asarray(w[s : s + step], dtype=xp.float64)
+            lb, r, alpha = wb * lb, wb * r, wb * alpha
+        loss = loss + xp.sum(lb)
+        scale = scale + xp.sum(xp.abs(r) * xp.sqrt(xp.einsum("ij,ij->i", xb, xb) + float(fit_intercept)))
+        grad[:d] += xb.T @ r
+        if fit_intercept:
+            grad[d] += xp.sum(r)
+        if hessian is None:
+            continue
+        root = xp.sqrt(alpha)
+        if hessian == "float32":
+            b = xp.asarray(x[s : s + step], dtype=xp.float32) * root.astype(xp.float32)[:, None]
+        else:
+            b = xb * root[:, None]
+        _gram_accumulate(b, H)
+        if fit_intercept:
+            hx1 += xb.T @ alpha
+            h11 = h11 + xp.sum(alpha)
+    parts = [xp.stack([xp.asarray(loss, dtype=xp.float64), xp.asarray(scale, dtype=xp.float64)]), grad]
+    if hessian is not None:
+        H = 0.5 * (H + H.T)
+        if fit_intercept:
+            full = xp.empty((p, p), dtype=xp.float64)
+            full[:d, :d] = H
+            full[:d, d] = hx1
+            full[d, :d] = hx1
+            full[d, d] = h11
+            H = full
+        parts.append(H.ravel())
+    return xp.concatenate(parts)[None, :]
 
 
 def row_loss_block(x, y, *, theta, fit_intercept: bool):
