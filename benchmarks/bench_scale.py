@@ -37,6 +37,7 @@ Writes ``benchmarks/results/scale-<date>[-quick].json`` and a Markdown summary b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -49,11 +50,20 @@ import threading
 import time
 from pathlib import Path
 
+import bench_engine  # a sibling: the script's folder is on sys.path
 import numpy as np
-
-import bench_engine  # noqa: E402  (the script's folder is on sys.path)
 from _synth import N_TEST, write_corpus
-from bench_engine import OtherLoad, START_ENV, _errors, dir_bytes, machine_info, say, source_info, summary, wait_quiet
+from bench_engine import (
+    START_ENV,
+    OtherLoad,
+    _errors,
+    dir_bytes,
+    machine_info,
+    say,
+    source_info,
+    summary,
+    wait_quiet,
+)
 
 THIS = Path(__file__).resolve()
 HERE = THIS.parent
@@ -206,7 +216,7 @@ def wrap_main(spec_path: str) -> int:
     io0 = _read_proc_io()
     with open(spec["log"], "w") as log:
         t = time.perf_counter()
-        rc = subprocess.run(spec["cmd"], stdout=log, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(spec["cmd"], stdout=log, stderr=subprocess.STDOUT, check=False).returncode
         wall = time.perf_counter() - t
     io1 = _read_proc_io()
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -220,23 +230,41 @@ def wrap_main(spec_path: str) -> int:
     return 0
 
 
-class TreeRss:
-    """Peak RSS of a wrapper's descendants, sampled every ``interval`` s: the whole tree,
-    the driver (the wrapper's child: the measured command) and the driver's own children
-    (Dask workers, ...) together, plus each process's own peak. RSS counts shared pages
-    in every process that maps them."""
+@contextlib.contextmanager
+def every(interval: float, fn):
+    """Call ``fn()`` every ``interval`` seconds in a background thread while the block runs."""
+    stop = threading.Event()
 
-    def __init__(self, wrapper_pid: int, interval: float = SAMPLE_INTERVAL, rescan_every: int = 5):
+    def loop():
+        while not stop.is_set():
+            fn()
+            stop.wait(interval)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+class TreeRss:
+    """Peak RSS of a wrapper's descendants, one sample per ``tick()``: the whole tree, the
+    driver (the wrapper's child: the measured command) and the driver's own children
+    (Dask workers, ...) together, plus each process's own peak. RSS counts shared pages
+    in every process that maps them. The tree is rescanned every ``rescan_every`` ticks."""
+
+    def __init__(self, wrapper_pid: int, rescan_every: int = 5):
         import psutil
 
         self._psutil = psutil
         self._wrapper = psutil.Process(wrapper_pid)
-        self.interval, self.rescan_every = interval, rescan_every
+        self.rescan_every = rescan_every
         self.tree = self.driver = self.children = self.samples = 0
         self.per_process: dict[int, int] = {}
         self._procs: list = []
         self._driver_pid = None
-        self._stop = threading.Event()
 
     def _rescan(self):
         try:
@@ -263,23 +291,10 @@ class TreeRss:
         self.children = max(self.children, rest)
         self.samples += 1
 
-    def _run(self):
-        tick = 0
-        while not self._stop.is_set():
-            if tick % self.rescan_every == 0 or not self._procs:
-                self._rescan()
-            self._sample()
-            tick += 1
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def tick(self):
+        if self.samples % self.rescan_every == 0 or not self._procs:
+            self._rescan()
+        self._sample()
 
     def record(self) -> dict:
         others = sorted((v for pid, v in self.per_process.items() if pid != self._driver_pid), reverse=True)
@@ -290,7 +305,7 @@ class TreeRss:
             "children_seen": len(others),
             "per_child_peak_bytes": others[:16],
             "samples": self.samples,
-            "interval_s": self.interval,
+            "interval_s": SAMPLE_INTERVAL,
         }
 
 
@@ -309,7 +324,8 @@ def measure(cmd: list[str], tmp: Path, label: str) -> dict:
     waited = wait_quiet()
     with OtherLoad() as load:
         wrapper = subprocess.Popen([sys.executable, str(THIS), "--wrap", str(spec_path)], env=all_cores_env())
-        with TreeRss(wrapper.pid) as rss:
+        rss = TreeRss(wrapper.pid)
+        with every(SAMPLE_INTERVAL, rss.tick):
             wrapper.wait()
     result = json.loads(Path(spec["out"]).read_text())
     if result["rc"] != 0:
@@ -475,8 +491,8 @@ def statsmodels_child(spec: dict) -> tuple[dict, dict]:
 
 
 def daskml_child(spec: dict) -> tuple[dict, dict]:
-    """dask-ml LogisticRegression on the corpus's dask arrays, on a LocalCluster shaped like
-    rifscale's (one single-threaded worker process per core)."""
+    """dask-ml LogisticRegression on the corpus's dask arrays, on the LocalCluster a user
+    gets from ``Client()`` (distributed's default workers and threads; no dashboard)."""
     t = time.perf_counter()
     import dask.array as da
     from dask_ml.linear_model import LogisticRegression
@@ -484,11 +500,10 @@ def daskml_child(spec: dict) -> tuple[dict, dict]:
 
     import_s = time.perf_counter() - t
     corpus, lam = str(spec["corpus"]), spec["lam"]
-    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     t = time.perf_counter()
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster):
+    with LocalCluster(dashboard_address=None) as cluster, Client(cluster) as client:
         cluster_s = time.perf_counter() - t
+        workers = sorted(client.nthreads().values())
         X = da.from_zarr(corpus, component="train/X")
         y = da.from_zarr(corpus, component="train/y")
         kwargs = {"solver": spec["solver"]} if spec["solver"] else {}
@@ -498,7 +513,7 @@ def daskml_child(spec: dict) -> tuple[dict, dict]:
         fit_s = time.perf_counter() - t
     theta = np.r_[np.asarray(clf.coef_).ravel(), clf.intercept_]
     unpenalised = clf.solver in DASKML_UNPENALISED
-    report = {"import_s": import_s, "cluster_start_s": cluster_s, "fit_s": fit_s, "workers": workers,
+    report = {"import_s": import_s, "cluster_start_s": cluster_s, "fit_s": fit_s, "worker_threads": workers,
               "solver": clf.solver, "params": {k: clf.get_params()[k] for k in ("C", "tol", "max_iter", "solver")},
               "objective": {"lam": 0.0 if unpenalised else lam, "penalise_intercept": not unpenalised}}
     return report, {"theta": theta}
@@ -510,12 +525,13 @@ CHILDREN = {"floor": floor_child, "sklearn": sklearn_child, "statsmodels": stats
 def child_main(kind: str, spec_path: str) -> int:
     """Entry point of ``--child KIND SPEC``: run one child, write its report (and arrays)."""
     spec = json.loads(Path(spec_path).read_text())
+    env = {k: os.environ.get(k) for k in THREAD_VARS}  # before a LocalCluster rewrites them
     out = CHILDREN[kind](spec)
     report, arrays = out if isinstance(out, tuple) else (out, None)
     if arrays is not None and spec.get("arrays"):
         np.savez(spec["arrays"], **arrays)
     report["threadpools"] = _threadpools()
-    report["env"] = {k: os.environ.get(k) for k in THREAD_VARS}
+    report["env_at_start"] = env
     Path(spec["out"]).write_text(json.dumps(report))
     return 0
 
@@ -623,8 +639,13 @@ def peer_accuracy(name: str, out: dict, refs: dict, corpus: Path, record: dict) 
     return acc
 
 
+def _ok(runs: list[dict]) -> list[dict]:
+    """The repeats that did not fail."""
+    return [r for r in runs if "error" not in r]
+
+
 def _peer_summary(runs: list[dict]) -> dict:
-    ok = [r for r in runs if "error" not in r]
+    ok = _ok(runs)
     if not ok:
         return {"error": runs[-1]["error"], "runs": runs}
     return {"wall_s": summary([r["wall_s"] for r in ok]),
@@ -695,13 +716,13 @@ def floor_markdown(cases: list[dict], warm: dict) -> list[str]:
     lines = [
         "## rifscale run vs the in-memory float64 floor",
         "",
-        f"`rifscale run CORPUS --out RUN --lam {LAM:g}` (subprocess, wall time including imports and the "
+        (f"`rifscale run CORPUS --out RUN --lam {LAM:g}` (subprocess, wall time including imports and the "
         "LocalCluster) against one Hessian GEMM `(Z * alpha[:, None]).T @ Z` plus one leverage GEMM "
         "`Z @ Linv.T` on Z = [X, 1] in float64 held in memory, all cores (loading not counted). "
-        "Median (min–max) of the repeats, seconds; ratio = rifscale median / floor median.",
+        "Median (min–max) of the repeats, seconds; ratio = rifscale median / floor median."),
         "",
-        "| n | d | corpus MB (chunks) | rifscale run | passes | floor: H + leverage | **ratio** "
-        "| rifscale peak RSS MiB: tree / driver / workers | read (rchar) / corpus | other load |",
+        ("| n | d | corpus MB (chunks) | rifscale run | passes | floor: H + leverage | **ratio** "
+        "| rifscale peak RSS MiB: tree / driver / workers | read (rchar) / corpus | other load |"),
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in cases:
@@ -716,29 +737,31 @@ def floor_markdown(cases: list[dict], warm: dict) -> list[str]:
             f"({c['ratio']['min']:.1f}–{c['ratio']['max']:.1f}) | {_rss_cell(runs)} | {read:.1f} | {load:.0%} |"
         )
     floor = cases[-1]["floor_runs"][-1]["child"]
-    lines += ["", f"Floor child BLAS: {_blas_line(floor['threadpools'])}; GEMM rates in the last case: "
+    lines += ["", (f"Floor child BLAS: {_blas_line(floor['threadpools'])}; GEMM rates in the last case: "
               f"H {floor['hessian_gemm_gflops']:.0f} GFLOP/s, leverage {floor['leverage_gemm_gflops']:.0f} GFLOP/s "
               f"(the H timing includes forming Z * alpha: {floor['hessian_scale_s']:.2f} s of "
               f"{floor['hessian_s']:.2f} s). Bytes read: {cases[-1]['rifscale_runs'][-1]['bytes_read']['method']}; "
               f"the unrecorded warm-up run on a {warm['corpus_bytes'] / 1e6:.1f} MB corpus read "
               f"{warm['rifscale_bytes_read']['rchar'] / 1e6:.0f} MB (imports, start-up) "
-              f"in {warm['rifscale_wall_s']:.1f} s."]
+              f"in {warm['rifscale_wall_s']:.1f} s.")]
     return lines
 
 
 def _peer_details(name: str, p: dict) -> str:
-    run = p["runs"][-1]
+    run = _ok(p["runs"])[-1]
     if PEERS[name]["kind"] == "rifscale":
         m = run["manifest"]
         return (f"{m['fit']['n_iter']} Newton iterations, {m['fit']['n_passes']} passes; stages "
                 + ", ".join(f"{k} {v:.2f}" for k, v in (m.get("timings") or {}).items())
-                + f" s; RSS MiB tree / driver / workers {_rss_cell(p['runs'])}; "
+                + f" s; RSS MiB tree / driver / workers {_rss_cell(_ok(p['runs']))}; "
                 f"read {run['bytes_read']['rchar_over_corpus']:.1f}x the corpus")
     c = run["child"]
     stages = ", ".join(f"{k[:-2]} {v:.2f}" for k, v in c.items() if k.endswith("_s") and k != "import_s")
     solver = c.get("solver") or c.get("method", "")
     iters = f", {c['n_iter']} iterations" if "n_iter" in c else ""
-    return f"{solver}{iters}; {stages} s; {_blas_line(c['threadpools'])}"
+    workers = c.get("worker_threads")
+    cluster = f"; LocalCluster {len(workers)} worker(s) x {workers[0]} thread(s)" if workers else ""
+    return f"{solver}{iters}{cluster}; {stages} s; {_blas_line(c['threadpools'])}"
 
 
 def _ratio_cell(p: dict, key: str) -> str:
@@ -750,10 +773,10 @@ def peers_markdown(entry: dict) -> list[str]:
     lines = [
         f"## Peers at n = {entry['n']:,}, d = {entry['d']} (same corpus)",
         "",
-        f"rifscale runs add `{' '.join(entry['rifscale_args'])}` (the work of the NumPy peer). Wall time of the "
+        (f"rifscale runs add `{' '.join(entry['rifscale_args'])}` (the work of the NumPy peer). Wall time of the "
         "child process (imports included), median (min–max) s; peak RSS of its process tree (driver + workers); "
         "× = ratio of medians to the rifscale run at the same lam. rel ‖∇L‖ = ‖∇L(θ)‖ / ‖∇L(0)‖ of rifscale's "
-        "objective (intercept unpenalised) in float64; θ err = ‖θ − θ̂‖ / ‖θ̂‖ against that rifscale run.",
+        "objective (intercept unpenalised) in float64; θ err = ‖θ − θ̂‖ / ‖θ̂‖ against that rifscale run."),
         "",
         "| peer | lam | wall s | × | peak RSS MiB | × | rel ‖∇L‖ | θ err | other load | details |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
@@ -769,7 +792,7 @@ def peers_markdown(entry: dict) -> list[str]:
             f"| {name} | {PEERS[name]['lam']:g} | {_span(p['wall_s'])} | {_ratio_cell(p, 'wall_s')} "
             f"| {_mib(p['peak_rss_bytes']['median'])} | {_ratio_cell(p, 'peak_rss_bytes')} "
             f"| {acc.get('rel_grad_norm', float('nan')):.1e} | {err} "
-            f"| {max(r.get('other_load', 0) for r in p['runs']):.0%} | {_peer_details(name, p)} |"
+            f"| {max(r['other_load'] for r in _ok(p['runs'])):.0%} | {_peer_details(name, p)} |"
         )
         notes += _accuracy_notes(name, acc)
     return lines + [""] + notes
@@ -796,15 +819,15 @@ def markdown(result: dict) -> str:
     lines = [
         f"# rifscale at scale, {result['date']}{' (quick)' if result['quick'] else ''}",
         "",
-        f"Machine: {m['cpu_model']}, {m['cpus_in_affinity']} CPUs, {m['ram_gib']} GiB RAM; Python {m['python']}, "
+        (f"Machine: {m['cpu_model']}, {m['cpus_in_affinity']} CPUs, {m['ram_gib']} GiB RAM; Python {m['python']}, "
         f"NumPy {m['versions']['numpy']} ({_blas_line(m['threadpools'])}), Dask {m['versions']['dask']}, "
         f"distributed {m['versions']['distributed']}, Zarr {m['versions']['zarr']}. "
         f"Code: commit {(src.get('commit') or '?')[:10]}"
-        f"{' + local changes in rifscale/' if src.get('rifscale_locally_modified') else ''}.",
-        f"Data: `_synth.py` seed {SEED}, float32, {N_TEST:,} test rows, ingest chunking "
+        f"{' + local changes in rifscale/' if src.get('rifscale_locally_modified') else ''}."),
+        (f"Data: `_synth.py` seed {SEED}, float32, {N_TEST:,} test rows, ingest chunking "
         f"{result['config']['chunk_rows'] or 'default'}. {result['config']['repeats']} repeat(s), interleaved. "
         "Children run without OPENBLAS/OMP/MKL_NUM_THREADS (all cores). "
-        "\"other load\": largest CPU share used by processes outside the benchmark during a timed run.",
+        "\"other load\": largest CPU share used by processes outside the benchmark during a timed run."),
         "",
     ]
     if result.get("floor"):
@@ -884,6 +907,34 @@ def parse_args(argv):
     return args
 
 
+def settings(args) -> dict:
+    """The sizes, repeats and options of this run (defaults filled in), as recorded."""
+    peer_case = args.peer_case if args.peer_case is not None else ((QUICK_PEER_CASE if args.quick else PEER_CASE),)
+    if len(peer_case) > 1:
+        raise SystemExit("--peer-case takes one NxD")
+    return {
+        "cases": [list(c) for c in (args.cases if args.cases is not None else QUICK_CASES if args.quick else FULL_CASES)],
+        "peer_case": list(peer_case[0]) if peer_case else None,
+        "peers": list(args.peers), "repeats": args.repeats or (1 if args.quick else 3),
+        "lam": LAM, "seed": SEED, "n_test": N_TEST, "chunk_rows": args.chunk_rows, "rifscale": rifscale_bin(),
+        "sklearn_solver": SKLEARN_SOLVER, "sklearn_max_iter": SKLEARN_MAX_ITER,
+        "rss_sample_interval_s": SAMPLE_INTERVAL, "driver_env": START_ENV, "wait_for_quiet": not args.no_wait,
+    }
+
+
+def run_all(cfg: dict, tmpdir: Path | None) -> dict:
+    """Warm-up, the floor table and the peers table, in a temporary directory."""
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="rifscale-scale-", dir=tmpdir) as tmp:
+        tmp = Path(tmp)
+        out["warm_up"] = warm_up(tmp)
+        out["floor"] = [bench_floor_case(n, d, tmp, cfg["repeats"], cfg["chunk_rows"]) for n, d in cfg["cases"]]
+        if cfg["peer_case"]:
+            n, d = cfg["peer_case"]
+            out["peers"] = bench_peers(n, d, cfg["peers"], tmp, cfg["repeats"], cfg["chunk_rows"])
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.wrap:
@@ -891,42 +942,20 @@ def main(argv=None) -> int:
     if args.child:
         return child_main(*args.child)
     bench_engine.WAIT_FOR_QUIET = not args.no_wait
-    cases = args.cases if args.cases is not None else (QUICK_CASES if args.quick else FULL_CASES)
-    peer_case = args.peer_case if args.peer_case is not None else ((QUICK_PEER_CASE if args.quick else PEER_CASE),)
-    repeats = args.repeats or (1 if args.quick else 3)
-    date = _dt.date.today().isoformat()
-    out = args.out or HERE / "results" / f"scale-{date}{'-quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    started = time.perf_counter()
-    result = {
-        "benchmark": "rifscale at scale",
-        "date": date,
-        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "quick": args.quick,
-        "command": " ".join(sys.argv),
-        "config": {"cases": [list(c) for c in cases], "peer_case": [list(c) for c in peer_case],
-                   "peers": list(args.peers), "repeats": repeats, "lam": LAM, "seed": SEED, "n_test": N_TEST,
-                   "chunk_rows": args.chunk_rows, "rifscale": rifscale_bin(), "sklearn_solver": SKLEARN_SOLVER,
-                   "sklearn_max_iter": SKLEARN_MAX_ITER, "rss_sample_interval_s": SAMPLE_INTERVAL,
-                   "driver_env": START_ENV, "wait_for_quiet": not args.no_wait},
-        "machine": machine(),
-        "source": source_info(),
-    }
-    with tempfile.TemporaryDirectory(prefix="rifscale-scale-", dir=args.tmpdir) as tmp:
-        tmp = Path(tmp)
-        result["warm_up"] = warm_up(tmp)
-        result["floor"] = [bench_floor_case(n, d, tmp, repeats, args.chunk_rows) for n, d in cases]
-        if peer_case:
-            (n, d), = peer_case
-            result["peers"] = bench_peers(n, d, args.peers, tmp, repeats, args.chunk_rows)
-    result["benchmark_wall_s"] = time.perf_counter() - started
-
-    out.write_text(json.dumps(result, indent=2, default=float) + "\n")
-    md = markdown(result)
-    out.with_suffix(".md").write_text(md)
-    print(md)
-    say(f"wrote {out} and {out.with_suffix('.md').name} ({result['benchmark_wall_s']:.0f} s)")
+    today = _dt.date.today().isoformat()
+    path = args.out or HERE / "results" / f"scale-{today}{'-quick' if args.quick else ''}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    cfg = settings(args)
+    result = {"benchmark": "rifscale at scale", "date": today, "quick": args.quick, "command": " ".join(sys.argv),
+              "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "config": cfg,
+              "machine": machine(), "source": source_info(), **run_all(cfg, args.tmpdir)}
+    result["benchmark_wall_s"] = time.perf_counter() - t0
+    summary_md = markdown(result)
+    path.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    path.with_suffix(".md").write_text(summary_md)
+    print(summary_md)
+    say(f"wrote {path} and {path.with_suffix('.md').name} ({result['benchmark_wall_s']:.0f} s)")
     return 0
 
 

@@ -65,7 +65,8 @@ def _run(args) -> int:
 
     config = config_from_args(args)
     prepare_output(Path(args.out), overwrite=args.overwrite)  # fail before any work
-    with connect(args.scheduler, n_workers=args.workers, processes=args.processes) as client:
+    with connect(args.scheduler, n_workers=args.workers, processes=args.processes,
+                 dashboard=args.dashboard) as client:
         result = attribute(args.corpus, config, client=client)
         manifest = write_run(result, args.out, overwrite=args.overwrite, progress=not args.quiet)
     print(
@@ -88,7 +89,8 @@ def _groups(args) -> int:
         from .errors import OutputExistsError
 
         raise OutputExistsError(f"{str(out)!r} already exists; pass --overwrite to replace it.")
-    with connect(args.scheduler, n_workers=args.workers, processes=args.processes) as client:
+    with connect(args.scheduler, n_workers=args.workers, processes=args.processes,
+                 dashboard=args.dashboard) as client:
         estimates = group_effects(run, sets, client=client)
     write_groups(run.path, estimates, overwrite=args.overwrite)
     for metric in run.model.metrics:
@@ -101,7 +103,8 @@ def _validate(args) -> int:
     from .cluster import connect
     from .validate import run_validation
 
-    with connect(args.scheduler, n_workers=args.workers, processes=args.processes) as client:
+    with connect(args.scheduler, n_workers=args.workers, processes=args.processes,
+                 dashboard=args.dashboard) as client:
         page = run_validation(
             args.run, experiments=tuple(args.experiments), strategies=tuple(args.strategies), n_sizes=args.n_sizes,
             seed=args.seed, poison_points=args.poison_points, top_metric=args.top_metric,
@@ -115,16 +118,18 @@ def _demo(args) -> int:
     from .demo import run_demo
 
     run_demo(args.out, scheduler=args.scheduler, overwrite=args.overwrite, n_workers=args.workers,
-             processes=args.processes)
+             processes=args.processes, dashboard=args.dashboard)
     return 0
 
 
 def _add_cluster(p) -> None:
     p.add_argument("--scheduler", metavar="ADDRESS", help="address of a running dask scheduler (default: start a LocalCluster sized to this machine)")
-    p.add_argument("--workers", type=int, help="LocalCluster size: threads of its in-process worker, or worker "
-                   "processes with --processes (default: one per core)")
-    p.add_argument("--processes", action="store_true", help="start the LocalCluster with worker processes instead "
-                   "of one in-process worker (slower to start; isolates workers)")
+    p.add_argument("--workers", type=int, help="without --scheduler: threads (or worker processes with "
+                   "--processes) on this machine (default: one per core)")
+    p.add_argument("--processes", action="store_true", help="without --scheduler: start a LocalCluster of worker "
+                   "processes instead of running on threads (slower to start; isolates workers)")
+    p.add_argument("--dashboard", action="store_true", help="without --scheduler: run the threads as an in-process "
+                   "LocalCluster and log its dashboard address")
 
 
 def build_parser() -> argparse.ArgumentParser:

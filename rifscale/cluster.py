@@ -20,23 +20,28 @@ def local_cluster_size() -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def connect(scheduler: str | None = None, *, n_workers: int | None = None, processes: bool = False):
-    """Yield a ``distributed.Client``.
+def connect(scheduler: str | None = None, *, n_workers: int | None = None, processes: bool = False,
+            dashboard: bool = False):
+    """Yield a ``distributed.Client``, or None for dask's local threaded scheduler.
 
     ``scheduler`` is an address such as ``tcp://10.0.0.5:8786`` (or a scheduler file
-    path ending in ``.json``); None starts a LocalCluster on 127.0.0.1 sized to this
-    machine and closes it afterwards.
+    path ending in ``.json``). Without one, work runs on this machine:
 
-    The LocalCluster is, by default, one in-process worker with a thread per core
-    (``n_workers`` threads if given): it starts in about 0.05 s where worker processes
-    take seconds, and the chunk kernels spend their time in NumPy/BLAS, which release
-    the GIL. BLAS is then limited to one thread per task (threadpoolctl) so that the
-    threads do not oversubscribe the cores. ``processes=True`` starts ``n_workers``
-    single-threaded worker processes instead.
+    * by default on dask's threaded scheduler with a thread per core (``n_workers``
+      threads if given) and no cluster at all: nothing to start, a few milliseconds of
+      overhead per pass; the chunk kernels spend their time in NumPy/BLAS, which release
+      the GIL, and BLAS is limited to one thread per task (threadpoolctl) so that the
+      threads do not oversubscribe the cores;
+    * ``dashboard=True``: the same threads as an in-process LocalCluster, for its
+      dashboard (printed in the log);
+    * ``processes=True``: a LocalCluster of ``n_workers`` single-threaded worker
+      processes on 127.0.0.1 (slower to start; isolates the workers).
     """
-    from distributed import Client, LocalCluster
+    from threadpoolctl import threadpool_limits
 
     if scheduler:
+        from distributed import Client
+
         if scheduler.endswith(".json"):
             client = Client(scheduler_file=scheduler)
         else:
@@ -48,17 +53,23 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
             client.close()
         return
     cores, _ = local_cluster_size()
-    if processes:
-        kwargs = dict(n_workers=n_workers or cores, threads_per_worker=1, processes=True, host="127.0.0.1")
-        blas = contextlib.nullcontext()
-    else:
-        from threadpoolctl import threadpool_limits
+    threads = n_workers or cores
+    if not (processes or dashboard):
+        import dask
 
-        kwargs = dict(n_workers=1, threads_per_worker=n_workers or cores, processes=False)
+        with threadpool_limits(limits=1, user_api="blas"), dask.config.set(scheduler="threads", num_workers=threads):
+            log.info("running on dask's threaded scheduler with %d thread(s)", threads)
+            yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if processes:
+        kwargs = dict(n_workers=threads, threads_per_worker=1, processes=True, host="127.0.0.1")
+        blas = contextlib.nullcontext()
+    else:  # in-process workers talk over inproc:// (no port at all)
+        kwargs = dict(n_workers=1, threads_per_worker=threads, processes=False)
         blas = threadpool_limits(limits=1, user_api="blas")
-    # in-process workers talk over inproc:// (no port at all); processes over 127.0.0.1
-    with blas, LocalCluster(dashboard_address="127.0.0.1:0", **kwargs) as cluster, \
-            Client(cluster) as client:
+    with blas, LocalCluster(dashboard_address="127.0.0.1:0", **kwargs) as cluster, Client(cluster) as client:
         log.info(
             "started a LocalCluster: %d %s x %d thread(s); dashboard %s",
             kwargs["n_workers"], "worker process(es)" if processes else "in-process worker",

@@ -254,7 +254,7 @@ def fit(
         warm["used"] = False
         (cur,) = evaluate([(zero, first_mode)])
     ref = at_zero.grad_norm or 1.0
-    H = cur.hessian
+    H, H_dtype = cur.hessian, cur.hessian_dtype
     ratio = 1.0  # ‖∇L‖ after / before the last accepted step
     history = []
     rel = cur.grad_norm / ref
@@ -280,8 +280,16 @@ def fit(
         if it == max_iter:
             break
         if cur.hessian is not None:
-            H = cur.hessian
-        step = _direction(H, cur.grad, lam=lam, it=it)
+            H, H_dtype = cur.hessian, cur.hessian_dtype
+        try:
+            step = _direction(H, cur.grad, lam=lam, it=it)
+        except NotPositiveDefiniteError:
+            if H_dtype == "float64":
+                raise
+            exact = True  # float32 products lost H's smallest eigenvalues: exact from here
+            (cur,) = evaluate([(cur.theta, "float64")])
+            H, H_dtype = cur.hessian, "float64"
+            step = _direction(H, cur.grad, lam=lam, it=it)
         slope = float(cur.grad @ step)
         t = 1.0
         while True:
@@ -299,7 +307,7 @@ def fit(
             if not exact:  # an approximate Hessian misled the step: plain Newton from here
                 exact = True
                 (cur,) = evaluate([(cur.theta, "float64")])
-                H = cur.hessian
+                H, H_dtype = cur.hessian, "float64"
                 step = _direction(H, cur.grad, lam=lam, it=it)
                 slope, t = float(cur.grad @ step), 1.0
                 continue

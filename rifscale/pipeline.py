@@ -54,6 +54,8 @@ from .scores import Scores, score_table
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+#: Rows per chunk of the stored per-sample arrays (2 MiB of float64), at least a block.
+OUTPUT_CHUNK_ROWS = 2**18
 
 
 def current_client():
@@ -183,17 +185,17 @@ def prepare_output(out: Path, *, overwrite: bool) -> Path:
     return out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
 
 
-def _regular(a: da.Array) -> da.Array:
-    """Zarr needs regular chunks; corpus chunks already are, arrays passed in may not be."""
-    rows = a.chunks[0]
-    if len(set(rows[:-1])) <= 1 and rows[-1] <= rows[0]:
+def _regular(a: da.Array, rows: int) -> da.Array:
+    """``a`` in row chunks of ``rows`` (Zarr needs regular chunks; score blocks may not be)."""
+    if all(c == rows for c in a.chunks[0][:-1]) and a.chunks[0][-1] <= rows:
         return a
-    return a.rechunk({0: rows[0]})
+    return a.rechunk({0: rows})
 
 
 def compute(*collections, progress: bool = False):
-    """``dask.compute`` with a progress bar on stdout when asked: distributed's text bar
-    with an active client, dask's ProgressBar on the local schedulers."""
+    """``dask.compute`` with a progress bar on stdout when asked: dask's ProgressBar on the
+    local schedulers; with an active client, a bar over the collections' persisted
+    pieces (distributed's own text bar leaves an error trace when the cluster closes)."""
     if not progress:
         return dask.compute(*collections)
     client = current_client()
@@ -202,12 +204,15 @@ def compute(*collections, progress: bool = False):
 
         with ProgressBar():
             return dask.compute(*collections)
-    from distributed import progress as show_progress
+    from distributed import as_completed, futures_of
 
-    futures = client.compute(list(collections))
-    show_progress(futures)
+    persisted = client.persist(list(collections))
+    futures = futures_of(persisted)
+    for done, _ in enumerate(as_completed(futures), 1):
+        filled = 40 * done // len(futures)
+        print(f"\r[{'#' * filled}{' ' * (40 - filled)}] | {100 * done // len(futures):3d}% Completed", end="", flush=True)
     print(flush=True)
-    return tuple(client.gather(futures))
+    return dask.compute(*persisted)
 
 
 def write_run(result: Attribution, out, *, overwrite: bool = False, progress: bool = False) -> dict:
@@ -229,9 +234,10 @@ def write_run(result: Attribution, out, *, overwrite: bool = False, progress: bo
             _create(tmp, name, data=np.asarray(value))
         named = result.scores.named()
         sources, targets = [], []
-        rows = result.corpus.train.X.chunks[0][0]
+        # few, large chunks: each Zarr chunk write has a fixed cost, the columns are small
+        rows = max(result.corpus.train.X.chunks[0][0], OUTPUT_CHUNK_ROWS)
         for name, arr in named.items():
-            arr = _regular(arr).map_blocks(to_numpy, dtype=arr.dtype, meta=np.empty((0,), dtype=arr.dtype))
+            arr = _regular(arr, rows).map_blocks(to_numpy, dtype=arr.dtype, meta=np.empty((0,), dtype=arr.dtype))
             targets.append(_create(tmp, name, shape=arr.shape, chunks=(rows,), dtype=arr.dtype))
             sources.append(arr)
         stored = da.store(sources, targets, lock=False, compute=False)
@@ -279,7 +285,8 @@ def write_run(result: Attribution, out, *, overwrite: bool = False, progress: bo
 def _create(run_dir: Path, name: str, **kwargs) -> zarr.Array:
     """Create array ``name`` ("stage/path") in the stage's own Zarr group under ``run_dir``."""
     stage, _, path = name.partition("/")
-    return zarr.open_group(str(run_dir / stage), mode="a").create_array(path, **kwargs)
+    # float64 scores have full-entropy mantissas: compression would cost time and save nothing
+    return zarr.open_group(str(run_dir / stage), mode="a").create_array(path, compressors=None, **kwargs)
 
 
 def _json_default(o):

@@ -174,3 +174,36 @@ def test_warm_started_retrain_with_tiny_gradient_stops_at_rounding_floor(synchro
     assert res.converged and res.stopped_at in ("tolerance", "rounding floor")
     exact = ref.delta_exact(T)
     assert np.linalg.norm(res.theta - ref.theta - exact) <= 1e-8 * np.linalg.norm(ref.theta)
+
+
+def test_group_rif_is_nan_when_a_member_is_flagged(synchronous):
+    """Bug: a group RIF summing only its unflagged members (or ignoring the flag) returns
+    a finite but wrong number. A set holding a flagged row (1 − h below the threshold)
+    must report RIF as NaN — Δθ, linear and plug-in — on both the gathered (|T| < p) and
+    the in-place (|T| ≥ p) paths; IF and NS stay finite, and sets without flagged rows
+    equal the reference."""
+    pr = make_problem(200, 12, seed=31)
+    ref = Reference(pr.X, pr.y, lam=0.5)
+    n, p = ref.Z.shape
+    order = np.argsort(1.0 - ref.h)
+    threshold = float(0.5 * ((1 - ref.h)[order[3]] + (1 - ref.h)[order[4]]))  # flags exactly 4 rows
+    res = rifscale.attribute(corpus_of(pr, 32), lam=0.5, test_subset="all", leverage_threshold=threshold)
+    flagged, clean = order[:4], order[4:]
+    assert int(res.scores.flags.sum().compute()) == 4
+    sets = {
+        "small_flagged": [int(flagged[0]), int(clean[0])],
+        "big_flagged": np.concatenate([[flagged[1]], clean[: p + 5]]),
+        "small_clean": clean[:3],
+        "big_clean": clean[10 : 10 + p + 5],
+    }
+    est = rifscale.group_effects(res, sets)
+    for name in ("small_flagged", "big_flagged"):
+        e = est[name]
+        assert e.n_flagged == 1
+        assert np.all(np.isnan(e.delta["rif"])), name
+        assert np.isnan(e.linear["test_loss"]["rif"]) and np.isnan(e.plugin["test_loss"]["rif"])
+        assert np.all(np.isfinite(e.delta["if"])) and np.isfinite(e.plugin["test_loss"]["if"])
+    for name in ("small_clean", "big_clean"):
+        e, idx = est[name], np.asarray(sets[name])
+        assert e.n_flagged == 0 and rel_err(e.delta["rif"], ref.delta_rif(idx)) <= TOL
+    assert est["small_flagged"].ns_method == "woodbury" and est["big_flagged"].ns_method == "direct"

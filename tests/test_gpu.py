@@ -64,3 +64,19 @@ def test_engine_on_cupy_backed_chunks_matches_reference(cp):
         res = rifscale.attribute(c, test_subset="all")
         h = kernels.to_numpy(res.leverage.compute())
     assert rel_err(res.theta, ref.theta) <= 1e-8 and rel_err(h, ref.h) <= 1e-8
+
+
+def test_attribute_device_gpu_equals_cpu_and_reference(cp):
+    """device="gpu" moves the (persisted) row blocks to CuPy; every result equals the CPU
+    run and the dense reference."""
+    pr = make_problem(3000, 40, seed=6, dtype=np.float32)
+    ref = Reference(pr.X, pr.y, lam=0.5)
+    c = rifscale.Corpus.from_arrays(pr.X, pr.y, pr.X_test, pr.y_test, chunk_rows=500)
+    with dask.config.set(scheduler="threads"):
+        gpu = rifscale.attribute(c, lam=0.5, test_subset="all", device="gpu")
+        cpu = rifscale.attribute(c, lam=0.5, test_subset="all", device="cpu")
+        hg, hc = dask.compute(gpu.leverage, cpu.leverage)
+        rg, rc = dask.compute(gpu.rif_scores["test_loss"], cpu.rif_scores["test_loss"])
+    assert gpu.layout["device"] == "gpu" and isinstance(hg, np.ndarray)  # host arrays come back
+    assert rel_err(gpu.theta, ref.theta) <= 1e-8 and rel_err(hg, ref.h) <= 1e-8
+    assert rel_err(gpu.theta, cpu.theta) <= 1e-10 and rel_err(hg, hc) <= 1e-10 and rel_err(rg, rc) <= 1e-10

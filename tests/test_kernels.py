@@ -89,16 +89,35 @@ def test_loss_block_many_thetas_equals_one_at_a_time():
 
 
 def test_score_block_flags_samples_with_leverage_near_one():
-    x, y, theta = _data(3, m=8, d=2)
+    """Rows with 1 − h below the threshold get NaN RIF values; every other row keeps its
+    finite value (bug: flagging all rows, or none, or NaN-ing the IF columns too)."""
+    x, y, theta = _data(3, m=40, d=2)
     p = 3
-    # a factor that makes h = α‖L⁻¹z‖² ≥ 1 for every row: scale L⁻¹ up
-    linv = np.eye(p) * 100.0
-    out = kernels.score_block(x, y, theta=theta, linv=linv, U=np.ones((p, 1)), fit_intercept=True, threshold=1e-6)
-    flag = out[:, SCORE_COLUMNS.index("flag")]
-    assert flag.sum() > 0
-    rif = out[:, len(SCORE_COLUMNS) + 1]
-    assert np.all(np.isnan(rif[flag == 1])) and np.all(np.isfinite(rif[flag == 0]))
-    assert np.all(np.isnan(out[flag == 1, SCORE_COLUMNS.index("self_rif")]))
+    linv = np.eye(p) * 3.0
+    U = np.ones((p, 1))
+    base = kernels.score_block(x, y, theta=theta, linv=linv, U=U, fit_intercept=True, threshold=0.0)
+    one_minus_h = 1.0 - base[:, SCORE_COLUMNS.index("leverage")]
+    threshold = float(np.median(one_minus_h))  # about half the rows fall below it
+    out = kernels.score_block(x, y, theta=theta, linv=linv, U=U, fit_intercept=True, threshold=threshold)
+    flag = out[:, SCORE_COLUMNS.index("flag")] == 1
+    np.testing.assert_array_equal(flag, one_minus_h < threshold)
+    assert 0 < flag.sum() < len(flag)
+    s_if, s_rif = out[:, len(SCORE_COLUMNS)], out[:, len(SCORE_COLUMNS) + 1]
+    assert np.all(np.isnan(s_rif[flag])) and np.all(np.isnan(out[flag, SCORE_COLUMNS.index("self_rif")]))
+    np.testing.assert_allclose(s_rif[~flag], s_if[~flag] / one_minus_h[~flag], rtol=1e-14)
+    assert np.all(np.isfinite(s_if))
+
+
+def test_metric_gradients_honour_the_test_subset_weights():
+    """Bug: weighting the metric values by the subset but not their gradients. The
+    weighted block must equal the block of the subset's rows, gradients included."""
+    x, y, theta = _data(5)
+    w = (np.arange(50) % 3 == 0).astype(np.float64)
+    weighted = kernels.metric_grad_block(x, y, w, theta=theta, fit_intercept=True)
+    subset = kernels.metric_grad_block(x[w == 1], y[w == 1], theta=theta, fit_intercept=True)
+    np.testing.assert_allclose(weighted, subset, rtol=1e-13, atol=1e-14)
+    full = kernels.metric_grad_block(x, y, theta=theta, fit_intercept=True)
+    assert not np.allclose(weighted[0, 2:], full[0, 2:])  # the weights matter here
 
 
 @pytest.mark.parametrize("fit_intercept", [True, False])

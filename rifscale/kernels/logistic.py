@@ -77,7 +77,7 @@ def sigmoid(eta):
 
 #: Rows per sub-block inside a chunk: keeps the float64 copy of a sub-block in cache and
 #: bounds float32 accumulation to this many rows before it is added in float64.
-SUB_ROWS = 8192
+SUB_ROWS = 2048
 
 #: Hessian precisions :func:`newton_block` computes; None computes no Hessian.
 HESSIAN_DTYPES = ("float32", "float64")
@@ -146,21 +146,26 @@ def newton_block(x, y, w=None, *, theta, fit_intercept: bool, hessian: str | Non
             wb = xp.asarray(w[s : s + step], dtype=xp.float64)
             lb, r, alpha = wb * lb, wb * r, wb * alpha
         loss = loss + xp.sum(lb)
-        scale = scale + xp.sum(xp.abs(r) * xp.sqrt(xp.einsum("ij,ij->i", xb, xb) + float(fit_intercept)))
-        grad[:d] += xb.T @ r
+        # row norms only set the rounding floor's scale: the stored precision is plenty
+        xs = x[s : s + step]
+        scale = scale + xp.sum(xp.abs(r) * xp.sqrt(xp.einsum("ij,ij->i", xs, xs) + float(fit_intercept)))
+        if hessian is None or not fit_intercept:
+            grad[:d] += xb.T @ r
+        else:  # the gradient and the intercept column of H in one pass over the rows
+            both = xb.T @ xp.stack([r, alpha], axis=1)
+            grad[:d] += both[:, 0]
+            hx1 += both[:, 1]
+            h11 = h11 + xp.sum(alpha)
         if fit_intercept:
             grad[d] += xp.sum(r)
         if hessian is None:
             continue
         root = xp.sqrt(alpha)
         if hessian == "float32":
-            b = xp.asarray(x[s : s + step], dtype=xp.float32) * root.astype(xp.float32)[:, None]
+            b = xp.asarray(xs, dtype=xp.float32) * root.astype(xp.float32)[:, None]
         else:
             b = xb * root[:, None]
         _gram_accumulate(b, H)
-        if fit_intercept:
-            hx1 += xb.T @ alpha
-            h11 = h11 + xp.sum(alpha)
     parts = [xp.stack([xp.asarray(loss, dtype=xp.float64), xp.asarray(scale, dtype=xp.float64)]), grad]
     if hessian is not None:
         H = 0.5 * (H + H.T)
@@ -262,7 +267,7 @@ def retrain_block(x, y, rows, *, thetas, sets, newton, fit_intercept: bool):
     xp = array_namespace(x)
     z = design(x, fit_intercept=fit_intercept)
     eta = z @ xp.asarray(thetas, dtype=xp.float64)
-    w = keep_mask(rows, sets)
+    w = xp.asarray(keep_mask(rows, sets))  # row numbers are host arrays; the mask follows x
     loss = xp.sum(w * log_loss(eta, y), axis=0)
     r = w * residual(eta, y)
     scale = xp.sqrt(xp.sum(z * z, axis=1)) @ xp.abs(r)

@@ -19,8 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 
+#: Rows per sub-block of :func:`_design_products` (a float64 copy of it stays in cache).
+SUB_ROWS = 2048
+#: Column bands of the triangular product ``z L⁻ᵀ`` (cost (bands + 1) / (2 bands) of a GEMM).
+TRIANGLE_BANDS = 4
+
 from ._namespace import array_namespace
-from .logistic import SUB_ROWS, design, log_loss, residual, sigmoid_and_weight
+from .logistic import design, log_loss, residual, sigmoid_and_weight
 
 #: Columns of :func:`score_block` before the per-metric IF and RIF columns.
 SCORE_COLUMNS = ("prob", "residual", "alpha", "leverage", "self_if", "self_rif", "flag")
@@ -36,51 +41,47 @@ def _leverage_terms(z, y, theta, linv):
     return p, r, alpha, q, alpha * q
 
 
-def _quadratic_form(x, linv, *, fit_intercept: bool):
-    """``q_i = ‖L⁻¹ z_i‖²`` for every row, ``z_i = [x_i, 1]`` or ``x_i``, in float64.
+def _design_products(x, linv, W, *, fit_intercept: bool):
+    """``z_iᵀ W`` (m, k) and ``q_i = ‖L⁻¹ z_i‖²`` (m,) for every row, ``z_i = [x_i, 1]`` or
+    ``x_i``, in float64, the rows cast once per sub-block of :data:`SUB_ROWS`.
 
-    NumPy: a sub-block of rows is copied once, transposed, into a float64 (p, k) buffer
-    and multiplied in place by the triangular ``L⁻¹`` (BLAS ``trmm``: half the flops of a
-    GEMM); CuPy: one GEMM.
+    ``L⁻¹`` is lower-triangular, so the columns of ``v = z L⁻ᵀ`` in a band J need only
+    the first ``max(J) + 1`` columns of z: with :data:`TRIANGLE_BANDS` bands the products
+    cost about 5/8 of a full GEMM. They are NumPy GEMMs, which release the GIL (SciPy's
+    ``trmm`` wrapper does not, so threads would not run it in parallel).
     """
     xp = array_namespace(x)
     linv = xp.asarray(linv, dtype=xp.float64)
+    W = xp.asarray(W, dtype=xp.float64)
     m, d = x.shape
-    if xp is not np:
-        v = xp.asarray(x, dtype=xp.float64) @ linv[:, :d].T
-        if fit_intercept:
-            v += linv[:, d]
-        return xp.sum(v * v, axis=1)
-    from scipy.linalg import blas
-
     p = linv.shape[0]
-    q = np.empty(m, dtype=np.float64)
-    buf = np.empty((p, min(SUB_ROWS, m)), dtype=np.float64, order="F")
-    for s in range(0, m, SUB_ROWS):
-        k = min(SUB_ROWS, m - s)
-        zt = buf[:, :k]
-        zt[:d] = x[s : s + k].T
-        if fit_intercept:
-            zt[d] = 1.0
-        vt = blas.dtrmm(1.0, linv, zt, side=0, lower=1, trans_a=0, overwrite_b=1)
-        q[s : s + k] = np.einsum("ij,ij->j", vt, vt)
-    return q
-
-
-def _linear(x, theta, *, fit_intercept: bool):
-    """``Z θ`` for a (p,) or (p, K) θ without building Z (float64)."""
-    xp = array_namespace(x)
-    theta = xp.asarray(theta, dtype=xp.float64)
-    d = x.shape[1]
-    out = xp.asarray(x, dtype=xp.float64) @ theta[:d]
-    return out + theta[d] if fit_intercept else out
+    step = SUB_ROWS if xp is np else max(m, 1)
+    bands = TRIANGLE_BANDS if xp is np else 1
+    edges = [round(p * (b + 1) / bands) for b in range(bands)]
+    q = xp.empty(m, dtype=xp.float64)
+    zw = xp.empty((m, W.shape[1]), dtype=xp.float64)
+    for s in range(0, m, step):
+        xb = xp.asarray(x[s : s + step], dtype=xp.float64)
+        k = xb.shape[0]
+        zw[s : s + k] = xb @ W[:d] + (W[d] if fit_intercept else 0.0)
+        acc = xp.zeros(k, dtype=xp.float64)
+        start = 0
+        for stop in edges:
+            cols = min(stop, d)  # columns of x that band [start, stop) of v depends on
+            v = xb[:, :cols] @ linv[start:stop, :cols].T
+            if fit_intercept and stop > d:
+                v += linv[start:stop, d]
+            acc += xp.einsum("ij,ij->i", v, v)
+            start = stop
+        q[s : s + k] = acc
+    return zw, q
 
 
 def score_block(x, y, *, theta, linv, U, fit_intercept: bool, threshold: float):
     """All per-sample quantities of one block in one pass.
 
     The leverage needs ``‖L⁻¹ z_i‖²`` (one triangular product per block); the logits and
-    ``z_iᵀ u_k`` for all metrics come from one more (m, d) x (d, 1 + M) product.
+    ``z_iᵀ u_k`` for all metrics come from one small product on the same rows.
 
     Parameters
     ----------
@@ -98,12 +99,11 @@ def score_block(x, y, *, theta, linv, U, fit_intercept: bool, threshold: float):
     each metric, then ``s_RIF`` for each metric.
     """
     xp = array_namespace(x)
-    both = _linear(x, xp.concatenate([xp.asarray(theta, dtype=xp.float64)[:, None],
-                                      xp.asarray(U, dtype=xp.float64)], axis=1), fit_intercept=fit_intercept)
+    W = np.concatenate([np.asarray(theta, dtype=np.float64)[:, None], np.asarray(U, dtype=np.float64)], axis=1)
+    both, q = _design_products(x, linv, W, fit_intercept=fit_intercept)
     eta, zu = both[:, 0], both[:, 1:]
     p, alpha = sigmoid_and_weight(eta)
     r = residual(eta, y)
-    q = _quadratic_form(x, linv, fit_intercept=fit_intercept)
     h = alpha * q
     one_minus_h = 1.0 - h
     flag = one_minus_h < threshold

@@ -1,0 +1,31 @@
+"""The benchmark scripts stay runnable: each is run on tiny sizes (timings not checked)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_script_runs_with_the_numpy_standin(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--numpy-standin", "--n", "6000", "--d", "16",
+         "--block-rows", "2000", "--gemm-size", "256", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["all_ok"] and len(res["checks"]) >= 15
+    assert res["speed"]["hessian_float64_s"] > 0 and res["speed"]["leverage_pass_s"] > 0
+
+
+def test_gpu_check_without_a_device_says_so():
+    from rifscale.factor import gpu_available
+
+    if gpu_available():
+        return
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr
