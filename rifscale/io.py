@@ -387,15 +387,10 @@ def _chunk_digest(x, y, ids):
 
 
 @dataclass(frozen=True)
-class _PlannedSplit:
-    name: str
-    X: da.Array
-    y: da.Array
-    ids: da.Array
+class _PlannedSplit(Split):
+    """A split about to be ingested: checked, cast, row-chunked, not read yet."""
 
-    @property
-    def n(self) -> int:
-        return self.X.shape[0]
+    name: str = "train"
 
     def digests(self) -> da.Array:
         """(chunks, 32) sha256 digests of each row chunk's X, y and ids bytes."""

@@ -191,7 +191,9 @@ def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, 
                 H = H + a_hess
             floor = floors[j] + ROUNDING_FACTOR * EPS * a_scale
             _advance(s, loss[j] + a_loss, grads[:, j] + a_grad, floor, H, tol=tol, safeguard=safeguard)
-        log.info("retrain pass %d: %d of %d problems still running", npass, sum(not s.done for s in states), len(states))
+        log.debug("retrain pass %d: %d of %d problems still running", npass, sum(not s.done for s in states), len(states))
+    log.info("retrains: %d of %d problems certified in %d passes over the data",
+             sum(s.stopped_at is not None for s in states), len(states), npass)
 
 
 def _row_ids(train):
