@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-slow bench bench-scale clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,5 +27,17 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_engine.py
 	$(BIN)/python benchmarks/bench_retrain.py --data demo
 
+# The peers (scikit-learn, statsmodels, dask-ml) live in their own environment: dask-ml
+# pulls in sparse and numba, which would slow rifscale's own imports if installed beside it.
+PEERS := .venv-peers
+$(PEERS)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS)/bin/python -m pip install --quiet -e ".[dev,bench]"
+	touch $(PEERS)/.installed
+
+bench-scale: $(STAMP) $(PEERS)/.installed
+	$(PEERS)/bin/python benchmarks/bench_scale.py --rifscale $(BIN)/rifscale $(ARGS)
+
 clean:
-	rm -rf $(VENV) rifscale-demo
+	rm -rf $(VENV) $(PEERS) rifscale-demo

@@ -3,7 +3,8 @@
 the tools a user would otherwise reach for.
 
 Two tables from one run, every timing repeated (3 times by default) with the sides
-interleaved in each repeat; tables show medians, min-max and ratios of medians.
+interleaved in each repeat; tables show medians, min-max and ratios of medians. A third,
+beyond RAM, only when asked for (``--beyond-ram NxD``).
 
 * **floor ratio**, for (n, d) in {2e5, 1e6} x {384, 768} and (2e5, 1024): wall time of
   ``rifscale run CORPUS --out RUN --lam 1`` in a subprocess (imports, LocalCluster
@@ -19,6 +20,12 @@ interleaved in each repeat; tables show medians, min-max and ratios of medians.
   corpus's dask arrays. Each peer: wall time (child process, imports included), peak RSS
   of its process tree, achieved ||grad L(theta)|| / ||grad L(0)|| (float64, computed here
   chunk by chunk) and ||theta - theta_rifscale|| / ||theta_rifscale||.
+* **beyond RAM** (``--beyond-ram 1.5e7x512``: about 31 GB): ``rifscale run CORPUS --out RUN
+  --lam 1`` (default options: ``--persist auto`` streams data over half the free memory) to
+  completion, against a reference run at n = 1e6 (``--beyond-ref-n``), same d and same
+  stored chunk rows, with ``--persist never``: wall time, peak RSS (whose ratio big / ref
+  should stay within 1.3), bytes read, the manifest's layout and fit record. 1 repeat
+  unless ``--repeats`` says otherwise; free disk is checked before generating.
 
 Corpora are generated chunk by chunk (``_synth.py``) straight into Zarr with
 ``rifscale.ingest`` (default chunking). Every measured command runs under a small
@@ -30,6 +37,7 @@ for other processes to leave the CPUs alone and records the CPU share they used.
     .venv/bin/python benchmarks/bench_scale.py --quick         # smoke run, about 1.5 minutes
     .venv/bin/python benchmarks/bench_scale.py                 # full run (needs ~13 GiB free RAM)
     .venv/bin/python benchmarks/bench_scale.py --cases 2e5x384,2e5x768 --peer-case none
+    .venv/bin/python benchmarks/bench_scale.py --cases none --peer-case none --beyond-ram 1.5e7x512
 
 Writes ``benchmarks/results/scale-<date>[-quick].json`` and a Markdown summary beside it.
 """
@@ -83,21 +91,35 @@ PEER_RUN_ARGS = ("--test-subset", "all", "--metrics", "test_loss")
 #: and so solve the unpenalised problem; the others penalise every coefficient, the
 #: intercept included (dask_glm's L2 regulariser on the whole beta)
 DASKML_UNPENALISED = ("newton", "gradient_descent")
+#: beyond RAM: the reference n, the limit on peak RSS big / ref, the free-disk margin, and
+#: a generous estimate of a run's per-row outputs (a dozen float64 score columns)
+BEYOND_REF_N, BEYOND_RSS_LIMIT, DISK_MARGIN, RUN_BYTES_PER_ROW = 1_000_000, 1.3, 1.10, 128
 
 #: The peers, in the order each repeat runs them. ``ref``: the rifscale run its time,
 #: memory and theta are compared with.
 PEERS = {
     "rifscale": {"kind": "rifscale", "lam": LAM},
     "sklearn": {"kind": "sklearn", "lam": LAM, "solver": SKLEARN_SOLVER, "ref": "rifscale"},
-    "dask-ml-default": {"kind": "daskml", "lam": LAM, "solver": None, "ref": "rifscale"},
-    "dask-ml-newton": {"kind": "daskml", "lam": LAM, "solver": "newton", "ref": "rifscale"},
+    # dask-ml takes minutes at the peers' size: one run, in the last repeat
+    "dask-ml-default": {"kind": "daskml", "lam": LAM, "solver": None, "ref": "rifscale", "once": True},
+    "dask-ml-newton": {"kind": "daskml", "lam": LAM, "solver": "newton", "ref": "rifscale", "once": True},
     "rifscale-lam0": {"kind": "rifscale", "lam": 0.0},
     "statsmodels": {"kind": "statsmodels", "lam": 0.0, "ref": "rifscale-lam0"},
 }
 
 
+#: The ``rifscale`` console script the runs use (``--rifscale``); by default the one of this
+#: interpreter's environment. ``make bench-scale`` points it at the project's own .venv
+#: while this script and the peers run in .venv-peers, so that the peers' packages
+#: (dask-ml pulls in sparse and numba, which dask.array then imports) do not slow
+#: rifscale's start-up.
+RIFSCALE: str | None = None
+
+
 def rifscale_bin() -> str:
-    """The `rifscale` console script of this interpreter's environment."""
+    """The `rifscale` console script the runs use."""
+    if RIFSCALE:
+        return RIFSCALE
     local = Path(sys.executable).parent / "rifscale"
     return str(local) if local.exists() else (shutil.which("rifscale") or "rifscale")
 
@@ -355,11 +377,14 @@ def run_rifscale(corpus: Path, out: Path, lam: float, tmp: Path, label: str, ext
     fit = manifest["fit"]
     record["manifest"] = {
         "n": manifest.get("n"), "d": manifest.get("d"), "p": manifest.get("p"),
-        "fit": {k: fit.get(k) for k in ("n_passes", "n_iter", "rel_grad_norm", "grad_norm", "converged", "stopped_at")},
+        "fit": {k: fit.get(k) for k in ("n_passes", "n_iter", "rel_grad_norm", "grad_norm", "converged", "stopped_at",
+                                        "hessian_passes", "warm_start")},
+        "layout": manifest.get("layout"),
         "timings": manifest.get("timings"),
     }
     record["command"] = " ".join(map(str, cmd))
     record["bytes_read"] = bytes_read(record, dir_bytes(corpus))
+    record["out_bytes"] = dir_bytes(out)
     if not keep:
         shutil.rmtree(out)
     return record
@@ -371,9 +396,10 @@ def bytes_read(record: dict, corpus_bytes: int) -> dict:
     io = record.get("io")
     if io:
         return {"method": "/proc/<wrapper>/io delta (whole reaped tree, imports included)",
-                "rchar": io["rchar"], "read_bytes": io["read_bytes"], "rchar_over_corpus": io["rchar"] / corpus_bytes}
+                "rchar": io["rchar"], "read_bytes": io["read_bytes"], "rchar_over_corpus": io["rchar"] / corpus_bytes,
+                "read_bytes_over_corpus": io["read_bytes"] / corpus_bytes}
     return {"method": "estimate: corpus bytes on disk x fit passes", "rchar": corpus_bytes * passes,
-            "read_bytes": None, "rchar_over_corpus": float(passes)}
+            "read_bytes": None, "rchar_over_corpus": float(passes), "read_bytes_over_corpus": None}
 
 
 # --------------------------------------------------------------------------- child processes
@@ -519,7 +545,15 @@ def daskml_child(spec: dict) -> tuple[dict, dict]:
     return report, {"theta": theta}
 
 
-CHILDREN = {"floor": floor_child, "sklearn": sklearn_child, "statsmodels": statsmodels_child, "daskml": daskml_child}
+def synth_child(spec: dict) -> dict:
+    """Generate and ingest one corpus (``_synth.write_corpus``, chunk by chunk)."""
+    t = time.perf_counter()
+    write_corpus(Path(spec["corpus"]), spec["n"], spec["d"], seed=spec["seed"], chunk_rows=spec["chunk_rows"])
+    return {"ingest_s": time.perf_counter() - t}
+
+
+CHILDREN = {"synth": synth_child, "floor": floor_child, "sklearn": sklearn_child, "statsmodels": statsmodels_child,
+            "daskml": daskml_child}
 
 
 def child_main(kind: str, spec_path: str) -> int:
@@ -546,19 +580,30 @@ def ratios(numerators, denominators) -> dict:
             "per_repeat": per_repeat, "min": min(per_repeat), "max": max(per_repeat)}
 
 
-def make_corpus(n: int, d: int, tmp: Path, chunk_rows: int | None) -> tuple[Path, dict]:
-    """Generate and ingest one corpus; its size, chunking and ingest time."""
+def make_corpus(n: int, d: int, tmp: Path, chunk_rows: int | None, measured: bool = False) -> tuple[Path, dict]:
+    """Generate and ingest one corpus; its size, chunking and ingest time. ``measured``:
+    in a measured child (RSS peaks and I/O of the generation under "generate")."""
     import zarr
 
     path = tmp / f"corpus-{n}x{d}.zarr"
     say(f"{n:,} x {d}: generating the corpus")
-    t = time.perf_counter()
-    write_corpus(path, n, d, seed=SEED, chunk_rows=chunk_rows)
-    ingest_s = time.perf_counter() - t
+    generate = None
+    if measured:
+        spec = {"corpus": str(path), "n": n, "d": d, "seed": SEED, "chunk_rows": chunk_rows}
+        generate = run_child("synth", spec, tmp, f"synth-{n}x{d}")
+        ingest_s = generate["child"]["ingest_s"]
+    else:
+        t = time.perf_counter()
+        write_corpus(path, n, d, seed=SEED, chunk_rows=chunk_rows)
+        ingest_s = time.perf_counter() - t
     X = zarr.open_group(str(path), mode="r")["train/X"]
     info = {"n": n, "d": d, "p": d + 1, "n_test": N_TEST, "chunk_rows": X.chunks[0],
             "chunks": -(-n // X.chunks[0]), "corpus_bytes": dir_bytes(path), "ingest_s": ingest_s}
-    say(f"{n:,} x {d}: corpus {info['corpus_bytes'] / 1e6:.0f} MB in {info['chunks']} chunks, {ingest_s:.1f} s")
+    info["ingest_gb_per_s"] = info["corpus_bytes"] / 1e9 / ingest_s
+    if generate:
+        info["generate"] = generate
+    say(f"{n:,} x {d}: corpus {info['corpus_bytes'] / 1e6:,.0f} MB in {info['chunks']} chunks, {ingest_s:.1f} s "
+        f"({info['ingest_gb_per_s']:.2f} GB/s)")
     return path, info
 
 
@@ -659,6 +704,8 @@ def bench_peers(n: int, d: int, names, tmp: Path, repeats: int, chunk_rows: int 
     runs = {name: [] for name in names}
     for k in range(repeats):
         for name in names:
+            if PEERS[name].get("once") and k < repeats - 1:
+                continue
             try:
                 record = run_peer(name, corpus, tmp, k, keep=k == repeats - 1)
             except ChildFailed as exc:
@@ -675,12 +722,90 @@ def bench_peers(n: int, d: int, names, tmp: Path, repeats: int, chunk_rows: int 
         peers[name]["accuracy"] = peer_accuracy(name, out, rif, corpus, runs[name][-1])
         ref = PEERS[name].get("ref")
         if ref in outputs and "wall_s" in peers[ref]:
-            for key in ("wall_s", "peak_rss_bytes"):
-                peers[name][f"{key}_ratio"] = ratios(peers[name][key]["values"], peers[ref][key]["values"])
+            for key in ("wall_s", "peak_rss_bytes"):  # against the reference's runs of the same repeats
+                mine = peers[name][key]["values"]
+                peers[name][f"{key}_ratio"] = ratios(mine, peers[ref][key]["values"][-len(mine):])
     for name in names:
         shutil.rmtree(tmp / f"run-{name}", ignore_errors=True)
     shutil.rmtree(corpus)
     entry.update({"peers": peers, "rifscale_args": list(PEER_RUN_ARGS)})
+    return entry
+
+
+# --------------------------------------------------------------------------- table 3: beyond RAM
+
+
+def corpus_bytes_estimate(n: int, d: int) -> int:
+    """Bytes on disk of a float32 corpus (X, int8 y, int64 ids; train and test), before
+    Zarr's few metadata bytes."""
+    return (n + N_TEST) * (4 * d + 1 + 8)
+
+
+def disk_need(n: int, d: int) -> int:
+    """Disk one beyond-RAM case takes at once: its corpus and its run's outputs."""
+    return corpus_bytes_estimate(n, d) + n * RUN_BYTES_PER_ROW
+
+
+def check_disk(where: Path, n: int, d: int) -> dict:
+    """Refuse (SystemExit) when the case would not fit in ``where`` with DISK_MARGIN."""
+    need, free = disk_need(n, d), shutil.disk_usage(where).free
+    if need * DISK_MARGIN > free:
+        raise SystemExit(
+            f"beyond RAM: the {n:,} x {d} corpus and its run need about {need / 1e9:.1f} GB "
+            f"(+{DISK_MARGIN - 1:.0%} margin) in {where}, but only {free / 1e9:.1f} GB are free there; "
+            "free some space, pass --tmpdir on a larger disk, or a smaller --beyond-ram.")
+    return {"need_bytes": need, "free_bytes": free}
+
+
+def beyond_case(n: int, d: int, chunk_rows: int, extra: tuple, tmp: Path, repeats: int, label: str) -> dict:
+    """Generate one corpus (measured child), run ``rifscale run`` on it ``repeats`` times,
+    delete it. A failed run is recorded (its error) rather than raised."""
+    import psutil
+
+    disk = check_disk(tmp, n, d)
+    corpus, entry = make_corpus(n, d, tmp, chunk_rows, measured=True)
+    ram = psutil.virtual_memory().total
+    entry.update(label=label, options=list(extra), disk=disk, ram_bytes=ram,
+                 corpus_over_ram=entry["corpus_bytes"] / ram)
+    runs = []
+    try:
+        for k in range(repeats):
+            try:
+                run = run_rifscale(corpus, tmp / f"run-{label}", LAM, tmp, f"beyond-{label}-{k}", extra)
+            except ChildFailed as exc:
+                say(f"beyond RAM: {exc}")
+                runs.append({"error": str(exc)})
+                continue
+            runs.append(run)
+            m = run["manifest"]
+            say(f"beyond RAM {label} {n:,} x {d}: repeat {k + 1}/{repeats}: {run['wall_s']:.1f} s, "
+                f"{m['fit']['n_passes']} passes, {'persisted' if m['layout']['persisted'] else 'streamed'}, "
+                f"peak RSS {run['rss']['peak_tree_bytes'] / 2**20:,.0f} MiB, "
+                f"read {run['bytes_read']['rchar_over_corpus']:.1f}x the corpus")
+    finally:
+        shutil.rmtree(corpus)
+    entry.update(_peer_summary(runs))
+    return entry
+
+
+def bench_beyond_ram(n: int, d: int, ref_n: int, tmp: Path, repeats: int) -> dict:
+    """The reference case (``--persist never``) then the big one (default options), both
+    with the stored chunk rows ingest would choose for the big corpus; the peak-RSS ratio."""
+    import rifscale.io
+
+    chunk_rows = rifscale.io.default_chunk_rows(n, d * 4)
+    if ref_n < chunk_rows:
+        say(f"beyond RAM: the reference corpus ({ref_n:,} rows) is one chunk, shorter than {chunk_rows:,} rows")
+    cases = {"ref": beyond_case(ref_n, d, chunk_rows, ("--persist", "never"), tmp, repeats, "ref"),
+             "big": beyond_case(n, d, chunk_rows, (), tmp, repeats, "big")}
+    entry = {"d": d, "chunk_rows": chunk_rows, "repeats": repeats, "rss_limit": BEYOND_RSS_LIMIT, "cases": cases}
+    if all("peak_rss_bytes" in c for c in cases.values()):
+        for key in ("peak_tree_bytes", "peak_driver_bytes"):
+            big, ref = ([r["rss"][key] for r in _ok(cases[c]["runs"])] for c in ("big", "ref"))
+            entry[f"{key}_ratio"] = ratios(big, ref)
+        entry["within_limit"] = entry["peak_tree_bytes_ratio"]["of_medians"] <= BEYOND_RSS_LIMIT
+        say(f"beyond RAM: peak RSS big / ref = {entry['peak_tree_bytes_ratio']['of_medians']:.2f} "
+            f"(limit {BEYOND_RSS_LIMIT}): {'within' if entry['within_limit'] else 'OVER'}")
     return entry
 
 
@@ -814,8 +939,69 @@ def _accuracy_notes(name: str, acc: dict) -> list[str]:
     return notes
 
 
+def _hessian_passes(fit: dict) -> str:
+    hp = fit.get("hessian_passes") or {}
+    return f"{fit['n_passes']} ({hp.get('float32', '?')}/{hp.get('float64', '?')})"
+
+
+def beyond_markdown(entry: dict) -> list[str]:
+    lines = [
+        "## Table 3: beyond RAM",
+        "",
+        (f"`rifscale run CORPUS --out RUN --lam {LAM:g}` to completion on a corpus larger than memory "
+        "(\"big\", default options: `--persist auto` streams data larger than half the available memory) and "
+        "on a reference corpus (\"ref\", `--persist never`), same d and the same stored chunks of "
+        f"{entry['chunk_rows']:,} rows (ingest's default for the big corpus). "
+        f"{entry['repeats']} repeat(s) per case, back to back, medians. "
+        "Passes: fit passes over the data (Hessian passes float32/float64); data: streamed or persisted, the run's "
+        "blocks x rows per block; × ref: peak RSS of the tree over the reference's (limit "
+        f"{entry['rss_limit']}); read: rchar / corpus (from the disk: read_bytes / corpus)."),
+        "",
+        ("| case | n x d | corpus GB (× RAM) | generate s (GB/s) | rifscale run s | passes (H f32/f64) | data "
+        "| peak RSS MiB: tree / driver / workers | × ref | read / corpus | other load |"),
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    ratio = entry.get("peak_tree_bytes_ratio")
+    for name, c in entry["cases"].items():
+        head = (f"| {name} `{' '.join(c['options']) or 'defaults'}` | {c['n']:,} x {c['d']} "
+                f"| {c['corpus_bytes'] / 1e9:,.2f} ({c['corpus_over_ram']:.2f}) | {c['ingest_s']:,.0f} "
+                f"({c['ingest_gb_per_s']:.2f})")
+        if "error" in c:
+            lines.append(f"{head} | failed | | | | | | {c['error'].splitlines()[0]} |")
+            continue
+        runs = _ok(c["runs"])
+        m = runs[-1]["manifest"]
+        layout = m["layout"] or {}
+        data = (f"{'persisted' if layout.get('persisted') else 'streamed'}, {layout.get('blocks')} x "
+                f"{layout.get('block_rows'):,}")
+        read = statistics.median(r["bytes_read"]["rchar_over_corpus"] for r in runs)
+        disk = [r["bytes_read"]["read_bytes_over_corpus"] for r in runs]
+        disk_cell = f" ({statistics.median(disk):.1f})" if None not in disk else ""
+        vs_ref = "–" if name == "ref" or not ratio else (
+            f"**{ratio['of_medians']:.2f}** {'≤' if entry['within_limit'] else '>'} {entry['rss_limit']}")
+        lines.append(
+            f"{head} | {c['wall_s']['median']:,.1f} | {_hessian_passes(m['fit'])} | {data} | {_rss_cell(runs)} "
+            f"| {vs_ref} | {read:.1f}{disk_cell} | {max(r['other_load'] for r in runs):.0%} |")
+    lines.append("")
+    for name, c in entry["cases"].items():
+        if "error" in c:
+            continue
+        run, gen = _ok(c["runs"])[-1], c["generate"]
+        fit = run["manifest"]["fit"]
+        lines.append(
+            f"* {name}: fit stopped at {fit['stopped_at']} (rel ‖∇L‖ {fit['rel_grad_norm']:.1e}, warm start "
+            f"{'yes' if fit.get('warm_start') else 'no'}); stages "
+            + ", ".join(f"{k} {v:,.1f}" for k, v in (run["manifest"]["timings"] or {}).items())
+            + f" s; generation peak RSS {_mib(gen['rss']['peak_tree_bytes'])} MiB (tree).")
+    if entry["cases"]["big"]["corpus_over_ram"] <= 1:
+        lines.append("* The big corpus fits in RAM here: the table exercises the code, not a run beyond RAM.")
+    return lines
+
+
 def markdown(result: dict) -> str:
     m, src = result["machine"], result.get("source") or {}
+    tables_1_2 = result.get("floor") or result.get("peers")
+    repeats = f" {result['config']['repeats']} repeat(s), interleaved." if tables_1_2 else ""
     lines = [
         f"# rifscale at scale, {result['date']}{' (quick)' if result['quick'] else ''}",
         "",
@@ -825,7 +1011,7 @@ def markdown(result: dict) -> str:
         f"Code: commit {(src.get('commit') or '?')[:10]}"
         f"{' + local changes in rifscale/' if src.get('rifscale_locally_modified') else ''}."),
         (f"Data: `_synth.py` seed {SEED}, float32, {N_TEST:,} test rows, ingest chunking "
-        f"{result['config']['chunk_rows'] or 'default'}. {result['config']['repeats']} repeat(s), interleaved. "
+        f"{result['config']['chunk_rows'] or 'default'}.{repeats} "
         "Children run without OPENBLAS/OMP/MKL_NUM_THREADS (all cores). "
         "\"other load\": largest CPU share used by processes outside the benchmark during a timed run."),
         "",
@@ -833,7 +1019,9 @@ def markdown(result: dict) -> str:
     if result.get("floor"):
         lines += floor_markdown(result["floor"], result["warm_up"]) + [""]
     if result.get("peers"):
-        lines += peers_markdown(result["peers"])
+        lines += peers_markdown(result["peers"]) + [""]
+    if result.get("beyond_ram"):
+        lines += beyond_markdown(result["beyond_ram"])
     return "\n".join(lines) + "\n"
 
 
@@ -885,6 +1073,10 @@ def _cases(text: str) -> tuple:
     return () if text.lower() == "none" else tuple(_case(c) for c in text.split(","))
 
 
+def _one_case(text: str) -> tuple[int, int] | None:
+    return None if text.lower() == "none" else _case(text)
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
@@ -893,17 +1085,26 @@ def parse_args(argv):
     ap.add_argument("--peer-case", type=_cases, help="NxD of the peers table ('none' skips it)")
     ap.add_argument("--peers", type=lambda s: tuple(s.split(",")), default=tuple(PEERS),
                     help=f"comma-separated subset of {','.join(PEERS)}")
-    ap.add_argument("--repeats", type=int, help="repeats per timing (default 3; 1 with --quick)")
+    ap.add_argument("--beyond-ram", type=_one_case, default=None, metavar="NxD",
+                    help="NxD of the beyond-RAM table, e.g. 1.5e7x512 (about 31 GB; default none: skipped, "
+                    "with --quick too)")
+    ap.add_argument("--beyond-ref-n", type=lambda s: int(float(s)), default=BEYOND_REF_N, metavar="N",
+                    help=f"n of the beyond-RAM reference case (default {BEYOND_REF_N:,})")
+    ap.add_argument("--repeats", type=int,
+                    help="repeats per timing (default 3; 1 with --quick and in the beyond-RAM table)")
     ap.add_argument("--chunk-rows", type=int, help="ingest chunk_rows (default: ingest's own default)")
     ap.add_argument("--tmpdir", type=Path, help="where corpora and runs go (default: system temp; deleted after)")
     ap.add_argument("--out", type=Path, help="result JSON path (the .md summary goes beside it)")
     ap.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine before each timed run")
+    ap.add_argument("--rifscale", help="the rifscale console script to time (default: this environment's)")
     ap.add_argument("--wrap", help=argparse.SUPPRESS)
     ap.add_argument("--child", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     unknown = set(args.peers) - set(PEERS)
     if unknown:
         ap.error(f"unknown peers {sorted(unknown)}; choose from {','.join(PEERS)}")
+    if args.beyond_ref_n < 1:
+        ap.error("--beyond-ref-n must be positive")
     return args
 
 
@@ -916,6 +1117,8 @@ def settings(args) -> dict:
         "cases": [list(c) for c in (args.cases if args.cases is not None else QUICK_CASES if args.quick else FULL_CASES)],
         "peer_case": list(peer_case[0]) if peer_case else None,
         "peers": list(args.peers), "repeats": args.repeats or (1 if args.quick else 3),
+        "beyond_ram": list(args.beyond_ram) if args.beyond_ram else None, "beyond_ref_n": args.beyond_ref_n,
+        "beyond_repeats": args.repeats or 1, "beyond_rss_limit": BEYOND_RSS_LIMIT,
         "lam": LAM, "seed": SEED, "n_test": N_TEST, "chunk_rows": args.chunk_rows, "rifscale": rifscale_bin(),
         "sklearn_solver": SKLEARN_SOLVER, "sklearn_max_iter": SKLEARN_MAX_ITER,
         "rss_sample_interval_s": SAMPLE_INTERVAL, "driver_env": START_ENV, "wait_for_quiet": not args.no_wait,
@@ -923,15 +1126,20 @@ def settings(args) -> dict:
 
 
 def run_all(cfg: dict, tmpdir: Path | None) -> dict:
-    """Warm-up, the floor table and the peers table, in a temporary directory."""
+    """Warm-up, the floor, peers and beyond-RAM tables, in a temporary directory."""
     out = {}
     with tempfile.TemporaryDirectory(prefix="rifscale-scale-", dir=tmpdir) as tmp:
         tmp = Path(tmp)
+        if cfg["beyond_ram"]:  # refuse before anything else runs
+            check_disk(tmp, *cfg["beyond_ram"])
         out["warm_up"] = warm_up(tmp)
         out["floor"] = [bench_floor_case(n, d, tmp, cfg["repeats"], cfg["chunk_rows"]) for n, d in cfg["cases"]]
         if cfg["peer_case"]:
             n, d = cfg["peer_case"]
             out["peers"] = bench_peers(n, d, cfg["peers"], tmp, cfg["repeats"], cfg["chunk_rows"])
+        if cfg["beyond_ram"]:
+            n, d = cfg["beyond_ram"]
+            out["beyond_ram"] = bench_beyond_ram(n, d, cfg["beyond_ref_n"], tmp, cfg["beyond_repeats"])
     return out
 
 
@@ -942,6 +1150,8 @@ def main(argv=None) -> int:
     if args.child:
         return child_main(*args.child)
     bench_engine.WAIT_FOR_QUIET = not args.no_wait
+    global RIFSCALE
+    RIFSCALE = args.rifscale
     today = _dt.date.today().isoformat()
     path = args.out or HERE / "results" / f"scale-{today}{'-quick' if args.quick else ''}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

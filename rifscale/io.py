@@ -379,6 +379,11 @@ def _checked_y(y, *, label: str, block_info=None):
     return y.astype(np.int8)
 
 
+def _row_numbers(x, block_info=None):
+    start, stop = block_info[0]["array-location"][0]
+    return np.arange(start, stop, dtype=np.int64)
+
+
 def _chunk_digest(x, y, ids):
     h = hashlib.sha256()
     for part in (x, y, ids):
@@ -414,7 +419,9 @@ def _plan_split(name: str, X, y, ids, rows: int, dtype) -> _PlannedSplit:
             raise CorpusError(f"{name}/ids has dtype {sid.dtype}; ids must be integers (they are stored as int64).")
         sid = sid.astype(np.int64)
     else:
-        sid = da.arange(n, chunks=rows, dtype=np.int64)
+        # row numbers computed from each X chunk (not a free-standing da.arange): dask then
+        # schedules each chunk's write and hash together instead of piling up checked chunks
+        sid = sx.map_blocks(_row_numbers, drop_axis=1, dtype=np.int64, meta=np.empty((0,), dtype=np.int64))
     cx = sx.map_blocks(_checked_x, label=f"{name}/X", out_dtype=out_dtype, rows=rows, dtype=out_dtype,
                        meta=np.empty((0, 0), dtype=out_dtype))
     cy = sy.map_blocks(_checked_y, label=f"{name}/y", dtype=np.int8, meta=np.empty((0,), dtype=np.int8))
