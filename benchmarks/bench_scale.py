@@ -7,7 +7,7 @@ interleaved in each repeat; tables show medians, min-max and ratios of medians. 
 beyond RAM, only when asked for (``--beyond-ram NxD``).
 
 * **floor ratio**, for (n, d) in {2e5, 1e6} x {384, 768} and (2e5, 1024): wall time of
-  ``rifscale run CORPUS --out RUN --lam 1`` in a subprocess (imports, LocalCluster
+  ``rifscale run CORPUS --out RUN --lam 1`` in a subprocess (imports, any cluster
   start-up, fit, factor, scores, store: what a user waits for) against the float64
   floor: in a child process with all cores, ONE Hessian GEMM ``(Z * alpha[:, None]).T @ Z``
   plus ONE leverage GEMM ``Z @ Linv.T`` on the training data held in memory
@@ -841,8 +841,8 @@ def floor_markdown(cases: list[dict], warm: dict) -> list[str]:
     lines = [
         "## rifscale run vs the in-memory float64 floor",
         "",
-        (f"`rifscale run CORPUS --out RUN --lam {LAM:g}` (subprocess, wall time including imports and the "
-        "LocalCluster) against one Hessian GEMM `(Z * alpha[:, None]).T @ Z` plus one leverage GEMM "
+        (f"`rifscale run CORPUS --out RUN --lam {LAM:g}` (subprocess, wall time including imports and any "
+        "cluster start-up) against one Hessian GEMM `(Z * alpha[:, None]).T @ Z` plus one leverage GEMM "
         "`Z @ Linv.T` on Z = [X, 1] in float64 held in memory, all cores (loading not counted). "
         "Median (min–max) of the repeats, seconds; ratio = rifscale median / floor median."),
         "",
