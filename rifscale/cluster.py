@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,12 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
     if not (processes or dashboard):
         import dask
 
-        with threadpool_limits(limits=1, user_api="blas"), dask.config.set(scheduler="threads", num_workers=threads):
+        import dask.threaded
+
+        # the scheduler as a function, not the name "threads": dask then does not import
+        # distributed (0.5 s) to look for a client
+        with threadpool_limits(limits=1, user_api="blas"), \
+                dask.config.set(scheduler=dask.threaded.get, num_workers=threads):
             log.info("running on dask's threaded scheduler with %d thread(s)", threads)
             yield None
         return
@@ -76,6 +82,20 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
             kwargs["threads_per_worker"], client.dashboard_link,
         )
         yield client
+
+
+def current_client():
+    """The active distributed client, or None (dask's local scheduler is then used).
+
+    Never imports distributed (0.5 s) when nothing has: no client can exist then."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        return None
 
 
 def workers_with_resource(client, resource: str) -> list[str]:

@@ -9,6 +9,7 @@ registered lazily and imported only when a GPU worker runs the task.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -73,11 +74,13 @@ _BACKENDS: dict[str, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]] = {
 
 
 def _this_worker() -> str | None:
-    try:
-        from distributed import get_worker
+    if "distributed" not in sys.modules:  # not in a worker, and no import for nothing
+        return None
+    from distributed import get_worker
 
+    try:
         return get_worker().address
-    except (ImportError, ValueError):
+    except ValueError:
         return None
 
 

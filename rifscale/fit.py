@@ -39,6 +39,7 @@ import numpy as np
 
 from . import kernels
 from ._blocks import per_block
+from .cluster import current_client
 from .errors import ConfigError, NotConvergedError, NotPositiveDefiniteError, not_positive_definite
 from .hessian import objectives
 from .io import find_nonfinite
@@ -168,12 +169,8 @@ def subsample_start(X: da.Array, y: da.Array, weights=None, *, lam: float, fit_i
 
 def _persist(*arrays):
     """Keep small derived arrays in (worker) memory: on the active client if any."""
-    try:
-        from distributed import default_client
-
-        return default_client().persist(list(arrays))
-    except (ImportError, ValueError):
-        return dask.persist(*arrays)
+    client = current_client()
+    return client.persist(list(arrays)) if client is not None else dask.persist(*arrays)
 
 
 def fit(

@@ -106,7 +106,7 @@ def _to_dask(a, chunk_rows: int | None):
 def _split_from_arrays(name, X, y, ids, chunk_rows) -> Split:
     X, y = _to_dask(X, chunk_rows), _to_dask(y, chunk_rows)
     if y.ndim == 1 and y.chunks != (X.chunks[0],) and X.ndim == 2 and y.shape[0] == X.shape[0]:
-        y = y.rechunk((X.chunks[0],))
+        y = y.rechunk((X.chunks[0],), method="tasks")
     ids = _to_dask(ids, None) if ids is not None else da.arange(X.shape[0], chunks=X.chunks[0] if X.ndim else "auto", dtype=np.int64)
     split = Split(X=X, y=y, ids=ids)
     validate_split(name, split)
@@ -317,7 +317,7 @@ def _source(label: str, spec, rows: int) -> da.Array:
     else:
         arr = _source_path(label, str(spec), rows)
     if arr.ndim >= 1:
-        arr = arr.rechunk((rows,) + arr.shape[1:])
+        arr = arr.rechunk((rows,) + arr.shape[1:], method="tasks")
     return arr
 
 

@@ -68,7 +68,9 @@ def block_rows(n: int, row_bytes: int, *, threads: int, worker_memory: int) -> i
 
 def rechunk_split(split: Split, rows: int) -> Split:
     """The split with stored chunks longer than ``rows`` cut into equal pieces (each
-    stored chunk into a whole number of blocks, so no block spans two stored chunks)."""
+    stored chunk into a whole number of blocks, so no block spans two stored chunks).
+    ``method="tasks"`` says how (splitting needs no shuffle) and spares dask the import of
+    distributed it makes to choose a method."""
     stored = split.X.chunks[0]
     if max(stored) <= rows * 1.5:
         return split
@@ -79,9 +81,9 @@ def rechunk_split(split: Split, rows: int) -> Split:
         pieces += [base + 1] * extra + [base] * (k - extra)
     chunks = (tuple(pieces),)
     return Split(
-        X=split.X.rechunk((chunks[0], split.X.shape[1])),
-        y=split.y.rechunk(chunks),
-        ids=split.ids.rechunk(chunks),
+        X=split.X.rechunk((chunks[0], split.X.shape[1]), method="tasks"),
+        y=split.y.rechunk(chunks, method="tasks"),
+        ids=split.ids.rechunk(chunks, method="tasks"),
     )
 
 

@@ -40,6 +40,7 @@ import scipy.linalg
 import zarr
 
 from . import __version__
+from .cluster import current_client
 from .config import RunConfig
 from .errors import ConfigError, CorpusError, OutputExistsError
 from .factor import Factor, factor_hessian
@@ -56,16 +57,6 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 #: Rows per chunk of the stored per-sample arrays (2 MiB of float64), at least a block.
 OUTPUT_CHUNK_ROWS = 2**18
-
-
-def current_client():
-    """The active distributed client, or None (then dask's local scheduler is used)."""
-    try:
-        from distributed import default_client
-
-        return default_client()
-    except (ImportError, ValueError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -162,12 +153,12 @@ def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = Non
 
 
 def _versions() -> dict:
-    import distributed
+    from importlib.metadata import version
 
     return {
         "rifscale": __version__,
         "dask": dask.__version__,
-        "distributed": distributed.__version__,
+        "distributed": version("distributed"),
         "zarr": zarr.__version__,
         "numpy": np.__version__,
         "scipy": scipy.__version__,
@@ -189,7 +180,7 @@ def _regular(a: da.Array, rows: int) -> da.Array:
     """``a`` in row chunks of ``rows`` (Zarr needs regular chunks; score blocks may not be)."""
     if all(c == rows for c in a.chunks[0][:-1]) and a.chunks[0][-1] <= rows:
         return a
-    return a.rechunk({0: rows})
+    return a.rechunk({0: rows}, method="tasks")
 
 
 def compute(*collections, progress: bool = False):
