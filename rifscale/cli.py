@@ -68,7 +68,7 @@ def _run(args) -> int:
     with connect(args.scheduler, n_workers=args.workers, processes=args.processes,
                  dashboard=args.dashboard) as client:
         result = attribute(args.corpus, config, client=client)
-        manifest = write_run(result, args.out, overwrite=args.overwrite, progress=not args.quiet)
+        manifest = write_run(result, args.out, overwrite=args.overwrite, progress=not args.quiet and sys.stdout.isatty())
     print(
         f"wrote run {args.out}: n = {manifest['n']}, p = {manifest['p']}, fit converged in "
         f"{manifest['fit']['n_iter']} iterations (rel grad {manifest['fit']['rel_grad_norm']:.1e}), "
