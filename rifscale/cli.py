@@ -123,7 +123,7 @@ def _demo(args) -> int:
 
 
 def _add_cluster(p) -> None:
-    p.add_argument("--scheduler", metavar="ADDRESS", help="address of a running dask scheduler (default: start a LocalCluster sized to this machine)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="address of a running dask scheduler (default: this machine's cores, on dask's threaded scheduler)")
     p.add_argument("--workers", type=int, help="without --scheduler: threads (or worker processes with "
                    "--processes) on this machine (default: one per core)")
     p.add_argument("--processes", action="store_true", help="without --scheduler: start a LocalCluster of worker "

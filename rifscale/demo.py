@@ -1,6 +1,6 @@
 """``rifscale demo``: the whole pipeline on the embedded Fashion-MNIST pair.
 
-Ingests the packaged ``.npz`` into a Zarr corpus, fits and scores on a LocalCluster (or a
+Ingests the packaged ``.npz`` into a Zarr corpus, fits and scores on this machine's cores (or a
 given scheduler), prints the most influential training samples and an IF-vs-RIF summary,
 estimates three removal sets with IF, RIF and NS, and checks them against exact retrains.
 """
