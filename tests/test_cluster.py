@@ -2,6 +2,7 @@
 factor broadcast once, and the CLI's --scheduler path."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -60,8 +61,14 @@ def test_factor_is_broadcast_to_every_worker_once(client):
     value = np.arange(9.0).reshape(3, 3)
     before = client.has_what()
     d = broadcast(value, client=client)
-    after = client.has_what()
-    new = {w: set(after[w]) - set(before.get(w, ())) for w in after}
+    # workers report received keys to the scheduler asynchronously: wait (bounded) for both
+    deadline = time.monotonic() + 10
+    while True:
+        after = client.has_what()
+        new = {w: set(after[w]) - set(before.get(w, ())) for w in after}
+        if all(new.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert len(new) == 2 and all(len(keys) == 1 for keys in new.values())
     assert len(set().union(*new.values())) == 1  # the same single key on both workers
     x = da.ones((8, 3), chunks=(1, 3))
