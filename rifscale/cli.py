@@ -61,10 +61,11 @@ def config_from_args(args) -> RunConfig:
 
 def _run(args) -> int:
     from .cluster import connect
-    from .pipeline import attribute, prepare_output, write_run
+    from .outputs import check_output
+    from .pipeline import attribute, write_run
 
     config = config_from_args(args)
-    prepare_output(Path(args.out), overwrite=args.overwrite)  # fail before any work
+    check_output(Path(args.out), overwrite=args.overwrite)  # fail before any work
     with connect(args.scheduler, n_workers=args.workers, processes=args.processes,
                  dashboard=args.dashboard) as client:
         result = attribute(args.corpus, config, client=client)
@@ -80,15 +81,13 @@ def _run(args) -> int:
 def _groups(args) -> int:
     from .cluster import connect
     from .groups import format_table, group_effects, normalise_sets, write_groups
+    from .outputs import check_output
     from .pipeline import open_run
 
     run = open_run(args.run, corpus=args.corpus)
     sets = normalise_sets(args.sets, run.corpus.n)
     out = run.path / "groups"
-    if out.exists() and not args.overwrite:
-        from .errors import OutputExistsError
-
-        raise OutputExistsError(f"{str(out)!r} already exists; pass --overwrite to replace it.")
+    check_output(out, overwrite=args.overwrite)  # before any work
     with connect(args.scheduler, n_workers=args.workers, processes=args.processes,
                  dashboard=args.dashboard) as client:
         estimates = group_effects(run, sets, client=client)

@@ -20,7 +20,8 @@ from .config import RunConfig
 from .groups import group_effects, write_groups
 from .io import ingest
 from .metrics import metric_values
-from .pipeline import attribute, prepare_output, write_run
+from .outputs import check_output, mark
+from .pipeline import attribute, write_run
 from .retrain import retrain
 
 DATA = "fashion_mnist_tshirt_shirt.npz"
@@ -47,8 +48,9 @@ def _exact_changes(result, estimates, *, client) -> dict[str, float]:
 def run_demo(out="rifscale-demo", *, scheduler=None, overwrite=False, n_workers=None, processes=False,
              dashboard=False) -> dict:
     out = Path(out)
-    prepare_output(out, overwrite=overwrite)
+    check_output(out, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
+    mark(out, "demo")  # a container of rifscale outputs: a rerun with --overwrite may replace them
     t0 = time.perf_counter()
     src = demo_data_path()
     print("rifscale demo: Fashion-MNIST 'T-shirt/top' (y=0) vs 'Shirt' (y=1), 14x14 pooled pixels")

@@ -264,23 +264,15 @@ def write_groups(run_path, estimates: dict[str, GroupEstimate], *, overwrite: bo
     Written beside and moved into place when complete; refused if it exists unless asked."""
     import zarr
 
-    from .io import _replace_dir
-    from .pipeline import prepare_output
+    from .outputs import atomic_dir
 
     out = Path(run_path) / "groups"
-    tmp = prepare_output(out, overwrite=overwrite)
-    try:
+    with atomic_dir(out, overwrite=overwrite, kind="groups") as tmp:
         names = list(estimates)
-        root = zarr.open_group(str(tmp), mode="w")
+        root = zarr.open_group(str(tmp), mode="a")
         root.attrs.update({"names": names, "estimates": [estimates[k].to_dict() for k in names]})
         for m in METHODS:
             root.create_array(f"delta_theta/{m}", data=np.stack([estimates[k].delta[m] for k in names]))
-        _replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

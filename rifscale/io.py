@@ -19,18 +19,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import dask
 import dask.array as da
+import dask.threaded
 import numpy as np
 import zarr
 
-from .errors import CorpusError, OutputExistsError
+from .errors import CorpusError
+from .outputs import atomic_dir, check_output
 
 FORMAT_VERSION = 1
 FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float64"))
@@ -485,8 +485,7 @@ def ingest(
         raise CorpusError("Pass both test_X and test_y, or neither.")
     if test_ids is not None and test_X is None:
         raise CorpusError("test_ids was given without test_X and test_y; pass the whole test split.")
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{str(out)!r} already exists; choose another path or pass --overwrite to replace it.")
+    check_output(out, overwrite=overwrite)  # before any work
     rows = int(chunk_rows) if chunk_rows is not None else _auto_rows(train_X, dtype)
     splits = [_plan_split("train", train_X, train_y, train_ids, rows, dtype)]
     if test_X is not None:
@@ -496,9 +495,8 @@ def ingest(
                 f"test/X has d = {splits[1].X.shape[1]} features but train/X has d = {splits[0].X.shape[1]}; "
                 "both splits must have the same feature columns."
             )
-    tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
-        root = zarr.open_group(str(tmp), mode="w")
+    with atomic_dir(out, overwrite=overwrite, kind="corpus") as tmp:
+        root = zarr.open_group(str(tmp), mode="a")
         sources, targets = [], []
         for sp in splits:
             sources += [sp.X, sp.y, sp.ids]
@@ -507,7 +505,7 @@ def ingest(
         # data in this process (arrays, local files) is ingested by local threads; only
         # Dask-array sources run where the active scheduler (e.g. a cluster) puts them
         lazy = all(isinstance(v, da.Array) for v in (train_X, test_X) if v is not None)
-        _, *digests = dask.compute(stored, *[sp.digests() for sp in splits], scheduler=None if lazy else "threads")
+        _, *digests = dask.compute(stored, *[sp.digests() for sp in splits], scheduler=None if lazy else dask.threaded.get)
         hasher = hashlib.sha256()
         for dg in digests:
             hasher.update(np.ascontiguousarray(dg).tobytes())
@@ -522,19 +520,4 @@ def ingest(
                 **(provenance or {}),
             }
         )
-        _replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return open_corpus(out)
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move a finished directory into place; an old one is removed only afterwards."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -27,9 +27,7 @@ import json
 import logging
 import os
 import platform
-import shutil
 import time
-import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -42,13 +40,14 @@ import zarr
 from . import __version__
 from .cluster import current_client
 from .config import RunConfig
-from .errors import ConfigError, CorpusError, OutputExistsError
+from .errors import ConfigError, CorpusError
 from .factor import Factor, factor_hessian
 from .fit import FitResult, fit
-from .io import Corpus, _replace_dir, find_nonfinite, open_corpus
+from .io import Corpus, find_nonfinite, open_corpus
 from .kernels import to_numpy
 from .metrics import MetricAtOptimum, metric_at, select_test_subset
 from .model import FittedModel
+from .outputs import atomic_dir
 from .partition import check_device, prepare_split
 from .scores import Scores, score_table
 
@@ -166,16 +165,6 @@ def _versions() -> dict:
     }
 
 
-def prepare_output(out: Path, *, overwrite: bool) -> Path:
-    """Refuse an existing ``out`` unless overwriting; return a fresh hidden sibling to write."""
-    if out.exists() and not overwrite:
-        raise OutputExistsError(
-            f"{str(out)!r} already exists; choose another --out, or pass --overwrite to replace it."
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
-
-
 def _regular(a: da.Array, rows: int) -> da.Array:
     """``a`` in row chunks of ``rows`` (Zarr needs regular chunks; score blocks may not be)."""
     if all(c == rows for c in a.chunks[0][:-1]) and a.chunks[0][-1] <= rows:
@@ -210,9 +199,7 @@ def write_run(result: Attribution, out, *, overwrite: bool = False, progress: bo
     """Compute the scores (one pass) and write the complete run directory.
 
     ``progress`` shows a progress bar of the scores pass on stdout."""
-    out = Path(out)
-    tmp = prepare_output(out, overwrite=overwrite)
-    try:
+    with atomic_dir(Path(out), overwrite=overwrite, kind="run") as tmp:
         t = time.perf_counter()
         model = result.model
         for name, value in {
@@ -266,10 +253,6 @@ def write_run(result: Attribution, out, *, overwrite: bool = False, progress: bo
                 model.leverage_threshold,
             )
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
-        _replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 

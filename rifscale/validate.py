@@ -198,14 +198,12 @@ def run_validation(run_path, *, experiments=("accuracy",), strategies=STRATEGIES
     """Run the chosen experiments on a finished run; write ``validation/`` (Zarr: the sets,
     the exact Δθ, retrain records) and ``report/`` (tables as JSON, figures, index.html).
     Both are written beside and moved into place when complete."""
-    import shutil
-
     import zarr
 
     from .config import RunConfig
     from .errors import ConfigError
-    from .io import _replace_dir
-    from .pipeline import open_run, prepare_output
+    from .outputs import atomic_dirs
+    from .pipeline import open_run
     from .report import accuracy_figure, poisoning_figure, sweeps_figure, write_json, write_report
 
     bad = [e for e in experiments if e not in EXPERIMENTS]
@@ -220,11 +218,9 @@ def run_validation(run_path, *, experiments=("accuracy",), strategies=STRATEGIES
             f"(it has {list(run.model.metrics)}); choose --top-metric from those or rerun with --metrics."
         )
     outs = {name: run.path / name for name in ("validation", "report")}
-    tmps = {name: prepare_output(path, overwrite=overwrite) for name, path in outs.items()}
     sections, records = [], {}
-    try:
-        tmps["report"].mkdir()
-        vgroup = zarr.open_group(str(tmps["validation"]), mode="w")
+    with atomic_dirs(outs, overwrite=overwrite, kind="validate") as tmps:
+        vgroup = zarr.open_group(str(tmps["validation"]), mode="a")
         if "accuracy" in experiments:
             sizes = default_sizes(run.corpus.n, count=n_sizes)
             acc = accuracy(run, strategies=strategies, sizes=sizes, seed=seed, top_metric=top_metric,
@@ -271,12 +267,6 @@ def run_validation(run_path, *, experiments=("accuracy",), strategies=STRATEGIES
                      intro=(f"n = {run.corpus.n}, d = {run.corpus.d}, lam = {run.model.lam}, "
                             f"intercept = {run.model.fit_intercept}; corpus {Path(run.manifest['corpus']['path'] or 'in-memory').name}."),
                      sections=sections)
-        for name in ("validation", "report"):
-            _replace_dir(tmps[name], outs[name])
-    finally:
-        for tmp in tmps.values():
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
     return outs["report"] / "index.html"
 
 

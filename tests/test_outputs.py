@@ -1,0 +1,56 @@
+"""The one owner of outputs: --overwrite replaces only what rifscale made, and a failed
+final move leaves the old output in place."""
+
+import os
+
+import numpy as np
+import pytest
+
+import rifscale
+from rifscale import outputs
+from rifscale.errors import OutputExistsError
+from rifscale.groups import write_groups
+from rifscale.testing import make_problem
+
+
+@pytest.fixture
+def pr():
+    return make_problem(60, 4, n_test=20, seed=1, dtype=np.float32)
+
+
+def test_overwrite_refuses_a_directory_rifscale_did_not_make(tmp_path, pr):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("keep me")
+    with pytest.raises(OutputExistsError, match="not made by rifscale.*will not delete it"):
+        rifscale.ingest(foreign, train_X=pr.X, train_y=pr.y, overwrite=True)
+    (tmp_path / "groups").mkdir()  # a writer called directly checks too, not only the CLI
+    with pytest.raises(OutputExistsError, match="not made by rifscale"):
+        write_groups(tmp_path, {}, overwrite=True)
+    assert (foreign / "precious.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["groups", "mine"]  # no temporaries left
+
+
+def test_overwrite_replaces_rifscale_outputs_old_and_new(tmp_path, pr):
+    c = rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X, train_y=pr.y)
+    assert (tmp_path / "c.zarr" / outputs.MARKER).is_file() and c.n == 60
+    os.remove(tmp_path / "c.zarr" / outputs.MARKER)  # as made before the marker: the format attribute says so
+    c = rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X[:30], train_y=pr.y[:30], overwrite=True)
+    assert c.n == 30
+
+
+def test_a_failed_final_move_puts_the_old_output_back(tmp_path, pr, monkeypatch):
+    rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X, train_y=pr.y)
+    real = os.replace
+
+    def fail_on_new(src, dst):
+        if ".partial-" in str(src):
+            raise OSError("disk full")
+        return real(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", fail_on_new)
+    with pytest.raises(OSError, match="disk full"):
+        rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X[:10], train_y=pr.y[:10], overwrite=True)
+    monkeypatch.undo()
+    assert rifscale.open_corpus(tmp_path / "c.zarr").n == 60  # the old corpus, in place
+    assert [p.name for p in tmp_path.iterdir()] == ["c.zarr"]  # no .partial- or .old- left
