@@ -152,8 +152,7 @@ def subsample_start(X: da.Array, y: da.Array, weights=None, *, lam: float, fit_i
     parts = [X[::stride], y[::stride]] + ([weights[::stride]] if weights is not None else [])
     parts = _persist(*parts)
     xs, ys, ws = parts[0], parts[1], (parts[2] if weights is not None else None)
-    rows = xs.shape[0] if ws is None else float(ws.sum().compute())
-    total = n if weights is None else float(weights.sum().compute())
+    rows, total = (xs.shape[0], n) if ws is None else map(float, dask.compute(ws.sum(), weights.sum()))
     lam_s = lam * rows / max(total, 1.0)
     try:
         sub = fit(xs, ys, weights=ws, lam=lam_s, fit_intercept=fit_intercept, tol=WARM_TOL,
@@ -235,7 +234,7 @@ def fit(
 
     exact = False  # after a rejected trial: plain Newton with fresh float64 Hessians
     first_mode = "float32"
-    if start is zero or not np.any(start):
+    if not np.any(start):
         (cur,) = evaluate([(start, first_mode)])
         at_zero = cur
     else:

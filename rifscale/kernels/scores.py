@@ -31,16 +31,6 @@ from .logistic import design, log_loss, residual, sigmoid_and_weight
 SCORE_COLUMNS = ("prob", "residual", "alpha", "leverage", "self_if", "self_rif", "flag")
 
 
-def _leverage_terms(z, y, theta, linv):
-    xp = array_namespace(z)
-    eta = z @ xp.asarray(theta, dtype=xp.float64)
-    p, alpha = sigmoid_and_weight(eta)
-    r = residual(eta, y)
-    v = z @ xp.asarray(linv, dtype=xp.float64).T
-    q = xp.sum(v * v, axis=1)
-    return p, r, alpha, q, alpha * q
-
-
 def _design_products(x, linv, W, *, fit_intercept: bool):
     """``z_iᵀ W`` (m, k) and ``q_i = ‖L⁻¹ z_i‖²`` (m,) for every row, ``z_i = [x_i, 1]`` or
     ``x_i``, in float64, the rows cast once per sub-block of :data:`SUB_ROWS`.
@@ -77,6 +67,16 @@ def _design_products(x, linv, W, *, fit_intercept: bool):
     return zw, q
 
 
+def _at_rows(x, y, theta, linv, U, *, fit_intercept: bool):
+    """Per row at θ: ``z_iᵀ U`` (m, M), p, r, α, ``q = ‖L⁻¹z_i‖²`` and the leverage
+    ``h = α q``, from one read of the rows (:func:`_design_products`)."""
+    W = np.concatenate([np.asarray(theta, dtype=np.float64)[:, None], np.asarray(U, dtype=np.float64)], axis=1)
+    both, q = _design_products(x, linv, W, fit_intercept=fit_intercept)
+    eta = both[:, 0]
+    p, alpha = sigmoid_and_weight(eta)
+    return both[:, 1:], p, residual(eta, y), alpha, q, alpha * q
+
+
 def score_block(x, y, *, theta, linv, U, fit_intercept: bool, threshold: float):
     """All per-sample quantities of one block in one pass.
 
@@ -99,12 +99,7 @@ def score_block(x, y, *, theta, linv, U, fit_intercept: bool, threshold: float):
     each metric, then ``s_RIF`` for each metric.
     """
     xp = array_namespace(x)
-    W = np.concatenate([np.asarray(theta, dtype=np.float64)[:, None], np.asarray(U, dtype=np.float64)], axis=1)
-    both, q = _design_products(x, linv, W, fit_intercept=fit_intercept)
-    eta, zu = both[:, 0], both[:, 1:]
-    p, alpha = sigmoid_and_weight(eta)
-    r = residual(eta, y)
-    h = alpha * q
+    zu, p, r, alpha, q, h = _at_rows(x, y, theta, linv, U, fit_intercept=fit_intercept)
     one_minus_h = 1.0 - h
     flag = one_minus_h < threshold
     safe = xp.where(flag, 1.0, one_minus_h)
@@ -131,8 +126,8 @@ def set_stats_block(x, y, w=None, *, theta, linv, fit_intercept: bool, threshold
         w = xp.asarray(w, dtype=xp.float64)
         keep = w != 0
         x, y, w = x[keep], xp.asarray(y)[keep], w[keep]
+    _, _, r, alpha, _, h = _at_rows(x, y, theta, linv, np.empty((len(theta), 0)), fit_intercept=fit_intercept)
     z = design(x, fit_intercept=fit_intercept)
-    _, r, alpha, _, h = _leverage_terms(z, y, theta, linv)
     one_minus_h = 1.0 - h
     flag = one_minus_h < threshold
     if w is None:
