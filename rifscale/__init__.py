@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 from .config import RunConfig  # noqa: E402
 from .errors import (  # noqa: E402
+    ClusterError,
     ConfigError,
     CorpusError,
     NotConvergedError,
@@ -22,11 +23,13 @@ from .errors import (  # noqa: E402
     RifscaleError,
 )
 from .io import Corpus, ingest, open_corpus  # noqa: E402
-from .pipeline import Attribution, attribute, open_run, write_run  # noqa: E402
+from .pipeline import Attribution, attribute  # noqa: E402
+from .rundir import open_run, run_job, write_run  # noqa: E402
 from .groups import GroupEstimate, group_effects  # noqa: E402
 
 __all__ = [
     "Attribution",
+    "ClusterError",
     "ConfigError",
     "Corpus",
     "CorpusError",
@@ -41,5 +44,6 @@ __all__ = [
     "ingest",
     "open_corpus",
     "open_run",
+    "run_job",
     "write_run",
 ]

@@ -4,20 +4,28 @@ the Python API takes, and calls the library.
     rifscale ingest OUT --npz data.npz [--chunk-rows N]
     rifscale run CORPUS --out RUN [--lam λ] [--no-intercept] [--test-subset paper|all|FILE] [--scheduler ADDR]
     rifscale groups RUN --sets sets.json
+    rifscale validate RUN [--experiments accuracy sweeps poisoning]
+    rifscale verify CORPUS
+    rifscale runs DIR
     rifscale demo [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import signal
 import sys
+import threading
+import warnings
 import zipfile
 from pathlib import Path
 
 from . import __version__
+from .cluster import DEFAULT_TIMEOUT
 from .config import METRICS, RunConfig
-from .errors import CorpusError, RifscaleError
+from .errors import CorpusError, NotConvergedError, NotPositiveDefiniteError, RifscaleError
 
 log = logging.getLogger("rifscale")
 
@@ -61,20 +69,56 @@ def config_from_args(args) -> RunConfig:
 
 def _run(args) -> int:
     from .cluster import connect
-    from .outputs import check_output
-    from .pipeline import attribute, write_run
+    from .io import open_corpus, verify_corpus
+    from .rundir import Job
 
     config = config_from_args(args)
-    check_output(Path(args.out), overwrite=args.overwrite)  # fail before any work
+    job = Job(open_corpus(args.corpus), args.out, config, overwrite=args.overwrite, warm_start=args.warm_start)
+    if job.done is not None:  # the same command on a finished run: nothing to start
+        print(f"run {args.out} is already complete (same config and corpus); nothing to do")
+        return 0
+    if args.verify:  # all checked before any cluster starts
+        verify_corpus(job.corpus)
     with connect(args.scheduler, n_workers=args.workers, processes=args.processes,
-                 dashboard=args.dashboard) as client:
-        result = attribute(args.corpus, config, client=client)
-        manifest = write_run(result, args.out, overwrite=args.overwrite, progress=not args.quiet and sys.stdout.isatty())
+                 dashboard=args.dashboard, timeout=args.timeout) as client:
+        manifest = job.run(client=client, progress=not args.quiet and sys.stdout.isatty())
+    if manifest.get("already_complete"):
+        print(f"run {args.out} is already complete (same config and corpus); nothing to do")
+        return 0
+    resumed = " (resumed from the finished fit of an interrupted run)" if manifest.get("resumed") else ""
     print(
-        f"wrote run {args.out}: n = {manifest['n']}, p = {manifest['p']}, fit converged in "
+        f"wrote run {args.out}{resumed}: n = {manifest['n']}, p = {manifest['p']}, fit converged in "
         f"{manifest['fit']['n_iter']} iterations (rel grad {manifest['fit']['rel_grad_norm']:.1e}), "
         f"{manifest['counts']['flagged_low_margin']} flagged sample(s)"
     )
+    return 0
+
+
+def _verify(args) -> int:
+    from .io import open_corpus, verify_corpus
+
+    report = verify_corpus(open_corpus(args.corpus))
+    print(f"corpus {args.corpus}: {report['chunks']} chunk(s) of {', '.join(report['arrays'])} match the "
+          f"sha256 digests recorded at ingest ({report['bytes'] / 2**20:.1f} MiB read)")
+    return 0
+
+
+def _runs(args) -> int:
+    from .rundir import list_runs
+
+    rows = list_runs(args.dir)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no rifscale runs under {args.dir}")
+        return 0
+    cols = ("path", "status", "created", "corpus", "lam", "n", "d", "n_iter", "seconds")
+    table = [[("" if r.get(c) is None else str(r.get(c))) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for t in table:
+        print("  ".join(v.ljust(w) for v, w in zip(t, widths)))
     return 0
 
 
@@ -82,14 +126,14 @@ def _groups(args) -> int:
     from .cluster import connect
     from .groups import format_table, group_effects, normalise_sets, write_groups
     from .outputs import check_output
-    from .pipeline import open_run
+    from .rundir import open_run
 
     run = open_run(args.run, corpus=args.corpus)
     sets = normalise_sets(args.sets, run.corpus.n)
     out = run.path / "groups"
     check_output(out, overwrite=args.overwrite)  # before any work
     with connect(args.scheduler, n_workers=args.workers, processes=args.processes,
-                 dashboard=args.dashboard) as client:
+                 dashboard=args.dashboard, timeout=args.timeout) as client:
         estimates = group_effects(run, sets, client=client)
     write_groups(run.path, estimates, overwrite=args.overwrite)
     for metric in run.model.metrics:
@@ -103,7 +147,7 @@ def _validate(args) -> int:
     from .validate import run_validation
 
     with connect(args.scheduler, n_workers=args.workers, processes=args.processes,
-                 dashboard=args.dashboard) as client:
+                 dashboard=args.dashboard, timeout=args.timeout) as client:
         page = run_validation(
             args.run, experiments=tuple(args.experiments), strategies=tuple(args.strategies), n_sizes=args.n_sizes,
             seed=args.seed, poison_points=args.poison_points, top_metric=args.top_metric,
@@ -117,7 +161,7 @@ def _demo(args) -> int:
     from .demo import run_demo
 
     run_demo(args.out, scheduler=args.scheduler, overwrite=args.overwrite, n_workers=args.workers,
-             processes=args.processes, dashboard=args.dashboard)
+             processes=args.processes, dashboard=args.dashboard, timeout=args.timeout)
     return 0
 
 
@@ -129,6 +173,9 @@ def _add_cluster(p) -> None:
                    "processes instead of running on threads (slower to start; isolates workers)")
     p.add_argument("--dashboard", action="store_true", help="without --scheduler: run the threads as an in-process "
                    "LocalCluster and log its dashboard address")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help="give up (exit 2) when the scheduler cannot be reached, no worker joins, or every worker "
+                   f"has been gone, for this long (default {DEFAULT_TIMEOUT:g})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,9 +215,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "half of it; default auto)")
     p.add_argument("--device", choices=("cpu", "gpu"), default=defaults.device,
                    help="run the row-chunk kernels on the CPU or, with CuPy, on the workers' GPUs (default cpu)")
-    p.add_argument("--overwrite", action="store_true", help="replace the run directory if it exists")
+    p.add_argument("--warm-start", metavar="RUN", help="start the Newton fit from this previous run's theta "
+                   "(e.g. yesterday's run on a corpus that grew a little; recorded in the manifest)")
+    p.add_argument("--verify", action="store_true", help="check every chunk of the corpus against the sha256 "
+                   "digests recorded at ingest before fitting (one extra read of the corpus)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run directory if it exists (only one "
+                   "rifscale made); without it a rerun of the same command resumes or does nothing")
     _add_cluster(p)
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("verify", help="check a corpus against the sha256 digests recorded at ingest")
+    p.add_argument("corpus", help="path of a Zarr corpus")
+    p.set_defaults(func=_verify)
+
+    p = sub.add_parser("runs", help="list the runs under a directory (status, corpus, lam, n, d, timings)")
+    p.add_argument("dir", help="directory to search (recursively)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_runs)
 
     p = sub.add_parser("groups", help="IF / RIF / NS estimates for named removal sets")
     p.add_argument("run", help="a run directory made by `rifscale run`")
@@ -205,17 +266,44 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (e.g. a batch scheduler pre-empting the job), raised in the main thread."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def main(argv=None) -> int:
+    """Exit codes: 0 done (or already complete), 2 bad input, configuration or cluster
+    (nothing was written), 3 the model cannot be fitted as asked (no convergence, Hessian
+    not positive definite), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). An
+    interrupted ``run`` resumes when the same command is run again."""
     args = build_parser().parse_args(argv)
+    for h in [h for h in log.handlers if getattr(h, "rifscale_cli", False)]:
+        log.removeHandler(h)  # main() called again in one process (tests, notebooks)
     handler = logging.StreamHandler(sys.stderr)
+    handler.rifscale_cli = True
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)
+    except (NotConvergedError, NotPositiveDefiniteError) as exc:
+        print(f"rifscale {args.command}: error: {exc}", file=sys.stderr)
+        return 3
     except RifscaleError as exc:
         print(f"rifscale {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        warnings.simplefilter("ignore")  # coroutines cut short by the signal: not the user's concern
+        what = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
+        again = (" Run the same command again to resume it." if args.command == "run" else
+                 " Nothing was written; run the same command again.")
+        print(f"rifscale {args.command}: {what}.{again}", file=sys.stderr)
+        return 143 if isinstance(exc, _Terminated) else 130
 
 
 if __name__ == "__main__":

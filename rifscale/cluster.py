@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import signal
 import sys
+import threading
+import time
+
+from .errors import ClusterError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +26,14 @@ def local_cluster_size() -> tuple[int, int]:
     return max(cores, 1), 1
 
 
+#: Seconds to wait for a scheduler, for the first worker, or for any worker to come back
+#: after all of them left, before giving up with a ClusterError.
+DEFAULT_TIMEOUT = 60.0
+
+
 @contextlib.contextmanager
 def connect(scheduler: str | None = None, *, n_workers: int | None = None, processes: bool = False,
-            dashboard: bool = False):
+            dashboard: bool = False, timeout: float = DEFAULT_TIMEOUT):
     """Yield a ``distributed.Client``, or None for dask's local threaded scheduler.
 
     ``scheduler`` is an address such as ``tcp://10.0.0.5:8786`` (or a scheduler file
@@ -37,21 +48,21 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
       dashboard (printed in the log);
     * ``processes=True``: a LocalCluster of ``n_workers`` single-threaded worker
       processes on 127.0.0.1 (slower to start; isolates the workers).
+
+    Nothing waits forever: a scheduler that cannot be reached, no worker within
+    ``timeout`` seconds, or no worker left for ``timeout`` seconds during the work raise
+    :class:`~rifscale.errors.ClusterError`.
     """
     from threadpoolctl import threadpool_limits
 
+    if n_workers is not None and (isinstance(n_workers, bool) or int(n_workers) != n_workers or n_workers < 1):
+        raise ConfigError(f"--workers must be a positive integer; got {n_workers!r}.")
+    if not (timeout > 0):
+        raise ConfigError(f"--timeout must be a positive number of seconds; got {timeout!r}.")
     if scheduler:
-        from distributed import Client
-
-        if scheduler.endswith(".json"):
-            client = Client(scheduler_file=scheduler)
-        else:
-            client = Client(scheduler)
-        log.info("connected to scheduler %s (%d workers)", scheduler, len(client.scheduler_info()["workers"]))
-        try:
-            yield client
-        finally:
-            client.close()
+        with _remote_client(scheduler, timeout) as client:
+            with _watch_workers(client, timeout, scheduler):
+                yield client
         return
     cores, _ = local_cluster_size()
     threads = n_workers or cores
@@ -81,7 +92,89 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
             kwargs["n_workers"], "worker process(es)" if processes else "in-process worker",
             kwargs["threads_per_worker"], client.dashboard_link,
         )
+        with _watch_workers(client, timeout, "the LocalCluster"):
+            yield client
+
+
+@contextlib.contextmanager
+def _remote_client(scheduler: str, timeout: float):
+    from distributed import Client
+
+    if scheduler.endswith(".json"):
+        if not os.path.isfile(scheduler):
+            raise ClusterError(
+                f"The scheduler file {scheduler!r} does not exist. Start the scheduler with "
+                f"`dask scheduler --scheduler-file {scheduler}` (or check the path), then rerun."
+            )
+        try:
+            with open(scheduler) as fh:
+                address = json.load(fh)["address"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ClusterError(f"The scheduler file {scheduler!r} is not a dask scheduler file ({exc}).") from None
+    else:
+        address = scheduler
+    try:
+        client = Client(address, timeout=timeout)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ClusterError(
+            f"Cannot reach the dask scheduler at {address!r} within {timeout:g} s ({type(exc).__name__}: {exc}). "
+            "Check that it is running and that this machine can reach it (address, port, TLS), or run "
+            "without --scheduler to use this machine's cores."
+        ) from None
+    try:
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+        except (TimeoutError, OSError):
+            raise ClusterError(
+                f"The scheduler at {address!r} has no workers, and none joined within {timeout:g} s. Start "
+                f"workers with `dask worker {address}` (or raise --timeout)."
+            ) from None
+        log.info("connected to scheduler %s (%d workers)", address, len(client.scheduler_info()["workers"]))
         yield client
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def _watch_workers(client, timeout: float, where: str):
+    """Turn "every worker is gone" (for ``timeout`` seconds) into a ClusterError instead of
+    a wait without end: a watcher thread interrupts the main thread, which then raises."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stop = threading.Event()
+    fired = []
+
+    def watch():
+        since = None
+        while not stop.wait(1.0):
+            try:
+                alive = len(client.scheduler_info()["workers"]) if client.status == "running" else 0
+            except Exception:  # the scheduler itself is unreachable
+                alive = 0
+            if alive:
+                since = None
+                continue
+            since = since or time.monotonic()
+            if time.monotonic() - since >= timeout and not stop.is_set():
+                fired.append(time.monotonic() - since)
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                return
+
+    watcher = threading.Thread(target=watch, name="rifscale-worker-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    except KeyboardInterrupt:
+        if fired:
+            raise ClusterError(
+                f"Every worker of {where} has been gone for {fired[0]:.0f} s (killed, or lost their "
+                "connection), so the work cannot go on. Nothing was written as complete; restart the "
+                "workers and run the same command again (a run resumes from its last finished stage)."
+            ) from None
+        raise
+    finally:
+        stop.set()
 
 
 def current_client():

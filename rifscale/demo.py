@@ -15,13 +15,14 @@ import dask
 import numpy as np
 
 from . import kernels
-from .cluster import connect
+from .cluster import DEFAULT_TIMEOUT, connect
 from .config import RunConfig
 from .groups import group_effects, write_groups
 from .io import ingest
 from .metrics import metric_values
 from .outputs import check_output, mark
-from .pipeline import attribute, write_run
+from .pipeline import attribute
+from .rundir import write_run
 from .retrain import retrain
 
 DATA = "fashion_mnist_tshirt_shirt.npz"
@@ -46,7 +47,7 @@ def _exact_changes(result, estimates, *, client) -> dict[str, float]:
 
 
 def run_demo(out="rifscale-demo", *, scheduler=None, overwrite=False, n_workers=None, processes=False,
-             dashboard=False) -> dict:
+             dashboard=False, timeout: float = DEFAULT_TIMEOUT) -> dict:
     out = Path(out)
     check_output(out, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,7 +65,7 @@ def run_demo(out="rifscale-demo", *, scheduler=None, overwrite=False, n_workers=
     print(f"[1/4] corpus {out / 'corpus.zarr'}: train {corpus.n} x {corpus.d}, test {corpus.test.n}, "
           f"{corpus.train.X.numblocks[0]} row chunks")
     config = RunConfig(lam=DEMO_LAM)
-    with connect(scheduler, n_workers=n_workers, processes=processes, dashboard=dashboard) as client:
+    with connect(scheduler, n_workers=n_workers, processes=processes, dashboard=dashboard, timeout=timeout) as client:
         result = attribute(corpus, config, client=client)
         manifest = write_run(result, out / "run", overwrite=overwrite)
         print(f"[2/4] run {out / 'run'}: lam = {DEMO_LAM}, Newton converged in {result.fit.n_iter} "

@@ -22,6 +22,14 @@ class OutputExistsError(RifscaleError, FileExistsError):
     """An output path exists and overwriting was not asked for."""
 
 
+class OutputBusyError(RifscaleError):
+    """Another rifscale job holds the lock on the same output."""
+
+
+class ClusterError(RifscaleError, RuntimeError):
+    """The dask scheduler cannot be reached, or it has no workers (left)."""
+
+
 class NotConvergedError(RifscaleError, RuntimeError):
     """The Newton fit did not reach its tolerance; nothing was written."""
 

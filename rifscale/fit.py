@@ -40,7 +40,7 @@ import numpy as np
 from . import kernels
 from ._blocks import per_block
 from .cluster import current_client
-from .errors import ConfigError, NotConvergedError, NotPositiveDefiniteError, not_positive_definite
+from .errors import ConfigError, CorpusError, NotConvergedError, NotPositiveDefiniteError, not_positive_definite
 from .hessian import objectives
 from .io import find_nonfinite
 from .newton import MIN_STEP, accept, newton_direction, stop_reason
@@ -240,11 +240,15 @@ def fit(
     else:
         cur, at_zero = evaluate([(start, first_mode), (zero, None)])
     for o in (cur, at_zero):
-        if not (np.isfinite(o.loss) and np.isfinite(o.grad).all()):
+        with np.errstate(over="ignore"):
+            finite = np.isfinite(o.loss) and np.isfinite(o.grad).all() and np.isfinite(o.grad_norm)
+        if not finite:
             find_nonfinite("train", X)
-            raise NotConvergedError(
-                "The objective is not finite at the starting point: the logits overflow. Rescale X "
-                "(e.g. standardise the features) so that |x_i . theta| stays moderate."
+            raise CorpusError(
+                "The objective or its gradient overflows float64 at the starting point: the feature values "
+                "are too large (or the previous theta given as a start is far off). Rescale X (e.g. "
+                "standardise each column, or divide by a constant so that the features are of order 1) "
+                "and re-ingest."
             )
     if warm is not None and not cur.loss < at_zero.loss:  # the subsample misled: start from zero
         warm["used"] = False

@@ -21,7 +21,7 @@ all sets share one pass over the data per stage.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,17 +71,41 @@ class GroupEstimate:
 def normalise_sets(sets, n: int) -> dict[str, np.ndarray]:
     """``{"name": [rows...]}`` (or a list of row lists) to sorted, validated indices."""
     if isinstance(sets, (str, Path)):
+        source = str(sets)
         try:
-            sets = json.loads(Path(sets).read_text())
+            sets = json.loads(Path(sets).read_text(), object_pairs_hook=_unique_keys)
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(
-                f'Cannot read removal sets from {str(sets)!r} ({exc}); expected a JSON file {{"name": [row indices...]}}.'
+                f'Cannot read removal sets from {source!r} ({exc}); expected a JSON file {{"name": [row indices...]}}.'
+            ) from None
+        except _DuplicateKey as exc:
+            raise ConfigError(
+                f"The removal sets file {source!r} names the set {exc.args[0]!r} more than once (JSON keeps only the "
+                "last); give every set its own name."
             ) from None
     if not isinstance(sets, Mapping):
+        if isinstance(sets, (str, bytes)) or not isinstance(sets, Iterable):
+            raise ConfigError(
+                f'Removal sets must be a mapping {{"name": [row indices...]}} or a list of index lists; got a '
+                f"{type(sets).__name__} ({str(sets)[:40]!r})."
+            )
         sets = {f"set_{k}": s for k, s in enumerate(sets)}
     if not sets:
         raise ConfigError("No removal sets given; pass at least one {name: [row indices]}.")
     return {str(k): validate_indices(np.asarray(v), n, f"removal set {k!r}") for k, v in sets.items()}
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs):
+    seen = {}
+    for k, v in pairs:
+        if k in seen:
+            raise _DuplicateKey(k)
+        seen[k] = v
+    return seen
 
 
 class LeaveOutHessian:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ import numpy as np
 import zarr
 
 from .errors import CorpusError
-from .outputs import atomic_dir, check_output
+from .outputs import atomic_dir, check_inputs, check_output
 
 FORMAT_VERSION = 1
 FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float64"))
@@ -216,13 +218,71 @@ def _open_split(root, name: str, path: str, *, required: bool) -> Split | None:
     for key in ("X", "y"):
         if key not in group:
             raise CorpusError(f"{path!r} has no array '{name}/{key}'.")
-    X = da.from_zarr(group["X"])
-    y = da.from_zarr(group["y"])
-    ids = da.from_zarr(group["ids"]) if "ids" in group else da.arange(X.shape[0], chunks=X.chunks[0], dtype=np.int64)
+    arrays = {key: group[key] for key in ("X", "y", "ids") if key in group}
+    for key, arr in arrays.items():
+        check_chunks_present(arr, f"{name}/{key}", path)
+    X = read_array(arrays["X"], f"{name}/X", path)
+    y = read_array(arrays["y"], f"{name}/y", path)
+    ids = (read_array(arrays["ids"], f"{name}/ids", path) if "ids" in arrays
+           else da.arange(X.shape[0], chunks=X.chunks[0], dtype=np.int64))
     split = Split(X=X, y=y, ids=ids)
     validate_split(f"{name}", split)
     _check_labels(name, y)
     return split
+
+
+DAMAGED_HINT = (
+    "The chunk file is damaged (truncated, overwritten, or not written by zarr). Run `rifscale verify {path}` "
+    "to list every damaged chunk, and re-ingest the corpus from its sources."
+)
+
+
+def check_chunks_present(arr: zarr.Array, label: str, path: str) -> None:
+    """Refuse an array with chunk files missing: zarr would read them as zeros (its fill
+    value) and the fit would silently use wrong data. Costs one listing of the array."""
+    if arr.nchunks_initialized == arr.nchunks:
+        return
+    from zarr.core.sync import sync
+
+    missing = [
+        i for i, coords in enumerate(np.ndindex(*arr.cdata_shape))
+        if not sync(arr.store.exists(f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}".lstrip("/")))
+    ]
+    rows = arr.chunks[0]
+    first = missing[0] if missing else 0
+    raise CorpusError(
+        f"{path!r}: {label} is missing {arr.nchunks - arr.nchunks_initialized} of its {arr.nchunks} chunk "
+        f"file(s) (first: row chunk {first}, rows {first * rows}-{min((first + 1) * rows, arr.shape[0]) - 1}; "
+        f"all missing: {_short(tuple(missing))}). zarr would read them as zeros, so rifscale refuses the corpus. "
+        "Restore the files, or re-ingest the corpus from its sources."
+    )
+
+
+class _GuardedRows:
+    """A Zarr array whose reads name the array, the chunk and the likely cause on failure
+    (instead of a codec traceback)."""
+
+    def __init__(self, arr: zarr.Array, label: str, path: str):
+        self.arr, self.label, self.path = arr, label, path
+        self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
+
+    def __getitem__(self, key):
+        try:
+            return self.arr[key]
+        except Exception as exc:
+            rows = key[0] if isinstance(key, tuple) else key
+            start = (rows.start or 0) if isinstance(rows, slice) else 0
+            chunk = start // self.arr.chunks[0]
+            raise CorpusError(
+                f"{self.path!r}: cannot read {self.label} row chunk {chunk} ({type(exc).__name__}: {exc}). "
+                + DAMAGED_HINT.format(path=self.path)
+            ) from None
+
+
+def read_array(arr: zarr.Array, label: str, path: str) -> da.Array:
+    """A stored array as a Dask array in its own chunks, with reads that fail clearly."""
+    return da.from_array(_GuardedRows(arr, label, path), chunks=arr.chunks, name=f"read-{label}-{uuid.uuid4().hex}",
+                         meta=np.empty((0,) * arr.ndim, dtype=arr.dtype), asarray=False)
 
 
 def _first_nonfinite(x, block_info=None):
@@ -281,6 +341,23 @@ def _read_npz_rows(file: str, member: str, offset: int, dtype, shape, block_info
     return np.frombuffer(buf, dtype=dtype).reshape((stop - start,) + tuple(shape[1:]))
 
 
+def _npz_memmap(file: str, member: str, offset: int, dtype, shape, label: str):
+    """A Fortran-ordered member as a read-only memory map (stored members), or loaded
+    whole (compressed members cannot be mapped)."""
+    with zipfile.ZipFile(file) as zf:
+        info = zf.getinfo(member)
+        if info.compress_type != zipfile.ZIP_STORED:
+            logging.getLogger(__name__).warning(
+                "%s: %s:%s is compressed and Fortran-ordered: loading it whole into memory", label, file, member)
+            with zf.open(member) as fh:
+                return np.lib.format.read_array(fh)
+    with open(file, "rb") as fh:  # the member's data start: past its local header
+        fh.seek(info.header_offset)
+        header = fh.read(30)
+        start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+    return np.memmap(file, dtype=dtype, mode="r", offset=start + offset, shape=tuple(shape), order="F")
+
+
 def _npz_member(label: str, file: str, key: str, rows: int) -> da.Array:
     """One member of an .npz (compressed or not) as a Dask array whose tasks each read
     their own rows. Members saved uncompressed (``np.savez``) seek directly; compressed
@@ -292,8 +369,11 @@ def _npz_member(label: str, file: str, key: str, rows: int) -> da.Array:
         with zf.open(names[key]) as fh:
             shape, fortran, dtype = _read_npy_header(fh, f"{file}:{key}")
             offset = fh.tell()
-    if fortran and len(shape) > 1:
-        raise CorpusError(f"{label}: {file}:{key} is stored in Fortran order; save it C-ordered (np.ascontiguousarray).")
+    if dtype.hasobject:
+        raise CorpusError(f"{label}: {file}:{key} has dtype {dtype}, which holds Python objects; save a numeric array.")
+    if fortran and len(shape) > 1:  # column-major: rows are strided, read them through a memory map
+        return da.from_array(_npz_memmap(file, names[key], offset, dtype, shape, label),
+                             chunks=(rows,) + tuple(shape[1:]))
     chunks = (_row_chunks(shape[0], rows),) + tuple((s,) for s in shape[1:])
     return da.map_blocks(_read_npz_rows, file, names[key], offset, dtype, shape, chunks=chunks, dtype=dtype,
                          meta=np.empty((0,) * len(shape), dtype=dtype))
@@ -321,8 +401,21 @@ def _source(label: str, spec, rows: int) -> da.Array:
     return arr
 
 
+def _split_spec(spec: str) -> tuple[str, str]:
+    """``file.npz:key`` / ``store.zarr:path`` -> (file, key); a path that exists as given
+    (colons and all) is a file."""
+    if ":" in spec and not Path(spec).exists():
+        file, _, key = spec.rpartition(":")
+        return file, key
+    return spec, ""
+
+
+def _source_file(spec) -> str:
+    return _split_spec(str(spec))[0]
+
+
 def _source_path(label: str, spec: str, rows: int) -> da.Array:
-    file, _, key = spec.partition(":") if ":" in spec and not Path(spec).exists() else (spec, "", "")
+    file, key = _split_spec(spec)
     if not Path(file).exists():
         raise CorpusError(f"{label}: source {spec!r} does not exist.")
     if file.endswith(".npz"):
@@ -330,7 +423,11 @@ def _source_path(label: str, spec: str, rows: int) -> da.Array:
             raise CorpusError(f"{label}: name the array inside the archive, e.g. {file}:{label.replace('/', '_')}.")
         return _npz_member(label, file, key, rows)
     if file.endswith(".npy"):
-        arr = np.load(file, mmap_mode="r")
+        try:
+            arr = np.load(file, mmap_mode="r")
+        except ValueError as exc:  # e.g. object dtype: cannot be memory-mapped (and would need pickle)
+            raise CorpusError(f"{label}: cannot read {spec!r} as a numeric .npy array ({exc}). Save it with a "
+                              "numeric dtype, e.g. np.save(path, X.astype(np.float32)).") from None
         return da.from_array(arr, chunks=(rows,) + arr.shape[1:] if arr.ndim else ())
     try:
         arr = zarr.open_array(file, path=key or None, mode="r") if key else zarr.open_array(file, mode="r")
@@ -379,6 +476,59 @@ def _checked_y(y, *, label: str, block_info=None):
     return y.astype(np.int8)
 
 
+#: Array of each split holding the sha256 digest of every row chunk (chunks, 32) uint8.
+DIGESTS = "chunk_sha256"
+
+
+def verify_corpus(corpus: Corpus) -> dict:
+    """Re-read every chunk and compare its sha256 with the digest recorded at ingest.
+
+    Raises a :class:`CorpusError` listing the chunks whose bytes changed (or that cannot
+    be read); returns ``{"chunks", "bytes", "arrays"}`` when everything matches. Corpora
+    written before per-chunk digests were stored are checked against ``content_sha256``
+    as a whole."""
+    if corpus.path is None:
+        raise CorpusError("verify needs a corpus on disk (this one was built from in-memory arrays).")
+    expected = corpus.attrs.get("content_sha256")
+    if not expected:
+        raise CorpusError(f"{corpus.path!r} records no content_sha256, so there is nothing to verify against; "
+                          "re-ingest it with this rifscale to record one.")
+    root = zarr.open_group(corpus.path, mode="r")
+    splits = [(name, sp) for name, sp in (("train", corpus.train), ("test", corpus.test)) if sp is not None]
+    digests = dask.compute(*[_plan_digests(sp) for _, sp in splits])
+    bad, hasher = [], hashlib.sha256()
+    for (name, sp), got in zip(splits, digests):
+        hasher.update(np.ascontiguousarray(got).tobytes())
+        if DIGESTS in root[name]:
+            want = np.asarray(root[name][DIGESTS][...])
+            if want.shape != got.shape:
+                raise CorpusError(f"{corpus.path!r}: {name}/{DIGESTS} has shape {want.shape}, expected {got.shape}; "
+                                  "the corpus was changed after ingest. Re-ingest it.")
+            offsets = np.concatenate([[0], np.cumsum(sp.X.chunks[0])])
+            for i in np.flatnonzero((want != got).any(axis=1)):
+                bad.append(f"{name} row chunk {i} (rows {offsets[i]}-{offsets[i + 1] - 1})")
+    if bad:
+        raise CorpusError(
+            f"{corpus.path!r}: {len(bad)} chunk(s) differ from what ingest wrote: {', '.join(bad[:10])}"
+            f"{' ...' if len(bad) > 10 else ''}. Their bytes changed on storage (bit flips, partial overwrites). "
+            "Re-ingest the corpus from its sources."
+        )
+    if hasher.hexdigest() != expected:
+        raise CorpusError(
+            f"{corpus.path!r}: the content hash {hasher.hexdigest()[:16]}... differs from the {expected[:16]}... "
+            "recorded at ingest: the stored data changed. Re-ingest the corpus from its sources."
+        )
+    n_chunks = sum(g.shape[0] for g in digests)
+    n_bytes = sum(sp.X.nbytes + sp.y.nbytes + sp.ids.nbytes for _, sp in splits)
+    return {"chunks": n_chunks, "bytes": int(n_bytes), "arrays": [f"{n}/{a}" for n, _ in splits for a in ("X", "y", "ids")]}
+
+
+def _plan_digests(split: Split) -> da.Array:
+    return da.blockwise(_chunk_digest, "ij", split.X, "ik", split.y, "i", split.ids, "i",
+                        new_axes={"j": 32}, adjust_chunks={"i": 1}, concatenate=True,
+                        dtype=np.uint8, meta=np.empty((0, 0), dtype=np.uint8))
+
+
 def _row_numbers(x, block_info=None):
     start, stop = block_info[0]["array-location"][0]
     return np.arange(start, stop, dtype=np.int64)
@@ -399,9 +549,7 @@ class _PlannedSplit(Split):
 
     def digests(self) -> da.Array:
         """(chunks, 32) sha256 digests of each row chunk's X, y and ids bytes."""
-        return da.blockwise(_chunk_digest, "ij", self.X, "ik", self.y, "i", self.ids, "i",
-                            new_axes={"j": 32}, adjust_chunks={"i": 1}, concatenate=True,
-                            dtype=np.uint8, meta=np.empty((0, 0), dtype=np.uint8))
+        return _plan_digests(self)
 
 
 def _plan_split(name: str, X, y, ids, rows: int, dtype) -> _PlannedSplit:
@@ -418,6 +566,7 @@ def _plan_split(name: str, X, y, ids, rows: int, dtype) -> _PlannedSplit:
         if not np.issubdtype(sid.dtype, np.integer):
             raise CorpusError(f"{name}/ids has dtype {sid.dtype}; ids must be integers (they are stored as int64).")
         sid = sid.astype(np.int64)
+        _check_unique_ids(f"{name}/ids", sid)
     else:
         # row numbers computed from each X chunk (not a free-standing da.arange): dask then
         # schedules each chunk's write and hash together instead of piling up checked chunks
@@ -426,6 +575,21 @@ def _plan_split(name: str, X, y, ids, rows: int, dtype) -> _PlannedSplit:
                        meta=np.empty((0, 0), dtype=out_dtype))
     cy = sy.map_blocks(_checked_y, label=f"{name}/y", dtype=np.int8, meta=np.empty((0,), dtype=np.int8))
     return _PlannedSplit(name=name, X=cx, y=cy, ids=sid)
+
+
+def _check_unique_ids(label: str, ids: da.Array) -> None:
+    """Ids name rows: a duplicate would make every join of scores back to documents wrong.
+    Reads the ids (8 bytes per row) once, before anything is written."""
+    values = np.asarray(ids.compute(scheduler=dask.threaded.get))
+    uniq, first, counts = np.unique(values, return_index=True, return_counts=True)
+    if uniq.size == values.size:
+        return
+    dup = int(np.flatnonzero(counts > 1)[0])
+    rows = np.flatnonzero(values == uniq[dup])[:2]
+    raise CorpusError(
+        f"{label} holds {values.size - uniq.size} duplicated value(s) (e.g. {uniq[dup]} at rows {rows[0]} and "
+        f"{rows[1]}); ids must name the rows uniquely. Fix the ids, or leave them out to use row numbers."
+    )
 
 
 def _auto_rows(train_X, dtype) -> int:
@@ -438,11 +602,29 @@ def _targets(group, split: _PlannedSplit, rows: int, compressor: str) -> list:
     comp = None if compressor == "none" else "auto"
     n, d = split.X.shape
     rows = min(rows, n)
+    # every chunk is written, even an all-zero one (zarr skips those by default), so that a
+    # missing chunk file always means damage (check_chunks_present)
+    kw = dict(compressors=comp, config={"write_empty_chunks": True})
     return [
-        group.create_array(f"{split.name}/X", shape=(n, d), chunks=(rows, d), dtype=split.X.dtype, compressors=comp),
-        group.create_array(f"{split.name}/y", shape=(n,), chunks=(rows,), dtype="int8", compressors=comp),
-        group.create_array(f"{split.name}/ids", shape=(n,), chunks=(rows,), dtype="int64", compressors=comp),
+        group.create_array(f"{split.name}/X", shape=(n, d), chunks=(rows, d), dtype=split.X.dtype, **kw),
+        group.create_array(f"{split.name}/y", shape=(n,), chunks=(rows,), dtype="int8", **kw),
+        group.create_array(f"{split.name}/ids", shape=(n,), chunks=(rows,), dtype="int64", **kw),
     ]
+
+
+def _compute_local(*collections):
+    """``dask.compute`` on local threads of our own pool, so that after an interruption
+    (Ctrl-C, SIGTERM) every chunk write in flight has ended before the temporary output is
+    deleted (dask's shared pool would go on writing into it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dask.system import CPU_COUNT
+
+    pool = ThreadPoolExecutor(dask.config.get("num_workers", None) or CPU_COUNT)
+    try:
+        return dask.compute(*collections, scheduler=dask.threaded.get, pool=pool)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def ingest(
@@ -485,6 +667,8 @@ def ingest(
         raise CorpusError("Pass both test_X and test_y, or neither.")
     if test_ids is not None and test_X is None:
         raise CorpusError("test_ids was given without test_X and test_y; pass the whole test split.")
+    sources = (train_X, train_y, test_X, test_y, train_ids, test_ids)
+    check_inputs(out, [_source_file(v) for v in sources if isinstance(v, (str, os.PathLike))])
     check_output(out, overwrite=overwrite)  # before any work
     rows = int(chunk_rows) if chunk_rows is not None else _auto_rows(train_X, dtype)
     splits = [_plan_split("train", train_X, train_y, train_ids, rows, dtype)]
@@ -495,7 +679,7 @@ def ingest(
                 f"test/X has d = {splits[1].X.shape[1]} features but train/X has d = {splits[0].X.shape[1]}; "
                 "both splits must have the same feature columns."
             )
-    with atomic_dir(out, overwrite=overwrite, kind="corpus") as tmp:
+    with atomic_dir(out, overwrite=overwrite, kind="corpus") as tmp:  # inputs checked above
         root = zarr.open_group(str(tmp), mode="a")
         sources, targets = [], []
         for sp in splits:
@@ -505,15 +689,18 @@ def ingest(
         # data in this process (arrays, local files) is ingested by local threads; only
         # Dask-array sources run where the active scheduler (e.g. a cluster) puts them
         lazy = all(isinstance(v, da.Array) for v in (train_X, test_X) if v is not None)
-        _, *digests = dask.compute(stored, *[sp.digests() for sp in splits], scheduler=None if lazy else dask.threaded.get)
+        _, *digests = _compute_local(stored, *[sp.digests() for sp in splits]) if not lazy else \
+            dask.compute(stored, *[sp.digests() for sp in splits])
         hasher = hashlib.sha256()
-        for dg in digests:
+        for sp, dg in zip(splits, digests):
             hasher.update(np.ascontiguousarray(dg).tobytes())
+            root.create_array(f"{sp.name}/{DIGESTS}", data=np.ascontiguousarray(dg), compressors=None)
         root.attrs.update(
             {
                 "rifscale_format": FORMAT_VERSION,
                 "content_sha256": hasher.hexdigest(),
-                "content_hash": "sha256 of per-chunk sha256(X, y, ids bytes), train then test, row order",
+                "content_hash": "sha256 of per-chunk sha256(X, y, ids bytes), train then test, row order; "
+                                f"the per-chunk digests are SPLIT/{DIGESTS}",
                 "compressor": compressor,
                 "n_train": splits[0].n,
                 "n_test": splits[1].n if len(splits) > 1 else 0,

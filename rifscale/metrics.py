@@ -50,12 +50,18 @@ def paper_subset(losses_top: np.ndarray, n_test: int, *, n_random: int, seed: in
 def read_index_file(path: str, n_test: int) -> np.ndarray:
     """Test row indices from ``.npy``, ``.json`` (a list) or text (one per line)."""
     p = Path(path)
-    if p.suffix == ".npy":
-        idx = np.load(p)
-    elif p.suffix == ".json":
-        idx = np.asarray(json.loads(p.read_text()))
-    else:
-        idx = np.loadtxt(p, dtype=np.int64, ndmin=1)
+    try:
+        if p.suffix == ".npy":
+            idx = np.load(p, allow_pickle=False)
+        elif p.suffix == ".json":
+            idx = np.asarray(json.loads(p.read_text()))
+        else:
+            idx = np.loadtxt(p, dtype=np.int64, ndmin=1)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"Cannot read the test subset file {path!r} ({type(exc).__name__}: {exc}); expected test row indices "
+            "as a .npy array, a .json list, or text with one integer per line."
+        ) from None
     return validate_indices(idx, n_test, f"test subset file {path!r}", "test")
 
 

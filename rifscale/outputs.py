@@ -2,23 +2,38 @@
 
 Every output (corpus, run, groups, validation, report) is written into a hidden sibling
 ``.NAME.partial-XXXXXXXX`` and moved into place only when complete (:func:`atomic_dirs`),
-so a crash never leaves a partial output under the requested name. An existing output
-is replaced only when asked (``overwrite``) *and* only when rifscale made it: each
-output carries a small marker file (:data:`MARKER`); runs and corpora made before the
-marker existed are recognised by their manifest / format attribute. Anything else is
-refused, untouched.
+so a crash never leaves a partial output under the requested name. Rules, each enforced
+here and nowhere else:
+
+* **One writer per output.** A job holds an exclusive lock on ``.NAME.lock`` (an
+  ``flock``, which the kernel releases when the process dies, even by SIGKILL) from its
+  first check to its final move (:func:`claim`); a second job on the same output fails at
+  once, naming the holder. Temporaries a killed job left behind are removed by the next
+  job that claims the output.
+* **Nothing rifscale did not make is replaced or deleted.** An existing output is
+  replaced only when asked (``overwrite``) *and* only when rifscale made it: each output
+  carries a small marker file (:data:`MARKER`); runs and corpora made before the marker
+  existed are recognised by their manifest / format attribute. Anything else is refused,
+  untouched.
+* **No output over an input.** An output equal to, inside, or containing one of the job's
+  inputs is refused before any work (:func:`check_inputs`).
+* **The final move never replaces unasked.** If the output appeared while the job ran, the
+  job fails and the newcomer is left as it is; a failed move puts the old output back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
+import socket
+import time
 import uuid
 from pathlib import Path
 
-from .errors import OutputExistsError
+from .errors import ConfigError, OutputBusyError, OutputExistsError
 
 #: File every output directory written by rifscale holds (JSON: {"rifscale_output": kind}).
 MARKER = ".rifscale-output"
@@ -27,7 +42,7 @@ MARKER = ".rifscale-output"
 def made_by_rifscale(path: Path) -> bool:
     """Whether ``path`` is a directory rifscale wrote (and may therefore replace)."""
     path = Path(path)
-    if not path.is_dir():
+    if path.is_symlink() or not path.is_dir():
         return False
     if (path / MARKER).is_file():
         return True
@@ -62,51 +77,163 @@ def check_output(out: Path, *, overwrite: bool) -> None:
         )
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move a finished directory into place; an old one (checked to be rifscale's) is
-    moved aside first and deleted only after the new one is in place."""
+def check_inputs(out: Path, inputs) -> None:
+    """Refuse an output named "." or "..", and one that is, lies inside, or contains one of
+    ``inputs`` (paths; None and other values are ignored): writing it would destroy the input."""
+    if Path(out).name in ("", ".", ".."):
+        raise ConfigError(
+            f"The output {str(out)!r} is an existing directory by its very name, not a new output. Name the "
+            "directory to create inside it, e.g. --out runs/today."
+        )
+    o = Path(os.path.realpath(out))
+    for inp in inputs:
+        if not isinstance(inp, (str, os.PathLike)):
+            continue
+        i = Path(os.path.realpath(inp))
+        if o == i:
+            how = "is"
+        elif i in o.parents:
+            how = "lies inside"
+        elif o in i.parents:
+            how = "contains"
+        else:
+            continue
+        raise ConfigError(
+            f"The output {str(out)!r} {how} the input {str(inp)!r}; writing it would delete or corrupt "
+            "the input. Choose an output path outside the inputs."
+        )
+
+
+def _holder() -> str:
+    return f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+
+
+def lock_path(out: Path) -> Path:
+    out = Path(out)
+    return out.with_name(f".{out.name}.lock")
+
+
+@contextlib.contextmanager
+def claim(out: Path):
+    """Hold the exclusive right to write ``out`` (see the module notes); removes the
+    temporaries of earlier, killed jobs on the same output."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = lock_path(out)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 400).decode(errors="replace").strip() or "unknown holder"
+            os.close(fd)
+            raise OutputBusyError(
+                f"Another rifscale job is writing {str(out)!r} ({holder}). Wait for it to finish, or "
+                "choose another output path."
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino  # not a lock file its holder just removed
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, _holder().encode())
+        for stale in out.parent.glob(f".{out.name}.partial-*"):
+            remove(stale)  # a killed job's temporary: nobody else may write this output now
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def remove(path: Path) -> None:
+    """Delete a directory rifscale made (checked); anything else is left alone."""
+    path = Path(path)
+    if made_by_rifscale(path):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def publish(tmp: Path, out: Path, *, overwrite: bool) -> None:
+    """Move the finished directory ``tmp`` to ``out``. An existing ``out`` is replaced only
+    with ``overwrite`` and only if rifscale made it: it is moved aside first and deleted
+    only after the new one is in place; a failed move puts it back."""
+    tmp, out = Path(tmp), Path(out)
     old = None
-    if out.exists():
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise OutputExistsError(
+                f"{str(out)!r} appeared while this job ran (another process made it); it was left as it "
+                "is and this job's result discarded. Choose another --out, or pass --overwrite to replace it."
+            )
         check_output(out, overwrite=True)
         old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(out, old)
     try:
-        os.replace(tmp, out)
-    except OSError:
+        os.replace(tmp, out)  # fails (ENOTEMPTY) if a non-empty out appeared since the check
+    except OSError as exc:
         if old is not None:
             os.replace(old, out)  # put the old output back
+        elif out.exists():
+            raise OutputExistsError(
+                f"{str(out)!r} appeared while this job ran (another process made it); it was left as it is."
+            ) from exc
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def atomic_dirs(outs: dict[str, Path], *, overwrite: bool, kind: str):
-    """Yield ``{name: temporary directory}`` (created, empty, marked) for each output; on
-    success move them all into place, on failure delete the temporaries and keep the old
-    outputs. ``kind`` goes into each marker."""
-    outs = {name: Path(p) for name, p in outs.items()}
-    for out in outs.values():
-        check_output(out, overwrite=overwrite)
-    tmps = {}
+def _signals_held():
+    """Hold SIGINT and SIGTERM (delivered after the block) in the main thread."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
-        for name, out in outs.items():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
-            tmp.mkdir()
-            mark(tmp, f"{kind}/{name}")
-            tmps[name] = tmp
-        yield tmps
-        for name, out in outs.items():
-            _replace_dir(tmps[name], out)
+        yield
     finally:
-        for tmp in tmps.values():
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 @contextlib.contextmanager
-def atomic_dir(out: Path, *, overwrite: bool, kind: str):
+def atomic_dirs(outs: dict[str, Path], *, overwrite: bool, kind: str, inputs=()):
+    """Yield ``{name: temporary directory}`` (created, empty, marked) for each output; on
+    success move them all into place, on failure (or interruption) delete the temporaries
+    and keep the old outputs. ``kind`` goes into each marker; ``inputs`` are the job's
+    input paths (:func:`check_inputs`)."""
+    outs = {name: Path(p) for name, p in outs.items()}
+    for out in outs.values():
+        check_inputs(out, inputs)
+    tmps = {}
+    with contextlib.ExitStack() as stack:
+        for out in outs.values():
+            stack.enter_context(claim(out))
+            check_output(out, overwrite=overwrite)
+        try:
+            for name, out in outs.items():
+                tmps[name] = tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
+                tmp.mkdir()
+                mark(tmp, f"{kind}/{name}")
+            yield tmps
+            for name, out in outs.items():
+                publish(tmps[name], out, overwrite=overwrite)
+        finally:
+            with _signals_held():  # a second Ctrl-C must not cut the clean-up short
+                for tmp in tmps.values():
+                    if tmp.exists():
+                        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path, *, overwrite: bool, kind: str, inputs=()):
     """:func:`atomic_dirs` for one output: yields its temporary directory."""
-    with atomic_dirs({kind: out}, overwrite=overwrite, kind=kind) as tmps:
+    with atomic_dirs({kind: out}, overwrite=overwrite, kind=kind, inputs=inputs) as tmps:
         yield tmps[kind]

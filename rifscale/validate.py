@@ -203,7 +203,7 @@ def run_validation(run_path, *, experiments=("accuracy",), strategies=STRATEGIES
     from .config import RunConfig
     from .errors import ConfigError
     from .outputs import atomic_dirs
-    from .pipeline import open_run
+    from .rundir import open_run
     from .report import accuracy_figure, poisoning_figure, sweeps_figure, write_json, write_report
 
     bad = [e for e in experiments if e not in EXPERIMENTS]
@@ -211,6 +211,8 @@ def run_validation(run_path, *, experiments=("accuracy",), strategies=STRATEGIES
         raise ConfigError(f"Unknown experiment(s) {bad}; choose from {EXPERIMENTS}.")
     if n_sizes < 1:
         raise ConfigError(f"n_sizes must be >= 1; got {n_sizes}.")
+    if "poisoning" in experiments and poison_points < 1:
+        raise ConfigError(f"--poison-points must be >= 1 (test points of the poisoning experiment); got {poison_points}.")
     run = open_run(run_path, corpus=corpus)
     if "top_influence" in strategies and top_metric not in run.model.metrics:
         raise ConfigError(

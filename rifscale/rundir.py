@@ -1,0 +1,505 @@
+"""The run directory: its format, writing it (resumably), reading it back, listing runs.
+
+Layout (each stage folder is a Zarr group; ``zarr.open_array("run/scores/leverage")``)::
+
+    run/
+      manifest.json         config, corpus path and fingerprint, versions, convergence,
+                            counts, timings, status
+      model/theta (p,)  model/cholesky (p, p)  model/cholesky_inverse (p, p)
+      model/test_subset (|S|,)  model/metric_gradients (p, M)  model/metric_values (M,)
+      scores/prob|residual|alpha|leverage|self_if|self_rif|flags   (n,)
+      scores/if/<metric>  scores/rif/<metric>                      (n,)
+      groups/               written by ``rifscale groups``: delta_theta/{if,rif,ns}
+                            (sets, p); attrs "names" and "estimates" (metric changes)
+
+Two ways to write one, both atomic (:mod:`rifscale.outputs`):
+
+* :func:`write_run` stores an in-memory :class:`~rifscale.pipeline.Attribution`;
+* :func:`run_job` is the batch job behind ``rifscale run``. It works in a fixed hidden
+  sibling ``.RUN.partial`` and checkpoints the model stage there (θ̂, the factor, the
+  metrics), so that the *same command* after a kill resumes from the last finished stage
+  and produces bit-for-bit the same run; on a complete run with the same job it does
+  nothing; a different job (config, corpus, start) is refused unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import scipy.linalg
+import zarr
+
+from . import __version__
+from .cluster import current_client
+from .config import RunConfig
+from .errors import ConfigError, CorpusError, OutputExistsError
+from .factor import Factor
+from .io import Corpus, open_corpus
+from .kernels import to_numpy
+from .metrics import MetricAtOptimum
+from .model import FittedModel
+from .outputs import atomic_dir, check_inputs, check_output, claim, mark, publish, remove
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+#: Rows per chunk of the stored per-sample arrays (2 MiB of float64), at least a block.
+OUTPUT_CHUNK_ROWS = 2**18
+MODEL_ARRAYS = ("theta", "cholesky", "cholesky_inverse", "test_subset", "metric_gradients", "metric_values")
+
+
+# ---------------------------------------------------------------------------- writing
+
+def _versions() -> dict:
+    from importlib.metadata import version
+
+    return {
+        "rifscale": __version__,
+        "dask": dask.__version__,
+        "distributed": version("distributed"),
+        "zarr": zarr.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _regular(a: da.Array, rows: int) -> da.Array:
+    """``a`` in row chunks of ``rows`` (Zarr needs regular chunks; score blocks may not be)."""
+    if all(c == rows for c in a.chunks[0][:-1]) and a.chunks[0][-1] <= rows:
+        return a
+    return a.rechunk({0: rows}, method="tasks")
+
+
+def compute(*collections, progress: bool = False):
+    """``dask.compute`` with a progress bar on stdout when asked: dask's ProgressBar on the
+    local schedulers; with an active client, a bar over the collections' persisted
+    pieces (distributed's own text bar leaves an error trace when the cluster closes)."""
+    if not progress:
+        return dask.compute(*collections)
+    client = current_client()
+    if client is None:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            return dask.compute(*collections)
+    from distributed import as_completed, futures_of
+
+    persisted = client.persist(list(collections))
+    futures = futures_of(persisted)
+    for done, _ in enumerate(as_completed(futures), 1):
+        filled = 40 * done // len(futures)
+        print(f"\r[{'#' * filled}{' ' * (40 - filled)}] | {100 * done // len(futures):3d}% Completed", end="", flush=True)
+    print(flush=True)
+    return dask.compute(*persisted)
+
+
+def _create(run_dir: Path, name: str, **kwargs) -> zarr.Array:
+    """Create array ``name`` ("stage/path") in the stage's own Zarr group under ``run_dir``."""
+    stage, _, path = name.partition("/")
+    # float64 scores have full-entropy mantissas: compression would cost time and save nothing
+    return zarr.open_group(str(run_dir / stage), mode="a").create_array(
+        path, compressors=None, config={"write_empty_chunks": True}, **kwargs)
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    """Write JSON atomically (a reader never sees half a manifest)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _write_model(run_dir: Path, model: FittedModel) -> None:
+    for name, value in {
+        "theta": model.theta,
+        "cholesky": model.factor.L,
+        "cholesky_inverse": model.factor.linv,
+        "test_subset": model.test_subset,
+        "metric_gradients": model.metric.grads,
+        "metric_values": model.metric.values,
+    }.items():
+        _create(run_dir, f"model/{name}", data=np.asarray(value))
+
+
+def _write_scores(run_dir: Path, corpus: Corpus, model: FittedModel, scores, *, progress: bool) -> dict:
+    """One pass: store every score column under ``run_dir/scores``; returns the counts."""
+    sources, targets = [], []
+    # few, large chunks: each Zarr chunk write has a fixed cost, the columns are small
+    rows = max(corpus.train.X.chunks[0][0], OUTPUT_CHUNK_ROWS)
+    for name, arr in scores.named().items():
+        arr = _regular(arr, rows).map_blocks(to_numpy, dtype=arr.dtype, meta=np.empty((0,), dtype=arr.dtype))
+        targets.append(_create(run_dir, name, shape=arr.shape, chunks=(rows,), dtype=arr.dtype))
+        sources.append(arr)
+    stored = da.store(sources, targets, lock=False, compute=False)
+    lev = scores.leverage
+    _, n_flagged, max_lev, mean_lev = compute(stored, scores.flags.sum(), lev.max(), lev.mean(), progress=progress)
+    if n_flagged:
+        log.warning("%d sample(s) have 1 - h < %g: their RIF scores are NaN (see scores/flags)",
+                    n_flagged, model.leverage_threshold)
+    return {
+        "flagged_low_margin": int(n_flagged),
+        "test_subset": int(model.test_subset.size),
+        "max_leverage": float(max_lev),
+        "mean_leverage": float(mean_lev),
+    }
+
+
+def _manifest(corpus: Corpus, config: RunConfig, model: FittedModel, *, fit: dict, layout: dict,
+              timings: dict, status: str, job: dict | None = None) -> dict:
+    return {
+        "rifscale_run": FORMAT,
+        "status": status,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "corpus": {"path": corpus.path, "fingerprint": corpus.fingerprint},
+        "config": config.to_dict(),
+        "job": job,
+        "n": corpus.n,
+        "d": corpus.d,
+        "p": model.p,
+        "metrics": list(model.metrics),
+        "fit": fit,
+        "factor": {"backend": model.factor.backend, "worker": model.factor.worker},
+        "layout": dict(layout),
+        "timings": dict(timings),
+        "versions": _versions(),
+    }
+
+
+def write_run(result, out, *, overwrite: bool = False, progress: bool = False) -> dict:
+    """Compute the scores of an :class:`~rifscale.pipeline.Attribution` (one pass) and write
+    the complete run directory ``out`` (atomically; see :mod:`rifscale.outputs`).
+
+    ``progress`` shows a progress bar of the scores pass on stdout."""
+    corpus, model = result.corpus, result.model
+    with atomic_dir(Path(out), overwrite=overwrite, kind="run", inputs=[corpus.path]) as tmp:
+        _write_model(tmp, model)
+        t = time.perf_counter()
+        counts = _write_scores(tmp, corpus, model, result.scores, progress=progress)
+        result.timings["scores"] = time.perf_counter() - t
+        manifest = _manifest(corpus, result.config, model, fit=result.fit.record(), layout=result.layout,
+                             timings=result.timings, status="complete")
+        manifest["counts"] = counts
+        _write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+# ---------------------------------------------------------------------------- the batch job
+
+def _file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def job_key(corpus: Corpus, config: RunConfig, *, warm_start=None) -> dict:
+    """What makes two runs the same job: the config, the corpus fingerprint, the contents of
+    a test-subset file, and the run a fit started from."""
+    key = {"config": config.to_dict(), "corpus_fingerprint": corpus.fingerprint}
+    if config.test_subset not in ("paper", "all"):
+        key["test_subset_sha256"] = _file_sha256(config.test_subset)
+    if warm_start is not None:
+        key["warm_start"] = read_manifest(warm_start).get("corpus", {}) | {
+            "theta_sha256": hashlib.sha256(np.ascontiguousarray(_read_theta(warm_start)).tobytes()).hexdigest()}
+    return json.loads(json.dumps(key, default=_json_default))
+
+
+def _differences(a: dict, b: dict) -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            out += [f"{k}.{d}" for d in _differences(a[k], b[k])]
+        elif a.get(k) != b.get(k):
+            out.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}")
+    return out
+
+
+def read_manifest(path) -> dict:
+    mpath = Path(path) / MANIFEST
+    if not mpath.is_file():
+        raise ConfigError(f"{str(path)!r} is not a rifscale run (no {MANIFEST}); create one with `rifscale run`.")
+    try:
+        return json.loads(mpath.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"{str(mpath)!r} is not valid JSON ({exc}); the run is damaged: rerun it.") from None
+
+
+def _read_theta(path) -> np.ndarray:
+    return np.asarray(zarr.open_array(str(Path(path) / "model" / "theta"), mode="r")[...])
+
+
+def warm_start_theta(previous, corpus: Corpus, config: RunConfig) -> np.ndarray:
+    """θ̂ of a previous run, checked to fit this corpus and config (the nightly case: the
+    corpus grew a little, same features)."""
+    manifest = read_manifest(previous)
+    if manifest.get("status") != "complete":
+        raise ConfigError(f"--warm-start {str(previous)!r} is not a complete run (status {manifest.get('status')!r}).")
+    theta = _read_theta(previous)
+    p = corpus.d + int(config.fit_intercept)
+    if theta.shape != (p,) or manifest["config"]["fit_intercept"] != config.fit_intercept:
+        raise ConfigError(
+            f"--warm-start {str(previous)!r} has theta of shape {theta.shape} (d = {manifest['d']}, intercept "
+            f"{manifest['config']['fit_intercept']}); this run needs ({p},). Warm-start only from a run on the "
+            "same features with the same intercept setting."
+        )
+    return theta
+
+
+def run_job(corpus, out, config: RunConfig | None = None, *, overwrite: bool = False, client=None,
+            progress: bool = False, warm_start=None) -> dict:
+    """Fit, factor, score and write the run ``out`` as a resumable, idempotent batch job.
+
+    * ``out`` complete and made by the same job (:func:`job_key`): nothing is computed;
+      the manifest is returned with ``"already_complete": True``.
+    * ``out`` complete but a different job: refused unless ``overwrite``.
+    * a ``.OUT.partial`` left by a killed run of the same job: its finished stages are
+      reused (the model stage: fit, factor, metrics); the scores are recomputed.
+    * ``warm_start``: a previous run whose θ̂ starts the Newton fit (recorded in the job).
+
+    Returns the manifest written (with ``"resumed"`` naming the stage reused, if any).
+    """
+    return Job(corpus, out, config, overwrite=overwrite, warm_start=warm_start).run(client=client, progress=progress)
+
+
+class Job:
+    """A run job, checked on construction (inputs, existing output; no lock, no compute)
+    so that the CLI can refuse before it starts a cluster; :meth:`run` checks again
+    under the output's lock and does the work."""
+
+    def __init__(self, corpus, out, config: RunConfig | None = None, *, overwrite: bool = False, warm_start=None):
+        self.out = Path(out)
+        self.config = config or RunConfig()
+        self.corpus = corpus if isinstance(corpus, Corpus) else open_corpus(corpus)
+        self.overwrite, self.warm_start = overwrite, warm_start
+        check_inputs(self.out, [self.corpus.path, warm_start])
+        self.theta0 = warm_start_theta(warm_start, self.corpus, self.config) if warm_start is not None else None
+        self.key = job_key(self.corpus, self.config, warm_start=warm_start)
+        self.partial = self.out.with_name(f".{self.out.name}.partial")
+        self.done = self._existing()
+
+    def _existing(self) -> dict | None:
+        """The manifest of ``out`` if it is this job, complete; None if there is nothing
+        (or something ``overwrite`` may replace); otherwise refuse."""
+        out = self.out
+        if not (out.exists() or out.is_symlink()):
+            return None
+        done = _complete_manifest(out)
+        if done is not None and done.get("job") == self.key:
+            return done
+        if done is not None and not self.overwrite:
+            why = ("it was written from the Python API (write_run), not by this command" if done.get("job") is None
+                   else f"it was made by a different job ({'; '.join(_differences(done['job'], self.key)[:4])})")
+            raise OutputExistsError(
+                f"{str(out)!r} is a complete run, but {why}. Choose another --out, or pass --overwrite to replace it."
+            )
+        check_output(out, overwrite=self.overwrite)  # not asked to, or not rifscale's: refused
+        return None
+
+    def run(self, *, client=None, progress: bool = False) -> dict:
+        from .pipeline import attribute, rescore
+
+        out, partial, key, config = self.out, self.partial, self.key, self.config
+        with claim(out):
+            done = self._existing()  # again, under the lock: another job may have finished meanwhile
+            if done is not None:
+                log.info("%s is already complete (same config and corpus): nothing to do", out)
+                return done | {"already_complete": True}
+            state = _partial_state(partial, key)
+            if state is None:
+                remove(partial)
+                if partial.exists() or partial.is_symlink():
+                    raise OutputExistsError(
+                        f"{str(partial)!r} exists and was not made by rifscale; it is where this run checkpoints "
+                        "its stages. Move it away, or choose another --out."
+                    )
+                partial.mkdir()
+                mark(partial, "run")
+                state = {"rifscale_run": FORMAT, "status": "partial", "job": key, "stages": {}}
+                _write_json(partial / MANIFEST, state)
+            resumed = None
+            if "model" in state["stages"]:
+                stage = state["stages"]["model"]
+                model = _read_model(partial, stage["config"])
+                corpus, scores, layout = rescore(self.corpus, config, model, client=client)
+                fit_record, timings = stage["fit"], dict(stage["timings"])
+                resumed = "model"
+                log.info("resuming %s: reusing the finished fit (model stage) of an interrupted run", out)
+            else:
+                result = attribute(self.corpus, config, client=client, theta0=self.theta0)
+                corpus, model, scores, layout = result.corpus, result.model, result.scores, result.layout
+                fit_record, timings = result.fit.record(), dict(result.timings)
+                staging = partial / ".model.partial"
+                remove_tree(staging)
+                staging.mkdir()
+                _write_model(staging, model)
+                os.replace(staging / "model", partial / "model")  # the stage appears whole or not at all
+                remove_tree(staging)
+                state["stages"]["model"] = {"fit": fit_record, "timings": timings, "layout": layout,
+                                            "config": config.to_dict(),
+                                            "factor": {"backend": model.factor.backend, "worker": model.factor.worker}}
+                _write_json(partial / MANIFEST, state)
+            remove_tree(partial / "scores")  # a killed scores pass: recompute it all
+            t = time.perf_counter()
+            counts = _write_scores(partial, corpus, model, scores, progress=progress)
+            timings["scores"] = time.perf_counter() - t
+            manifest = _manifest(corpus, config, model, fit=fit_record, layout=layout, timings=timings,
+                                 status="complete", job=key)
+            manifest["counts"] = counts
+            if self.warm_start is not None:
+                manifest["warm_start"] = {"run": os.path.abspath(self.warm_start), **key["warm_start"]}
+            if resumed:
+                manifest["resumed"] = resumed
+                manifest["factor"] = state["stages"]["model"]["factor"]
+            _write_json(partial / MANIFEST, manifest)
+            publish(partial, out, overwrite=self.overwrite)
+        return manifest
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory inside a run being written (its own temporary files)."""
+    import shutil
+
+    if Path(path).exists():
+        shutil.rmtree(path)
+
+
+def _complete_manifest(path: Path) -> dict | None:
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if manifest.get("status") == "complete" else None
+
+
+def _partial_state(partial: Path, key: dict) -> dict | None:
+    """The checkpoint of an interrupted run of the same job, or None."""
+    try:
+        state = json.loads((partial / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if state.get("status") != "partial" or state.get("job") != key:
+        return None
+    if "model" in state.get("stages", {}) and not (partial / "model").is_dir():
+        return None
+    return state
+
+
+# ---------------------------------------------------------------------------- reading
+
+@dataclass(frozen=True)
+class Run:
+    """A finished run read back from disk."""
+
+    path: Path
+    manifest: dict
+    corpus: Corpus
+    model: FittedModel
+
+    def array(self, name: str) -> zarr.Array:
+        """A stored array by its run name, e.g. ``"scores/rif/test_loss"``."""
+        return zarr.open_array(str(self.path / name), mode="r")
+
+
+def _read_model(path: Path, cfg: dict, manifest: dict | None = None) -> FittedModel:
+    group = zarr.open_group(str(Path(path) / "model"), mode="r")
+
+    def read(name):
+        return np.asarray(group[name][...])
+
+    L = read("cholesky")
+    if "cholesky_inverse" in group:
+        linv = read("cholesky_inverse")
+    else:  # runs written before the inverse was stored
+        linv = scipy.linalg.solve_triangular(L, np.eye(L.shape[0]), lower=True, check_finite=False)
+    factor = (manifest or {}).get("factor", {})
+    return FittedModel(
+        theta=read("theta"),
+        lam=cfg["lam"],
+        fit_intercept=cfg["fit_intercept"],
+        factor=Factor(L=L, linv=linv, backend=factor.get("backend", "numpy"), worker=factor.get("worker")),
+        test_subset=read("test_subset"),
+        metric=MetricAtOptimum(names=tuple(cfg["metrics"]), values=read("metric_values"),
+                               grads=read("metric_gradients")),
+        leverage_threshold=cfg["leverage_threshold"],
+    )
+
+
+def open_run(path, *, corpus: Corpus | str | os.PathLike | None = None) -> Run:
+    """Open a complete run; the corpus is re-opened (from the manifest unless given, as a
+    path or a :class:`Corpus`) and must still have the fingerprint the run was made from."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    if manifest.get("status") != "complete":
+        raise ConfigError(f"The run at {str(path)!r} is not complete (status {manifest.get('status')!r}); rerun it.")
+    corpus_path = corpus if corpus is not None else manifest["corpus"]["path"]
+    if corpus_path is None:
+        raise ConfigError(
+            f"The run at {str(path)!r} was made from in-memory arrays, not a corpus on disk; "
+            "pass the same data again: open_run(path, corpus=Corpus.from_arrays(...))."
+        )
+    c = corpus_path if isinstance(corpus_path, Corpus) else open_corpus(corpus_path)
+    if c.fingerprint != manifest["corpus"]["fingerprint"]:
+        raise CorpusError(
+            f"The corpus at {str(corpus_path)!r} is not the one this run was made from (fingerprint "
+            f"{c.fingerprint} != {manifest['corpus']['fingerprint']}); rerun `rifscale run` on it."
+        )
+    cfg = dict(manifest["config"], metrics=manifest["metrics"])
+    return Run(path=path, manifest=manifest, corpus=c, model=_read_model(path, cfg, manifest))
+
+
+def list_runs(root) -> list[dict]:
+    """One row per run directory under ``root`` (searched recursively, hidden directories
+    skipped), from the manifests alone: path, status, created, corpus fingerprint, λ, n, d,
+    iterations and timings. Interrupted runs (``.NAME.partial``) are listed as "partial"."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"{str(root)!r} is not a directory.")
+    rows = []
+    for mpath in sorted(root.rglob(MANIFEST)):
+        run = mpath.parent
+        rel = run.relative_to(root)
+        hidden = [part for part in rel.parts if part.startswith(".")]
+        if hidden and not (len(hidden) == 1 and rel.parts[-1] == hidden[0] and hidden[0].endswith(".partial")):
+            continue
+        try:
+            m = json.loads(mpath.read_text())
+        except (OSError, ValueError):
+            rows.append({"path": str(run), "status": "unreadable manifest"})
+            continue
+        if "rifscale_run" not in m:
+            continue
+        cfg = m.get("config") or (m.get("job") or {}).get("config") or {}
+        timings = m.get("timings") or {}
+        rows.append({
+            "path": str(run),
+            "status": m.get("status"),
+            "created": m.get("created"),
+            "corpus": (m.get("corpus") or {}).get("fingerprint") or (m.get("job") or {}).get("corpus_fingerprint"),
+            "lam": cfg.get("lam"),
+            "n": m.get("n"),
+            "d": m.get("d"),
+            "n_iter": (m.get("fit") or {}).get("n_iter"),
+            "seconds": round(sum(timings.values()), 3) if timings else None,
+            "resumed": m.get("resumed"),
+        })
+    return rows
