@@ -152,6 +152,7 @@ def _validate(args) -> int:
             args.run, experiments=tuple(args.experiments), strategies=tuple(args.strategies), n_sizes=args.n_sizes,
             seed=args.seed, poison_points=args.poison_points, top_metric=args.top_metric,
             top_sign=1 if args.top_sign == "+" else -1, overwrite=args.overwrite, corpus=args.corpus, client=client,
+            batch_sets=args.batch_sets,
         )
     print(f"wrote {page.parent} (open {page} in a browser) and {page.parent.parent / 'validation'}")
     return 0
@@ -242,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_groups)
 
     from .removal import STRATEGIES
-    from .validate import EXPERIMENTS
+    from .validate import BATCH_SETS, EXPERIMENTS
 
     p = sub.add_parser("validate", help="estimates vs exact retrains: accuracy, sweeps, poisoning; figures and HTML")
     p.add_argument("run", help="a run directory made by `rifscale run`")
@@ -253,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poison-points", type=int, default=100, help="test points of the poisoning experiment")
     p.add_argument("--top-metric", default="test_loss", choices=METRICS, help="metric ranked by top_influence")
     p.add_argument("--top-sign", default="+", choices=("+", "-"), help="rank by +s_IF or -s_IF")
+    p.add_argument("--batch-sets", type=int, default=BATCH_SETS, help="removal sets (or poisoned points) retrained "
+                   "together; each finished batch is checkpointed, so a killed validate resumes after its last "
+                   f"finished batch when run again (default {BATCH_SETS})")
     p.add_argument("--corpus", help="corpus path, if it moved since the run")
     p.add_argument("--overwrite", action="store_true", help="replace RUN/validation and RUN/report")
     _add_cluster(p)

@@ -191,6 +191,18 @@ def current_client():
         return None
 
 
+def small_compute(*collections):
+    """``dask.compute`` for the small driver-side reads (labels, digests): on the configured
+    scheduler or the active client if there is one, else on local threads, without
+    dask importing distributed just to look for a client (0.3-0.5 s)."""
+    import dask
+    import dask.threaded
+
+    if dask.config.get("scheduler", None) is not None or current_client() is not None:
+        return dask.compute(*collections)
+    return dask.compute(*collections, scheduler=dask.threaded.get)
+
+
 def workers_with_resource(client, resource: str) -> list[str]:
     """Addresses of the workers that advertise ``resource`` (e.g. ``GPU``)."""
     info = client.scheduler_info()["workers"]

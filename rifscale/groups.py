@@ -208,6 +208,16 @@ class SetStatistics:
     gathered: dict = field(repr=False)  # small sets: name -> (x, y) rows
     masks: dict = field(repr=False)  # large sets: name -> lazy row mask
 
+    def subset(self, names) -> "SetStatistics":
+        """The statistics of some of the sets (a batch of retrains)."""
+        names = list(names)
+        return SetStatistics(
+            sets={k: self.sets[k] for k in names},
+            deltas={k: self.deltas[k] for k in names},
+            gathered={k: v for k, v in self.gathered.items() if k in names},
+            masks={k: v for k, v in self.masks.items() if k in names},
+        )
+
 
 def set_statistics(source, sets, *, client=None) -> SetStatistics:
     train = source.corpus.train

@@ -32,6 +32,7 @@ import numpy as np
 import zarr
 
 from .errors import CorpusError
+from .cluster import small_compute
 from .outputs import atomic_dir, check_inputs, check_output
 
 FORMAT_VERSION = 1
@@ -157,7 +158,7 @@ def _short(chunks) -> str:
 
 
 def _check_labels(name: str, y: da.Array) -> None:
-    lo, hi = dask.compute(y.min(), y.max())
+    lo, hi = small_compute(y.min(), y.max())
     if lo < 0 or hi > 1:
         bad = int(da.argmax((y < 0) | (y > 1)).compute())
         raise CorpusError(
@@ -495,7 +496,7 @@ def verify_corpus(corpus: Corpus) -> dict:
                           "re-ingest it with this rifscale to record one.")
     root = zarr.open_group(corpus.path, mode="r")
     splits = [(name, sp) for name, sp in (("train", corpus.train), ("test", corpus.test)) if sp is not None]
-    digests = dask.compute(*[_plan_digests(sp) for _, sp in splits])
+    digests = small_compute(*[_plan_digests(sp) for _, sp in splits])
     bad, hasher = [], hashlib.sha256()
     for (name, sp), got in zip(splits, digests):
         hasher.update(np.ascontiguousarray(got).tobytes())

@@ -186,6 +186,27 @@ def publish(tmp: Path, out: Path, *, overwrite: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _wait_for_zarr_io(timeout: float = 30.0) -> None:
+    """Let zarr's IO thread finish the writes in flight. A main-thread zarr call cut short
+    by Ctrl-C or SIGTERM goes on there, and would otherwise re-create files in a
+    temporary directory just deleted. (zarr keeps its event loop in ``zarr.core.sync``.)"""
+    import asyncio
+    import sys
+
+    zsync = sys.modules.get("zarr.core.sync")
+    loop = (getattr(zsync, "loop", None) or [None])[0] if zsync else None
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+
+    async def drain():
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    with contextlib.suppress(Exception):
+        asyncio.run_coroutine_threadsafe(drain(), loop).result(timeout + 1)
+
+
 @contextlib.contextmanager
 def _signals_held():
     """Hold SIGINT and SIGTERM (delivered after the block) in the main thread."""
@@ -227,6 +248,7 @@ def atomic_dirs(outs: dict[str, Path], *, overwrite: bool, kind: str, inputs=())
                 publish(tmps[name], out, overwrite=overwrite)
         finally:
             with _signals_held():  # a second Ctrl-C must not cut the clean-up short
+                _wait_for_zarr_io()
                 for tmp in tmps.values():
                     if tmp.exists():
                         shutil.rmtree(tmp, ignore_errors=True)

@@ -18,7 +18,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from .cluster import current_client
+from .cluster import current_client, small_compute
 from .config import RunConfig
 from .errors import CorpusError
 from .factor import factor_hessian
@@ -154,7 +154,7 @@ def check_objective(train, config: RunConfig) -> None:
     """Refuse, before the fit, labels whose objective has no finite minimum: a single class
     with an unpenalised intercept (or lam = 0). (Overflowing features are caught by the
     fit's first pass, which reads X anyway.)"""
-    lo, hi = dask.compute(train.y.min(), train.y.max())
+    lo, hi = small_compute(train.y.min(), train.y.max())
     if lo == hi and (config.fit_intercept or config.lam == 0):
         why = "the unpenalised intercept" if config.fit_intercept else "lam = 0"
         raise CorpusError(

@@ -14,7 +14,11 @@ Every experiment returns plain tables (lists of dicts) that :mod:`rifscale.repor
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +28,7 @@ import dask.array as da
 import numpy as np
 
 from . import kernels
+from .errors import ConfigError
 from .groups import METHODS, group_effects, set_statistics
 from .io import Corpus, Split
 from .removal import STRATEGIES, RemovalSet, default_sizes, removal_sets
@@ -54,6 +59,103 @@ def make_sets(source, *, strategies=STRATEGIES, sizes=None, seed: int = 0,
     return out
 
 
+#: Removal sets (or poisoned points) retrained together in one batch; each finished batch
+#: is checkpointed, so a killed ``validate`` redoes at most one batch.
+BATCH_SETS = 128
+
+
+def _batches(items: list, size: int) -> list[list]:
+    if isinstance(size, bool) or int(size) != size or size < 1:
+        raise ConfigError(f"The batch size must be a positive integer; got {size!r}.")
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class Checkpoint:
+    """Finished batches of an interrupted validation, in ``RUN/.validation.partial``.
+
+    Opened with the validation's job key (run fingerprint and every argument); a
+    checkpoint of another job is discarded. Each batch is written to a temporary file and
+    renamed, so a batch file is whole or absent; the results read back are the saved
+    float64 arrays, bit for bit."""
+
+    def __init__(self, path: Path, key: dict):
+        from .outputs import mark, remove
+
+        self.path = Path(path)
+        key = json.loads(json.dumps(key, default=str))
+        try:
+            same = json.loads((self.path / "job.json").read_text()) == key
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            remove(self.path)
+            self.path.mkdir(parents=True, exist_ok=False)
+            mark(self.path, "validate/checkpoint")
+            (self.path / "job.json").write_text(json.dumps(key))
+        self.reused = 0
+
+    def _file(self, kind: str, b: int, ext: str) -> Path:
+        return self.path / f"{kind}-{b:05d}.{ext}"
+
+    def _write(self, target: Path, write) -> None:
+        tmp = target.with_name(f".{target.name}.tmp")
+        with open(tmp, "wb") as fh:
+            write(fh)
+        os.replace(tmp, target)
+
+    def save(self, kind: str, b: int, fits: list, hessians: list | None = None) -> None:
+        arrays = {"theta": np.stack([f.theta for f in fits]), "delta": np.stack([f.delta for f in fits])}
+        if hessians is not None:
+            p = fits[0].theta.shape[0]
+            arrays["hessians"] = np.stack([h if h is not None else np.full((p, p), np.nan) for h in hessians])
+            arrays["has_hessian"] = np.array([h is not None for h in hessians])
+        records = json.dumps([f.record() for f in fits]).encode()
+        self._write(self._file(kind, b, "npz"), lambda fh: np.savez(fh, records=np.frombuffer(records, np.uint8),
+                                                                   **arrays))
+
+    def _read(self, kind: str, b: int):
+        try:
+            with np.load(self._file(kind, b, "npz"), allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def load(self, kind: str, b: int, names: list[str]) -> list | None:
+        """The batch's results if it finished before (same set names, same order)."""
+        from .retrain import Retrain
+
+        z = self._read(kind, b)
+        if z is None:
+            return None
+        records = json.loads(z["records"].tobytes())
+        if [r["name"] for r in records] != list(names):
+            return None
+        self.reused += 1
+        log.info("validate: reusing finished %s batch %d (%d retrains) from the checkpoint", kind, b, len(records))
+        return [Retrain(**r, theta=z["theta"][i], delta=z["delta"][i]) for i, r in enumerate(records)]
+
+    def hessians(self, kind: str, b: int) -> list:
+        z = self._read(kind, b)
+        return [h if ok else None for h, ok in zip(z["hessians"], z["has_hessian"], strict=True)]
+
+    def save_rows(self, kind: str, k: int, rows: list[dict]) -> None:
+        self._write(self._file(kind, k, "json"), lambda fh: fh.write(json.dumps(rows).encode()))
+
+    def load_rows(self, kind: str, k: int) -> list[dict] | None:
+        try:
+            rows = json.loads(self._file(kind, k, "json").read_text())
+        except (OSError, ValueError):
+            return None
+        self.reused += 1
+        log.info("validate: reusing finished %s setting %d from the checkpoint", kind, k)
+        return rows
+
+    def discard(self) -> None:
+        from .outputs import remove
+
+        remove(self.path)
+
+
 def summarise(predicted: np.ndarray, actual: np.ndarray) -> dict:
     """Pearson r, least-squares slope through the origin of predicted on actual, and the
     median relative error |predicted − actual| / |actual|."""
@@ -82,14 +184,23 @@ class Accuracy:
 
 
 def accuracy(source, *, strategies=STRATEGIES, sizes=None, seed: int = 0, top_metric: str = "test_loss",
-             top_sign: int = 1, tol: float = 1e-9, client=None) -> Accuracy:
-    """Predicted vs actual metric changes for every strategy and size (batched retrains)."""
+             top_sign: int = 1, tol: float = 1e-9, client=None, batch_sets: int = BATCH_SETS,
+             checkpoint: "Checkpoint | None" = None) -> Accuracy:
+    """Predicted vs actual metric changes for every strategy and size (batched retrains:
+    ``batch_sets`` sets per batch, each batch saved to ``checkpoint`` when given)."""
     t0 = time.perf_counter()
     sets = make_sets(source, strategies=strategies, sizes=sizes, seed=seed, top_metric=top_metric, top_sign=top_sign)
     named = {s.name: s.indices for s in sets}
-    log.info("accuracy: %d removal sets, retraining them exactly (batched)", len(sets))
+    log.info("accuracy: %d removal sets, retraining them exactly (batches of %d)", len(sets), batch_sets)
     stats = set_statistics(source, named, client=client)  # one read of the data serves both
-    truth = retrain(source, stats, tol=tol, client=client)
+    truth = {}
+    for b, part in enumerate(_batches(list(named), batch_sets)):
+        fits = checkpoint.load("accuracy", b, part) if checkpoint else None
+        if fits is None:
+            fits = list(retrain(source, stats.subset(part), tol=tol, client=client).values())
+            if checkpoint:
+                checkpoint.save("accuracy", b, fits)
+        truth.update({f.name: f for f in fits})
     est = group_effects(source, stats, client=client, extra={k: {"exact": r.delta} for k, r in truth.items()})
     result = Accuracy(retrains=truth, sets=sets)
     for s in sets:
@@ -134,7 +245,7 @@ def _subsample(corpus: Corpus, n: int, seed: int) -> Corpus:
 
 
 def sweeps(corpus: Corpus, config, *, lams=None, fractions=(0.25, 0.5, 1.0), strategies=("random", "distance_cluster"),
-           n_sizes: int = 10, seed: int = 0, client=None) -> list[dict]:
+           n_sizes: int = 10, seed: int = 0, client=None, checkpoint: "Checkpoint | None" = None) -> list[dict]:
     """Accuracy summaries (plug-in form) while varying λ, and while subsampling n at fixed d."""
     from .pipeline import attribute
 
@@ -143,12 +254,17 @@ def sweeps(corpus: Corpus, config, *, lams=None, fractions=(0.25, 0.5, 1.0), str
     configs = [("lam", lam, corpus, config.replace(lam=lam)) for lam in lams]
     configs += [("n", int(f * corpus.n), _subsample(corpus, int(f * corpus.n), seed) if f < 1 else corpus, config)
                 for f in fractions]
-    for axis, value, c, cfg in configs:
-        res = attribute(c, cfg, client=client)
-        sizes = default_sizes(c.n, count=n_sizes)
-        acc = accuracy(res, strategies=strategies, sizes=sizes, seed=seed, client=client)
-        for r in _summary([r for r in acc.rows if r["form"] == "plugin"], key=("metric", "method")):
-            out.append({"axis": axis, "value": value, "lam": cfg.lam, "n": c.n, "d": c.d, **r})
+    for k, (axis, value, c, cfg) in enumerate(configs):
+        rows = checkpoint.load_rows("sweeps", k) if checkpoint else None
+        if rows is None:
+            res = attribute(c, cfg, client=client)
+            sizes = default_sizes(c.n, count=n_sizes)
+            acc = accuracy(res, strategies=strategies, sizes=sizes, seed=seed, client=client)
+            rows = [{"axis": axis, "value": value, "lam": cfg.lam, "n": c.n, "d": c.d, **r}
+                    for r in _summary([r for r in acc.rows if r["form"] == "plugin"], key=("metric", "method"))]
+            if checkpoint:
+                checkpoint.save_rows("sweeps", k, rows)
+        out += rows
         log.info("sweep %s = %s done", axis, value)
     return out
 
@@ -156,7 +272,8 @@ def sweeps(corpus: Corpus, config, *, lams=None, fractions=(0.25, 0.5, 1.0), str
 # ---------------------------------------------------------------------------- poisoning
 
 
-def poisoning(source, *, n_points: int = 100, seed: int = 0, client=None) -> list[dict]:
+def poisoning(source, *, n_points: int = 100, seed: int = 0, client=None, batch_points: int = BATCH_SETS,
+              checkpoint: "Checkpoint | None" = None) -> list[dict]:
     """Poisoning: for test point (x, y), fit with (x, 1 − y) added; the change of x's logit
     when the poisoned row is removed again, predicted by IF and RIF at the poisoned fit,
     against the exact answer ``z_xᵀ(θ̂ − θ_P)`` (removing the row restores the clean fit)."""
@@ -166,7 +283,19 @@ def poisoning(source, *, n_points: int = 100, seed: int = 0, client=None) -> lis
     x, y = dask.compute(test.X[idx], test.y[idx])
     x, y = kernels.to_numpy(x).astype(np.float64), kernels.to_numpy(y).astype(np.float64)
     flipped = 1.0 - y
-    fits, hessians = poisoned_fits(source, x, flipped, client=client)
+    fits, hessians = [], []
+    for b, part in enumerate(_batches(list(range(len(idx))), batch_points)):
+        names = [f"poison-{j}" for j in part]
+        done = checkpoint.load("poisoning", b, names) if checkpoint else None
+        if done is None:
+            f, h = poisoned_fits(source, x[part], flipped[part], client=client)
+            done = [dataclasses.replace(fit, name=name) for fit, name in zip(f, names, strict=True)]
+            if checkpoint:
+                checkpoint.save("poisoning", b, done, hessians=h)
+            hessians += h
+        else:
+            hessians += checkpoint.hessians("poisoning", b)
+        fits += done
     z = kernels.design(x, fit_intercept=model.fit_intercept)
     rows = []
     for j, (f, H) in enumerate(zip(fits, hessians, strict=True)):
@@ -194,10 +323,14 @@ SUMMARY_COLUMNS = ["strategy", "metric", "form", "method", "count", "pearson", "
 
 def run_validation(run_path, *, experiments=("accuracy",), strategies=STRATEGIES, n_sizes: int = 40, seed: int = 0,
                    poison_points: int = 100, top_metric: str = "test_loss", top_sign: int = 1,
-                   overwrite: bool = False, corpus=None, client=None) -> Path:
+                   overwrite: bool = False, corpus=None, client=None, batch_sets: int = BATCH_SETS) -> Path:
     """Run the chosen experiments on a finished run; write ``validation/`` (Zarr: the sets,
     the exact Δθ, retrain records) and ``report/`` (tables as JSON, figures, index.html).
-    Both are written beside and moved into place when complete."""
+    Both are written beside and moved into place when complete.
+
+    The retrains run in batches of ``batch_sets`` sets (or poisoned points), each
+    checkpointed in ``RUN/.validation.partial``: the same call after a kill reuses the
+    finished batches and gives the same arrays, bit for bit."""
     import zarr
 
     from .config import RunConfig
@@ -219,14 +352,19 @@ def run_validation(run_path, *, experiments=("accuracy",), strategies=STRATEGIES
             f"top_influence ranks by the IF scores of {top_metric!r}, which this run did not compute "
             f"(it has {list(run.model.metrics)}); choose --top-metric from those or rerun with --metrics."
         )
+    _batches([], batch_sets)  # checks the batch size before any work
     outs = {name: run.path / name for name in ("validation", "report")}
     sections, records = [], {}
-    with atomic_dirs(outs, overwrite=overwrite, kind="validate") as tmps:
+    key = {"run": run.manifest.get("job") or run.manifest["corpus"], "theta": hashlib.sha256(run.model.theta.tobytes()).hexdigest(),
+           "experiments": list(experiments), "strategies": list(strategies), "n_sizes": n_sizes, "seed": seed,
+           "poison_points": poison_points, "top_metric": top_metric, "top_sign": top_sign, "batch": batch_sets}
+    with atomic_dirs(outs, overwrite=overwrite, kind="validate", inputs=[run.corpus.path]) as tmps:
+        checkpoint = Checkpoint(run.path / ".validation.partial", key)
         vgroup = zarr.open_group(str(tmps["validation"]), mode="a")
         if "accuracy" in experiments:
             sizes = default_sizes(run.corpus.n, count=n_sizes)
             acc = accuracy(run, strategies=strategies, sizes=sizes, seed=seed, top_metric=top_metric,
-                           top_sign=top_sign, client=client)
+                           top_sign=top_sign, client=client, batch_sets=batch_sets, checkpoint=checkpoint)
             _store_sets(vgroup, acc)
             write_json(tmps["report"] / "accuracy_rows.json", acc.rows)
             write_json(tmps["report"] / "accuracy_summary.json", acc.summary)
@@ -246,14 +384,15 @@ def run_validation(run_path, *, experiments=("accuracy",), strategies=STRATEGIES
             })
         if "sweeps" in experiments:
             config = RunConfig(**{k: (tuple(v) if k == "metrics" else v) for k, v in run.manifest["config"].items()})
-            rows = sweeps(run.corpus, config, seed=seed, client=client)
+            rows = sweeps(run.corpus, config, seed=seed, client=client, checkpoint=checkpoint)
             write_json(tmps["report"] / "sweeps.json", rows)
             sweeps_figure(rows, tmps["report"] / "sweeps.png")
             sections.append({"heading": "Sweeps over λ and n", "figures": ["sweeps.png"],
                              "tables": [(rows, ["axis", "value", "n", "d", "metric", "method", "count", "pearson",
                                                 "slope", "median_rel_err"])]})
         if "poisoning" in experiments:
-            rows = poisoning(run, n_points=poison_points, seed=seed, client=client)
+            rows = poisoning(run, n_points=poison_points, seed=seed, client=client, batch_points=batch_sets,
+                             checkpoint=checkpoint)
             write_json(tmps["report"] / "poisoning.json", rows)
             poisoning_figure(rows, tmps["report"] / "poisoning.png")
             ok = [r for r in rows if r.get("converged")]
@@ -264,11 +403,13 @@ def run_validation(run_path, *, experiments=("accuracy",), strategies=STRATEGIES
                              "text": "Change of a test point's logit when its label-flipped copy is removed "
                                      "from the training set: predicted at the poisoned fit vs exact.",
                              "tables": [(summary, ["method", "count", "pearson", "slope", "median_rel_err"])]})
+        records["checkpoint_batches_reused"] = checkpoint.reused
         vgroup.attrs.update({"experiments": list(experiments), "records": records, "seed": seed})
         write_report(tmps["report"], title=f"rifscale validation: {run.path.name}",
                      intro=(f"n = {run.corpus.n}, d = {run.corpus.d}, lam = {run.model.lam}, "
                             f"intercept = {run.model.fit_intercept}; corpus {Path(run.manifest['corpus']['path'] or 'in-memory').name}."),
                      sections=sections)
+    checkpoint.discard()  # everything is in place: the checkpoint has served
     return outs["report"] / "index.html"
 
 

@@ -404,3 +404,69 @@ def test_all_workers_killed_mid_run_is_an_error_within_the_timeout(big, tmp_path
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+# ---------------------------------------------------------------------------- scheduled runs
+
+
+def test_warm_start_from_yesterdays_run_and_the_runs_listing(tmp_path, capsys):
+    X, y, Xt, yt = _data(3000, 6, seed=5)
+    rifscale.ingest(tmp_path / "old.zarr", train_X=X[:2800], train_y=y[:2800], test_X=Xt, test_y=yt)
+    rifscale.ingest(tmp_path / "new.zarr", train_X=X, train_y=y, test_X=Xt, test_y=yt)
+    runs = tmp_path / "runs"
+    assert main(["run", str(tmp_path / "old.zarr"), "--out", str(runs / "day1")]) == 0
+    assert main(["run", str(tmp_path / "new.zarr"), "--out", str(runs / "day2-cold")]) == 0
+    assert main(["run", str(tmp_path / "new.zarr"), "--out", str(runs / "day2"), "--warm-start", str(runs / "day1")]) == 0
+    capsys.readouterr()
+    cold = json.loads((runs / "day2-cold" / "manifest.json").read_text())
+    warm = json.loads((runs / "day2" / "manifest.json").read_text())
+    assert warm["warm_start"]["run"] == str(runs / "day1") and warm["fit"]["warm_start"] is None
+    assert warm["fit"]["n_iter"] < cold["fit"]["n_iter"]  # it started near the optimum
+    t_warm = rifscale.open_run(runs / "day2").model.theta
+    t_cold = rifscale.open_run(runs / "day2-cold").model.theta
+    assert np.max(np.abs(t_warm - t_cold)) / np.max(np.abs(t_cold)) < 1e-8  # the same optimum
+    # a warm start from a run on other features is refused, naming the shapes
+    rifscale.ingest(tmp_path / "wide.zarr", train_X=np.hstack([X, X[:, :1]]), train_y=y, test_X=np.hstack([Xt, Xt[:, :1]]),
+                    test_y=yt)
+    assert main(["run", str(tmp_path / "wide.zarr"), "--out", str(runs / "w"), "--warm-start", str(runs / "day1")]) == 2
+    assert "has theta of shape (7,)" in capsys.readouterr().err
+    # an interrupted run is listed as partial next to the complete ones
+    os.rename(runs / "day2-cold", runs / ".day3.partial")
+    state = json.loads((runs / ".day3.partial" / "manifest.json").read_text())
+    (runs / ".day3.partial" / "manifest.json").write_text(json.dumps({**state, "status": "partial"}))
+    assert main(["runs", str(runs), "--json"]) == 0
+    rows = {Path(r["path"]).name: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"day1", "day2", ".day3.partial"}
+    assert rows["day1"]["status"] == "complete" and rows[".day3.partial"]["status"] == "partial"
+    assert rows["day2"]["n"] == 3000 and rows["day1"]["n"] == 2800 and rows["day2"]["lam"] == 1.0
+
+
+def test_kill_during_validate_resumes_after_the_finished_batches_bit_for_bit(big, tmp_path):
+    import shutil
+
+    corpus, ref = big
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(ref, a)
+    shutil.copytree(ref, b)
+    args = ["--experiments", "accuracy", "--n-sizes", "6", "--batch-sets", "6", "--workers", "1"]
+    done = subprocess.run(CLI + ["validate", str(a)] + args, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    proc = _start(["validate", str(b)] + args)
+    _wait_for_path(b / ".validation.partial" / "accuracy-00001.npz", proc)
+    proc.kill()
+    proc.communicate()
+    assert not (b / "validation").exists() and not (b / "report").exists()
+    again = subprocess.run(CLI + ["validate", str(b)] + args, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    reused = again.stderr.count("reusing finished accuracy batch")
+    assert 2 <= reused < 5  # the finished batches, not the unfinished ones
+    assert "reusing finished accuracy batch 0 (6 retrains)" in again.stderr
+    assert not (b / ".validation.partial").exists()  # served, then removed
+
+    def arrays(run):
+        g = zarr.open_group(str(run / "validation"), mode="r")
+        return {k: np.asarray(g[k][...]).tobytes() for k in ("sets/indices", "sets/offsets", "exact/delta_theta")}
+
+    assert arrays(a) == arrays(b)
+    attrs = zarr.open_group(str(b / "validation"), mode="r").attrs.asdict()
+    assert attrs["records"]["checkpoint_batches_reused"] == reused

@@ -39,3 +39,21 @@ def test_command_line_example_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "run" / "groups" / "zarr.json").exists()
     assert "first_ten" in done.stdout
+
+
+def test_batch_job_example_runs_and_the_rerun_does_nothing(tmp_path):
+    import rifscale
+
+    (block,) = [b for b in _blocks("bash") if "rifscale verify" in b]
+    pr = make_problem(300, 6, n_test=40, seed=9, dtype=np.float32)
+    rifscale.ingest(tmp_path / "corpus.zarr", train_X=pr.X, train_y=pr.y, test_X=pr.X_test, test_y=pr.y_test)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "match the sha256 digests recorded at ingest" in done.stdout
+    assert "is already complete (same config and corpus); nothing to do" in done.stdout
+    (run,) = (tmp_path / "runs").iterdir()
+    assert (run / "manifest.json").exists()
+    assert f"runs/{run.name}  complete" in done.stdout
