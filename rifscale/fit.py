@@ -42,7 +42,7 @@ from ._blocks import per_block
 from .cluster import current_client
 from .errors import ConfigError, CorpusError, NotConvergedError, NotPositiveDefiniteError, not_positive_definite
 from .hessian import objectives
-from .io import find_nonfinite
+from .io import find_nonfinite, scale_outliers
 from .newton import MIN_STEP, accept, newton_direction, stop_reason
 
 log = logging.getLogger(__name__)
@@ -120,10 +120,14 @@ def _check_unpenalised_hessian(hessian: np.ndarray) -> None:
         )
 
 
-def _direction(H: np.ndarray, grad: np.ndarray, *, lam: float, it: int) -> np.ndarray:
+def _direction(H: np.ndarray, grad: np.ndarray, *, lam: float, it: int, X=None, exact: bool = True) -> np.ndarray:
     if not np.isfinite(H).all():
-        raise not_positive_definite(
-            f"at Newton iteration {it}", "it holds NaN or Inf: check the scale of X (huge feature values)"
+        if not exact:  # float32 products overflowed: the caller retries with the float64 Hessian
+            raise not_positive_definite(f"at Newton iteration {it}", "float32 products overflowed")
+        raise CorpusError(
+            f"The Hessian at Newton iteration {it} holds NaN or Inf: the feature values are too large for "
+            "float64 products. Rescale X (e.g. standardise each column) and re-ingest."
+            + (scale_outliers("train", X) if X is not None else "")
         )
     try:
         return newton_direction(H, grad)
@@ -248,7 +252,7 @@ def fit(
                 "The objective or its gradient overflows float64 at the starting point: the feature values "
                 "are too large (or the previous theta given as a start is far off). Rescale X (e.g. "
                 "standardise each column, or divide by a constant so that the features are of order 1) "
-                "and re-ingest."
+                "and re-ingest." + scale_outliers("train", X)
             )
     if warm is not None and not cur.loss < at_zero.loss:  # the subsample misled: start from zero
         warm["used"] = False
@@ -282,14 +286,14 @@ def fit(
         if cur.hessian is not None:
             H, H_dtype = cur.hessian, cur.hessian_dtype
         try:
-            step = _direction(H, cur.grad, lam=lam, it=it)
+            step = _direction(H, cur.grad, lam=lam, it=it, X=X, exact=H_dtype == "float64")
         except NotPositiveDefiniteError:
             if H_dtype == "float64":
                 raise
             exact = True  # float32 products lost H's smallest eigenvalues: exact from here
             (cur,) = evaluate([(cur.theta, "float64")])
             H, H_dtype = cur.hessian, "float64"
-            step = _direction(H, cur.grad, lam=lam, it=it)
+            step = _direction(H, cur.grad, lam=lam, it=it, X=X)
         slope = float(cur.grad @ step)
         t = 1.0
         while True:
@@ -308,7 +312,7 @@ def fit(
                 exact = True
                 (cur,) = evaluate([(cur.theta, "float64")])
                 H, H_dtype = cur.hessian, "float64"
-                step = _direction(H, cur.grad, lam=lam, it=it)
+                step = _direction(H, cur.grad, lam=lam, it=it, X=X)
                 slope, t = float(cur.grad @ step), 1.0
                 continue
             t *= 0.5

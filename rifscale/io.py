@@ -295,6 +295,33 @@ def _first_nonfinite(x, block_info=None):
     return np.array([start + int(bad[0]) if bad.size else -1], dtype=np.int64)
 
 
+def _chunk_max_abs(x, block_info=None):
+    from .kernels import array_namespace, to_numpy
+
+    xp = array_namespace(x)
+    row_max = to_numpy(xp.abs(x).max(axis=1)).astype(np.float64)
+    start = block_info[0]["array-location"][0][0]
+    i = int(np.argmax(row_max))
+    return np.array([[row_max[i], start + i]])
+
+
+def scale_outliers(split_name: str, X: da.Array, *, factor: float = 1e6) -> str:
+    """A sentence naming the row chunk whose largest |x| exceeds the typical chunk's by
+    ``factor`` or more (a damaged chunk reads like that), or "" when none does."""
+    if X.numblocks[0] < 2:
+        return ""
+    peaks = X.map_blocks(_chunk_max_abs, chunks=((1,) * X.numblocks[0], (2,)), dtype=np.float64).compute()
+    typical = float(np.median(peaks[:, 0]))
+    k = int(np.argmax(peaks[:, 0]))
+    if not peaks[k, 0] > factor * max(typical, np.finfo(np.float64).tiny):
+        return ""
+    return (
+        f" {split_name}/X row chunk {k} holds |x| up to {peaks[k, 0]:.3g} (row {int(peaks[k, 1])}) while the typical "
+        f"chunk stays below {typical:.3g}: if the data were not like this at ingest, that chunk is damaged (run "
+        "`rifscale verify CORPUS`)."
+    )
+
+
 def find_nonfinite(split_name: str, X: da.Array) -> None:
     """Raise a :class:`CorpusError` naming the first chunk and row of X holding NaN/Inf."""
     firsts = X.map_blocks(_first_nonfinite, drop_axis=1, chunks=((1,) * X.numblocks[0],), dtype=np.int64).compute()

@@ -55,3 +55,16 @@ def test_a_failed_final_move_puts_the_old_output_back(tmp_path, pr, monkeypatch)
     monkeypatch.undo()
     assert rifscale.open_corpus(tmp_path / "c.zarr").n == 60  # the old corpus, in place
     assert [p.name for p in tmp_path.iterdir()] == ["c.zarr"]  # no .partial- or .old- left
+
+
+def test_a_killed_jobs_temporaries_are_removed_by_the_next_job_and_nothing_else(tmp_path, pr):
+    stale = tmp_path / ".c.zarr.partial-deadbeef"  # what a SIGKILL during ingest leaves
+    stale.mkdir()
+    outputs.mark(stale, "corpus/corpus")
+    foreign = tmp_path / ".c.zarr.partial-notours"  # the same pattern, but not rifscale's
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("keep")
+    rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X, train_y=pr.y)
+    assert not stale.exists()
+    assert (foreign / "keep.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".c.zarr.partial-notours", "c.zarr"]  # no lock left
