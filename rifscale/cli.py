@@ -125,21 +125,18 @@ def _runs(args) -> int:
 
 def _groups(args) -> int:
     from .cluster import connect
-    from .groups import format_table, group_effects, normalise_sets, write_groups
-    from .outputs import check_output
+    from .groups import format_table, normalise_sets, run_groups
     from .rundir import open_run
 
-    run = open_run(args.run, corpus=args.corpus)
-    sets = normalise_sets(args.sets, run.corpus.n)
-    out = run.path / "groups"
-    check_output(out, overwrite=args.overwrite)  # before any work
+    run = open_run(args.run, corpus=args.corpus)  # run and sets checked before any cluster starts
+    normalise_sets(args.sets, run.corpus.n)
     with connect(args.scheduler, n_workers=args.workers, processes=args.processes,
                  dashboard=args.dashboard, timeout=args.timeout) as client:
-        estimates = group_effects(run, sets, client=client)
-    write_groups(run.path, estimates, overwrite=args.overwrite)
-    for metric in run.model.metrics:
-        print(format_table(estimates, metric, "plugin"))
-    print(f"wrote {out}")
+        estimates = run_groups(run, args.sets, overwrite=args.overwrite, client=client)
+    for metric in next(iter(estimates.values())).plugin:
+        if metric != "self_loss":
+            print(format_table(estimates, metric, "plugin"))
+    print(f"wrote {Path(args.run) / 'groups'}")
     return 0
 
 

@@ -296,18 +296,38 @@ def write_groups(run_path, estimates: dict[str, GroupEstimate], *, overwrite: bo
     (sets, p); attrs ``names`` (the row order) and ``estimates`` (per-set linear and
     plug-in metric changes, readable as plain JSON in ``groups/zarr.json``).
     Written beside and moved into place when complete; refused if it exists unless asked."""
-    import zarr
-
     from .outputs import atomic_dir
 
     out = Path(run_path) / "groups"
     with atomic_dir(out, overwrite=overwrite, kind="groups") as tmp:
-        names = list(estimates)
-        root = zarr.open_group(str(tmp), mode="a")
-        root.attrs.update({"names": names, "estimates": [estimates[k].to_dict() for k in names]})
-        for m in METHODS:
-            root.create_array(f"delta_theta/{m}", data=np.stack([estimates[k].delta[m] for k in names]))
+        _store_groups(tmp, estimates)
     return out
+
+
+def run_groups(run_path, sets, *, corpus=None, overwrite: bool = False, client=None) -> dict[str, GroupEstimate]:
+    """The job behind ``rifscale groups`` (``run_path``: a path or an open
+    :class:`~rifscale.rundir.Run`): open the run, check the sets, claim
+    ``RUN/groups`` (refused before any work if it exists and ``overwrite`` is not given),
+    estimate and write it."""
+    from .outputs import atomic_dir
+    from .rundir import Run, open_run
+
+    run = run_path if isinstance(run_path, Run) else open_run(run_path, corpus=corpus)
+    sets = normalise_sets(sets, run.corpus.n)
+    with atomic_dir(run.path / "groups", overwrite=overwrite, kind="groups", inputs=[run.corpus.path]) as tmp:
+        estimates = group_effects(run, sets, client=client)
+        _store_groups(tmp, estimates)
+    return estimates
+
+
+def _store_groups(path: Path, estimates: dict[str, GroupEstimate]) -> None:
+    import zarr
+
+    names = list(estimates)
+    root = zarr.open_group(str(path), mode="a")
+    root.attrs.update({"names": names, "estimates": [estimates[k].to_dict() for k in names]})
+    for m in METHODS:
+        root.create_array(f"delta_theta/{m}", data=np.stack([estimates[k].delta[m] for k in names]))
 
 
 def format_table(estimates: dict[str, GroupEstimate], metric: str = "test_loss", form: str = "plugin") -> str:

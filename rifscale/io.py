@@ -33,7 +33,7 @@ import zarr
 
 from .errors import CorpusError
 from .cluster import small_compute
-from .outputs import atomic_dir, check_inputs, check_output
+from .outputs import atomic_dir
 
 FORMAT_VERSION = 1
 FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float64"))
@@ -696,18 +696,18 @@ def ingest(
     if test_ids is not None and test_X is None:
         raise CorpusError("test_ids was given without test_X and test_y; pass the whole test split.")
     sources = (train_X, train_y, test_X, test_y, train_ids, test_ids)
-    check_inputs(out, [_source_file(v) for v in sources if isinstance(v, (str, os.PathLike))])
-    check_output(out, overwrite=overwrite)  # before any work
-    rows = int(chunk_rows) if chunk_rows is not None else _auto_rows(train_X, dtype)
-    splits = [_plan_split("train", train_X, train_y, train_ids, rows, dtype)]
-    if test_X is not None:
-        splits.append(_plan_split("test", test_X, test_y, test_ids, rows, dtype))
-        if splits[1].X.shape[1] != splits[0].X.shape[1]:
-            raise CorpusError(
-                f"test/X has d = {splits[1].X.shape[1]} features but train/X has d = {splits[0].X.shape[1]}; "
-                "both splits must have the same feature columns."
-            )
-    with atomic_dir(out, overwrite=overwrite, kind="corpus") as tmp:  # inputs checked above
+    inputs = [_source_file(v) for v in sources if isinstance(v, (str, os.PathLike))]
+    # the output is claimed (and refused if it exists) before the sources are read
+    with atomic_dir(out, overwrite=overwrite, kind="corpus", inputs=inputs) as tmp:
+        rows = int(chunk_rows) if chunk_rows is not None else _auto_rows(train_X, dtype)
+        splits = [_plan_split("train", train_X, train_y, train_ids, rows, dtype)]
+        if test_X is not None:
+            splits.append(_plan_split("test", test_X, test_y, test_ids, rows, dtype))
+            if splits[1].X.shape[1] != splits[0].X.shape[1]:
+                raise CorpusError(
+                    f"test/X has d = {splits[1].X.shape[1]} features but train/X has d = {splits[0].X.shape[1]}; "
+                    "both splits must have the same feature columns."
+                )
         root = zarr.open_group(str(tmp), mode="a")
         sources, targets = [], []
         for sp in splits:
