@@ -135,15 +135,28 @@ def _remote_client(scheduler: str, timeout: float):
         client.close()
 
 
+class _WorkersLost(BaseException):
+    """Raised in the main thread by the worker watcher (a BaseException, like
+    KeyboardInterrupt, so that no ``except Exception`` on the way swallows it)."""
+
+
 @contextlib.contextmanager
 def _watch_workers(client, timeout: float, where: str):
     """Turn "every worker is gone" (for ``timeout`` seconds) into a ClusterError instead of
-    a wait without end: a watcher thread interrupts the main thread, which then raises."""
+    a wait without end: a watcher thread signals the main thread (SIGUSR1, whose handler
+    raises there, interrupting any wait), which then raises the ClusterError."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     stop = threading.Event()
     fired = []
+
+    def lost(signum, frame):  # runs in the main thread, wherever it waits
+        if fired and not stop.is_set():
+            raise _WorkersLost()
+
+    # a signal of its own (not SIGINT, which a background job may inherit as ignored)
+    previous = signal.signal(signal.SIGUSR1, lost)
 
     def watch():
         since = None
@@ -158,23 +171,22 @@ def _watch_workers(client, timeout: float, where: str):
             since = since or time.monotonic()
             if time.monotonic() - since >= timeout and not stop.is_set():
                 fired.append(time.monotonic() - since)
-                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
                 return
 
     watcher = threading.Thread(target=watch, name="rifscale-worker-watch", daemon=True)
     watcher.start()
     try:
         yield
-    except KeyboardInterrupt:
-        if fired:
-            raise ClusterError(
-                f"Every worker of {where} has been gone for {fired[0]:.0f} s (killed, or lost their "
-                "connection), so the work cannot go on. Nothing was written as complete; restart the "
-                "workers and run the same command again (a run resumes from its last finished stage)."
-            ) from None
-        raise
+    except _WorkersLost:
+        raise ClusterError(
+            f"Every worker of {where} has been gone for {fired[0]:.0f} s (killed, or lost their "
+            "connection), so the work cannot go on. Nothing was written as complete; restart the "
+            "workers and run the same command again (a run resumes from its last finished stage)."
+        ) from None
     finally:
         stop.set()
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def current_client():

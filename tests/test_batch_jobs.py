@@ -68,8 +68,15 @@ def _arrays(run: Path) -> dict[str, bytes]:
     return out
 
 
+def _sigint_default():
+    # a child of a background job inherits SIGINT as ignored (and Python then keeps it so):
+    # give the child the disposition a terminal's Ctrl-C meets
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args, **kw):
-    return subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_default, **kw)
 
 
 def _wait_for_line(proc, needle: str, timeout: float = 60) -> list[str]:
@@ -380,7 +387,7 @@ def test_all_workers_killed_mid_run_is_an_error_within_the_timeout(big, tmp_path
     scheduler = subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
                                   "--no-dashboard", "--scheduler-file", str(sched_file)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    worker = None
+    worker = proc = None
     try:
         t0 = time.monotonic()
         while not sched_file.exists():
@@ -400,10 +407,11 @@ def test_all_workers_killed_mid_run_is_an_error_within_the_timeout(big, tmp_path
         assert time.monotonic() - t_kill < 30
         assert not (tmp_path / "r").exists()
     finally:
-        for p in (worker, scheduler):
+        for p in (proc, worker, scheduler):
             if p is not None and p.poll() is None:
                 p.kill()
-                p.wait()
+            if p is not None:
+                p.communicate()
 
 
 # ---------------------------------------------------------------------------- scheduled runs
