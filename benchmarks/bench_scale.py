@@ -654,7 +654,7 @@ def peer_outputs(name: str, tmp: Path) -> dict:
     import zarr
 
     if PEERS[name]["kind"] == "rifscale":
-        arrays = {"theta": "model/theta", "h": "scores/leverage", "s_rif": "scores/rif/test_loss"}
+        arrays = {"theta": "model/theta", "h": "scores/leverage", "s_rif": "scores/rif_test_loss"}
         return {k: zarr.open_array(str(tmp / f"run-{name}" / v), mode="r")[...] for k, v in arrays.items()}
     return dict(np.load(tmp / f"{name}.npz"))
 

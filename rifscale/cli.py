@@ -7,6 +7,7 @@ the Python API takes, and calls the library.
     rifscale validate RUN [--experiments accuracy sweeps poisoning]
     rifscale verify CORPUS
     rifscale runs DIR
+    rifscale export RUN --out scores.parquet [--top K --by rif_test_loss]
     rifscale demo [--out DIR]
 """
 
@@ -101,6 +102,15 @@ def _verify(args) -> int:
     report = verify_corpus(open_corpus(args.corpus))
     print(f"corpus {args.corpus}: {report['chunks']} chunk(s) of {', '.join(report['arrays'])} match the "
           f"sha256 digests recorded at ingest ({report['bytes'] / 2**20:.1f} MiB read)")
+    return 0
+
+
+def _export(args) -> int:
+    from .rundir import export
+
+    done = export(args.run, args.out, fmt=args.format, top=args.top, by=args.by, columns=args.columns,
+                  overwrite=args.overwrite)
+    print(f"wrote {done['path']}: {done['rows']} row(s) x {len(done['columns'])} column(s), indexed by id")
     return 0
 
 
@@ -226,6 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check a corpus against the sha256 digests recorded at ingest")
     p.add_argument("corpus", help="path of a Zarr corpus")
     p.set_defaults(func=_verify)
+
+    p = sub.add_parser("export", help="write a run's per-sample scores to Parquet or CSV, indexed by the corpus ids")
+    p.add_argument("run", help="a run directory made by `rifscale run`")
+    p.add_argument("--out", required=True, help="file to write (.parquet or .csv)")
+    p.add_argument("--format", choices=("parquet", "csv"), help="default: from the --out file name")
+    p.add_argument("--top", type=int, metavar="K", help="only the K rows with the largest |--by| value")
+    p.add_argument("--by", metavar="COLUMN", help="column ranking --top, e.g. rif_test_loss or leverage")
+    p.add_argument("--columns", nargs="+", metavar="COLUMN", help="columns to write (default: all)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("runs", help="list the runs under a directory (status, corpus, lam, n, d, timings)")
     p.add_argument("dir", help="directory to search (recursively)")

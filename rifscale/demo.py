@@ -98,7 +98,7 @@ def run_demo(out="rifscale-demo", *, scheduler=None, overwrite=False, n_workers=
             print(f"      {name:<22} {e.size:>4} {actual:>10.4f} {v['if']:>10.4f} {v['rif']:>10.4f} {v['ns']:>10.4f}")
     print(f"done in {time.perf_counter() - t0:.1f} s. Outputs: corpus {out / 'corpus.zarr'}, run "
           f"{out / 'run'} (manifest.json and Zarr groups: model/theta, scores/leverage, "
-          "scores/if/<metric>, scores/rif/<metric>, ..., groups/delta_theta/<method>).")
+          "scores/if_<metric>, scores/rif_<metric>, ..., groups/delta_theta/<method>).")
     return {"manifest": manifest, "checks": checks}
 
 

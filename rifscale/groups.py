@@ -327,7 +327,8 @@ def _store_groups(path: Path, estimates: dict[str, GroupEstimate]) -> None:
     root = zarr.open_group(str(path), mode="a")
     root.attrs.update({"names": names, "estimates": [estimates[k].to_dict() for k in names]})
     for m in METHODS:
-        root.create_array(f"delta_theta/{m}", data=np.stack([estimates[k].delta[m] for k in names]))
+        root.create_array(f"delta_theta/{m}", data=np.stack([estimates[k].delta[m] for k in names]),
+                          dimension_names=("set", "param"))
 
 
 def format_table(estimates: dict[str, GroupEstimate], metric: str = "test_loss", form: str = "plugin") -> str:

@@ -259,3 +259,29 @@ def atomic_dir(out: Path, *, overwrite: bool, kind: str, inputs=()):
     """:func:`atomic_dirs` for one output: yields its temporary directory."""
     with atomic_dirs({kind: out}, overwrite=overwrite, kind=kind, inputs=inputs) as tmps:
         yield tmps[kind]
+
+
+@contextlib.contextmanager
+def atomic_file(out: Path, *, overwrite: bool, inputs=()):
+    """Yield a temporary path beside ``out``; on success move it to ``out`` (an existing
+    file is replaced only with ``overwrite``; a directory never), else delete it."""
+    out = Path(out)
+    check_inputs(out, inputs)
+    with claim(out):
+        if out.is_dir():
+            raise OutputExistsError(f"{str(out)!r} is a directory; give a file name to write.")
+        check_file = out.exists() or out.is_symlink()
+        if check_file and not overwrite:
+            raise OutputExistsError(
+                f"{str(out)!r} already exists; choose another --out, or pass --overwrite to replace it."
+            )
+        tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
+        try:
+            yield tmp
+            if (out.exists() or out.is_symlink()) and not overwrite:
+                raise OutputExistsError(f"{str(out)!r} appeared while this job ran; it was left as it is.")
+            os.replace(tmp, out)
+        finally:
+            with _signals_held():
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(tmp)

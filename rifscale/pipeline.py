@@ -60,6 +60,21 @@ class Attribution:
     def rif_scores(self) -> dict[str, da.Array]:
         return self.scores.rif_scores
 
+    def to_dataframe(self, columns=None):
+        """The per-sample scores as a pandas DataFrame indexed by the corpus ids (``id``);
+        computes them (one pass) and holds them in memory."""
+        from .rundir import _frame, score_columns
+
+        named = {k.removeprefix("scores/"): v for k, v in self.scores.named().items()}
+        cols = list(columns or score_columns(self.model.metrics))
+        values = dask.compute(self.corpus.train.ids, *[named[c] for c in cols])
+        return _frame(values[0], dict(zip(cols, values[1:])))
+
+    def __repr__(self) -> str:
+        return (f"Attribution(n = {self.corpus.n}, d = {self.corpus.d}, lam = {self.config.lam}, "
+                f"metrics = {list(self.model.metrics)}, fit: {self.fit.n_iter} iterations, rel grad "
+                f"{self.fit.rel_grad_norm:.1e}; scores lazy)")
+
     def to_zarr(self, out, *, overwrite: bool = False, progress: bool = False) -> dict:
         """Compute the scores and write the run directory (:func:`rifscale.rundir.write_run`)."""
         from .rundir import write_run

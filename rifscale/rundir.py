@@ -2,15 +2,21 @@
 
 Layout (each stage folder is a Zarr group; ``zarr.open_array("run/scores/leverage")``)::
 
-    run/
+    run/                    a Zarr group (attrs: rifscale_run = 2) + manifest.json
       manifest.json         config, corpus path and fingerprint, versions, convergence,
                             counts, timings, status
-      model/theta (p,)  model/cholesky (p, p)  model/cholesky_inverse (p, p)
-      model/test_subset (|S|,)  model/metric_gradients (p, M)  model/metric_values (M,)
-      scores/prob|residual|alpha|leverage|self_if|self_rif|flags   (n,)
-      scores/if/<metric>  scores/rif/<metric>                      (n,)
+      model/theta (param)  model/cholesky, model/cholesky_inverse (param, param_col)
+      model/test_subset (test_point)  model/metric (metric) names
+      model/metric_gradients (param, metric)  model/metric_values (metric)
+      scores/sample (sample)  the corpus ids of the training rows: the coordinate
+      scores/prob|residual|alpha|leverage|self_if|self_rif|flags   (sample)
+      scores/if_<metric>  scores/rif_<metric>                      (sample)
       groups/               written by ``rifscale groups``: delta_theta/{if,rif,ns}
-                            (sets, p); attrs "names" and "estimates" (metric changes)
+                            (set, param); attrs "names" and "estimates" (metric changes)
+
+Every array names its dimensions, so ``xarray.open_zarr("run/scores")`` gives a Dataset
+indexed by the sample ids. Runs of format 1 (before this layout) keep ``scores/if/<m>``
+and ``scores/rif/<m>``; :meth:`Run.array` reads either.
 
 Two ways to write one, both atomic (:mod:`rifscale.outputs`):
 
@@ -53,7 +59,8 @@ from .outputs import atomic_dir, check_inputs, check_output, claim, mark, publis
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+#: Run layout version: 2 = a root Zarr group, named dimensions, flat score names, ids.
+FORMAT = 2
 #: Rows per chunk of the stored per-sample arrays (2 MiB of float64), at least a block.
 OUTPUT_CHUNK_ROWS = 2**18
 MODEL_ARRAYS = ("theta", "cholesky", "cholesky_inverse", "test_subset", "metric_gradients", "metric_values")
@@ -105,12 +112,28 @@ def compute(*collections, progress: bool = False):
     return dask.compute(*persisted)
 
 
+#: Dimension names of the run's arrays (xarray reads them).
+DIMENSIONS = {
+    "model/theta": ("param",),
+    "model/cholesky": ("param", "param_col"),
+    "model/cholesky_inverse": ("param", "param_col"),
+    "model/test_subset": ("test_point",),
+    "model/metric": ("metric",),
+    "model/metric_gradients": ("param", "metric"),
+    "model/metric_values": ("metric",),
+}
+
+
 def _create(run_dir: Path, name: str, **kwargs) -> zarr.Array:
-    """Create array ``name`` ("stage/path") in the stage's own Zarr group under ``run_dir``."""
+    """Create array ``name`` ("stage/path") in the stage's own Zarr group under ``run_dir``,
+    with its dimension names (per-sample arrays: "sample")."""
     stage, _, path = name.partition("/")
+    root = zarr.open_group(str(run_dir), mode="a")
+    group = root.require_group(stage)
+    dims = DIMENSIONS.get(name, ("sample",) if stage == "scores" else None)
     # float64 scores have full-entropy mantissas: compression would cost time and save nothing
-    return zarr.open_group(str(run_dir / stage), mode="a").create_array(
-        path, compressors=None, config={"write_empty_chunks": True}, **kwargs)
+    return group.create_array(path, compressors=None, config={"write_empty_chunks": True}, dimension_names=dims,
+                              **kwargs)
 
 
 def _json_default(o):
@@ -138,6 +161,8 @@ def _write_model(run_dir: Path, model: FittedModel) -> None:
         "metric_values": model.metric.values,
     }.items():
         _create(run_dir, f"model/{name}", data=np.asarray(value))
+    names = _create(run_dir, "model/metric", shape=(len(model.metrics),), dtype=str)  # the metric coordinate
+    names[...] = np.array(model.metrics)
 
 
 def _write_scores(run_dir: Path, corpus: Corpus, model: FittedModel, scores, *, progress: bool) -> dict:
@@ -145,11 +170,13 @@ def _write_scores(run_dir: Path, corpus: Corpus, model: FittedModel, scores, *, 
     sources, targets = [], []
     # few, large chunks: each Zarr chunk write has a fixed cost, the columns are small
     rows = max(corpus.train.X.chunks[0][0], OUTPUT_CHUNK_ROWS)
-    for name, arr in scores.named().items():
+    columns = {"scores/sample": corpus.train.ids, **scores.named()}  # the ids: the sample coordinate
+    for name, arr in columns.items():
         arr = _regular(arr, rows).map_blocks(to_numpy, dtype=arr.dtype, meta=np.empty((0,), dtype=arr.dtype))
         targets.append(_create(run_dir, name, shape=arr.shape, chunks=(rows,), dtype=arr.dtype))
         sources.append(arr)
     stored = da.store(sources, targets, lock=False, compute=False)
+    zarr.open_group(str(run_dir), mode="a").attrs.update({"rifscale_run": FORMAT})  # the run root is a group
     lev = scores.leverage
     _, n_flagged, max_lev, mean_lev = compute(stored, scores.flags.sum(), lev.max(), lev.mean(), progress=progress)
     if n_flagged:
@@ -416,8 +443,48 @@ class Run:
     model: FittedModel
 
     def array(self, name: str) -> zarr.Array:
-        """A stored array by its run name, e.g. ``"scores/rif/test_loss"``."""
-        return zarr.open_array(str(self.path / name), mode="r")
+        """A stored array by its run name, e.g. ``"scores/rif_test_loss"`` (format-1
+        runs: ``"scores/rif/test_loss"``; either spelling reads either format)."""
+        path = self.path / name
+        if not path.exists():
+            stage, _, rest = name.partition("/")
+            for old, new in (("if/", "if_"), ("rif/", "rif_"), ("if_", "if/"), ("rif_", "rif/")):
+                if rest.startswith(old) and (self.path / stage / (new + rest[len(old):])).exists():
+                    path = self.path / stage / (new + rest[len(old):])
+                    break
+        return zarr.open_array(str(path), mode="r")
+
+    @property
+    def ids(self) -> np.ndarray:
+        """The corpus ids of the training rows, in row order."""
+        if (self.path / "scores" / "sample").exists():
+            return np.asarray(self.array("scores/sample")[...])
+        return np.asarray(self.corpus.train.ids.compute())
+
+    def to_dataframe(self, columns=None):
+        """The per-sample scores as a pandas DataFrame indexed by the corpus ids (``id``):
+        prob, residual, alpha, leverage, self_if, self_rif, flags, if_<metric>,
+        rif_<metric> (or the ``columns`` named). Reads them into memory: about
+        (7 + 2M) x 8 bytes per training row."""
+        return _frame(self.ids, {c: self.array(f"scores/{c}") for c in (columns or score_columns(self.model.metrics))})
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (f"Run({str(self.path)!r}: n = {m.get('n')}, d = {m.get('d')}, lam = {m['config']['lam']}, "
+                f"metrics = {list(self.model.metrics)}, status = {m.get('status')!r})")
+
+
+def score_columns(metrics) -> list[str]:
+    """The per-sample columns of a run, in order."""
+    base = ["prob", "residual", "alpha", "leverage", "self_if", "self_rif", "flags"]
+    return [*base, *(f"if_{m}" for m in metrics), *(f"rif_{m}" for m in metrics)]
+
+
+def _frame(ids, columns: dict):
+    import pandas as pd
+
+    index = pd.Index(np.asarray(ids), name="id")
+    return pd.DataFrame({name: np.asarray(col[...]) for name, col in columns.items()}, index=index)
 
 
 def _read_model(path: Path, cfg: dict, manifest: dict | None = None) -> FittedModel:
@@ -503,3 +570,41 @@ def list_runs(root) -> list[dict]:
             "resumed": m.get("resumed"),
         })
     return rows
+
+
+EXPORT_FORMATS = ("parquet", "csv")
+
+
+def export(run, out, *, fmt: str | None = None, top: int | None = None, by: str | None = None,
+           columns=None, overwrite: bool = False) -> dict:
+    """Write a run's per-sample scores to a Parquet or CSV file, indexed by the corpus ids.
+
+    ``top`` keeps the ``top`` rows with the largest ``|by|`` (NaN last), e.g.
+    ``top=100, by="rif_test_loss"``; ``fmt`` defaults from the file name. Written beside
+    and moved into place. Returns ``{"rows", "columns", "path"}``."""
+    from .outputs import atomic_file
+
+    run = run if isinstance(run, Run) else open_run(run)
+    out = Path(out)
+    fmt = fmt or out.suffix.lstrip(".").lower()
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"Cannot tell the export format of {str(out)!r}; name a .parquet or .csv file, or pass "
+                          f"--format from {EXPORT_FORMATS}.")
+    available = score_columns(run.model.metrics)
+    columns = list(columns or available)
+    bad = [c for c in [*columns, *([by] if by else [])] if c not in available]
+    if bad:
+        raise ConfigError(f"Unknown column(s) {bad}; this run has {available}.")
+    if top is not None and (top < 1 or by is None):
+        raise ConfigError("--top K needs K >= 1 and --by COLUMN (e.g. --top 100 --by rif_test_loss).")
+    frame = run.to_dataframe(columns=sorted(set(columns) | ({by} if by else set()), key=available.index))
+    if top is not None:
+        order = frame[by].abs().sort_values(ascending=False, na_position="last").index[:top]
+        frame = frame.loc[order]
+    frame = frame[columns]
+    with atomic_file(out, overwrite=overwrite, inputs=[run.path, run.corpus.path]) as tmp:
+        if fmt == "parquet":
+            frame.to_parquet(tmp, engine="pyarrow")
+        else:
+            frame.to_csv(tmp)
+    return {"rows": len(frame), "columns": columns, "path": str(out)}

@@ -79,8 +79,8 @@ class Scores:
             "scores/self_rif": self.self_rif,
             "scores/flags": self.flags,
         }
-        out.update({f"scores/if/{m}": a for m, a in self.if_scores.items()})
-        out.update({f"scores/rif/{m}": a for m, a in self.rif_scores.items()})
+        out.update({f"scores/if_{m}": a for m, a in self.if_scores.items()})
+        out.update({f"scores/rif_{m}": a for m, a in self.rif_scores.items()})
         return out
 
 

@@ -43,7 +43,7 @@ def if_scores(source, metric: str) -> da.Array:
     """Lazy IF scores of one metric, from a fresh result or a stored run."""
     if hasattr(source, "if_scores"):
         return source.if_scores[metric]
-    return da.from_zarr(source.array(f"scores/if/{metric}"))
+    return da.from_zarr(source.array(f"scores/if_{metric}"))
 
 
 def make_sets(source, *, strategies=STRATEGIES, sizes=None, seed: int = 0,

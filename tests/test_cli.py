@@ -72,7 +72,7 @@ def test_console_script_run_end_to_end(tmp_path, npz):
     run = rifscale.open_run(tmp_path / "run")
     assert rel_err(run.model.theta, ref.theta) <= 1e-8
     s_if, s_rif = ref.scores("test_prediction", pr.X_test, pr.y_test)
-    assert rel_err(run.array("scores/rif/test_prediction")[:], s_rif) <= 1e-8
+    assert rel_err(run.array("scores/rif_test_prediction")[:], s_rif) <= 1e-8
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["config"]["fit_intercept"] is False and manifest["p"] == 9
 

@@ -40,8 +40,8 @@ def test_multiworker_run_matches_reference(client, corpus_path, problem, tmp_pat
     assert rel_err(run.model.theta, ref.theta) <= 1e-8
     assert rel_err(run.array("scores/leverage")[:], ref.h) <= 1e-8
     s_if, s_rif = ref.scores("test_loss", pr.X_test, pr.y_test)
-    assert rel_err(run.array("scores/if/test_loss")[:], s_if) <= 1e-8
-    assert rel_err(run.array("scores/rif/test_loss")[:], s_rif) <= 1e-8
+    assert rel_err(run.array("scores/if_test_loss")[:], s_if) <= 1e-8
+    assert rel_err(run.array("scores/rif_test_loss")[:], s_rif) <= 1e-8
     est = rifscale.group_effects(run, {"a": [0, 5, 9], "b": list(range(40))}, client=client)
     for name, idx in {"a": [0, 5, 9], "b": list(range(40))}.items():
         idx = np.array(idx)

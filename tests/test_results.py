@@ -1,0 +1,77 @@
+"""Results where users work: the run is a Zarr group that xarray opens with the sample
+ids as coordinate, pandas frames indexed by ids, and Parquet / CSV exports."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import zarr
+
+import rifscale
+from rifscale.cli import main
+from rifscale.testing import Reference, make_problem
+
+from .conftest import rel_err
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    pr = make_problem(400, 6, n_test=60, seed=11, dtype=np.float32)
+    ids = 1000 + 3 * np.arange(400)[::-1]  # ids unlike row numbers, and not sorted
+    rifscale.ingest(root / "c.zarr", train_X=pr.X, train_y=pr.y, train_ids=ids, test_X=pr.X_test,
+                    test_y=pr.y_test, chunk_rows=128)
+    rifscale.run_job(root / "c.zarr", root / "run", rifscale.RunConfig(lam=0.5, test_subset="all"))
+    return rifscale.open_run(root / "run"), pr, ids
+
+
+def test_xarray_opens_scores_indexed_by_ids_and_the_model_with_named_dimensions(run):
+    r, pr, ids = run
+    ds = xr.open_zarr(r.path / "scores", consolidated=False)
+    assert list(ds.sample.values) == list(ids)
+    ref = Reference(pr.X, pr.y, lam=0.5)
+    assert rel_err(ds.leverage.values, ref.h) <= 1e-8
+    i = 17
+    assert float(ds.rif_test_loss.sel(sample=ids[i]).values) == r.array("scores/rif_test_loss")[i]
+    assert {"if_test_loss", "rif_test_prediction", "flags", "self_rif"} <= set(ds.data_vars)
+    model = xr.open_zarr(r.path / "model", consolidated=False)
+    assert list(model.metric.values) == ["test_loss", "test_prediction"]
+    assert model.metric_gradients.dims == ("param", "metric") and model.cholesky.dims == ("param", "param_col")
+    root = zarr.open_group(str(r.path), mode="r")
+    assert root.attrs["rifscale_run"] == 2
+    assert np.array_equal(root["scores"]["leverage"][...], ds.leverage.values)
+
+
+def test_dataframes_are_indexed_by_ids_from_a_run_and_from_memory(run):
+    r, pr, ids = run
+    df = r.to_dataframe()
+    assert df.index.name == "id" and list(df.index) == list(ids)
+    assert list(df.columns[:7]) == ["prob", "residual", "alpha", "leverage", "self_if", "self_rif", "flags"]
+    assert np.array_equal(df["rif_test_prediction"].to_numpy(), r.array("scores/rif_test_prediction")[...])
+    result = rifscale.attribute(r.corpus, rifscale.RunConfig(lam=0.5, test_subset="all"))
+    mem = result.to_dataframe(columns=["leverage", "if_test_loss"])
+    assert list(mem.index) == list(ids)
+    assert rel_err(mem["if_test_loss"], df["if_test_loss"]) <= 1e-8
+    assert "scores lazy" in repr(result) and "n = 400" in repr(r)
+
+
+def test_export_top_k_by_magnitude_to_parquet_and_csv(run, tmp_path, capsys):
+    r, _, ids = run
+    out = tmp_path / "top.parquet"
+    assert main(["export", str(r.path), "--out", str(out), "--top", "10", "--by", "rif_test_loss"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    top = pd.read_parquet(out)
+    rif = r.array("scores/rif_test_loss")[...]
+    want = np.argsort(-np.abs(rif))[:10]
+    assert list(top.index) == list(ids[want]) and top.index.name == "id"
+    assert np.array_equal(top["rif_test_loss"].to_numpy(), rif[want])
+    csv = tmp_path / "s.csv"
+    assert main(["export", str(r.path), "--out", str(csv), "--columns", "leverage", "rif_test_loss"]) == 0
+    back = pd.read_csv(csv, index_col="id")
+    assert list(back.columns) == ["leverage", "rif_test_loss"] and len(back) == 400
+    assert np.allclose(back["leverage"].to_numpy(), r.array("scores/leverage")[...], rtol=1e-15, atol=0)
+    assert main(["export", str(r.path), "--out", str(csv)]) == 2  # exists: not replaced unasked
+    assert "already exists" in capsys.readouterr().err
+    assert main(["export", str(r.path), "--out", str(tmp_path / "x.parquet"), "--by", "nope", "--top", "3"]) == 2
+    assert "Unknown column(s) ['nope']" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv", "top.parquet"]  # no temporaries, no locks
