@@ -139,10 +139,10 @@ def _groups(args) -> int:
     from .rundir import open_run
 
     run = open_run(args.run, corpus=args.corpus)  # run and sets checked before any cluster starts
-    normalise_sets(args.sets, run.corpus.n)
+    normalise_sets(args.sets, run.corpus.n, ids=run.ids, by_id=args.by_id)
     with connect(args.scheduler, n_workers=args.workers, processes=args.processes,
                  dashboard=args.dashboard, timeout=args.timeout) as client:
-        estimates = run_groups(run, args.sets, overwrite=args.overwrite, client=client)
+        estimates = run_groups(run, args.sets, overwrite=args.overwrite, client=client, by_id=args.by_id)
     for metric in next(iter(estimates.values())).plugin:
         if metric != "self_loss":
             print(format_table(estimates, metric, "plugin"))
@@ -254,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("groups", help="IF / RIF / NS estimates for named removal sets")
     p.add_argument("run", help="a run directory made by `rifscale run`")
-    p.add_argument("--sets", required=True, help='JSON file {"name": [row indices...]}')
+    p.add_argument("--sets", required=True, help='JSON file {"name": [row indices...]}, or {"ids": {"name": '
+                   '[corpus ids...]}} to name rows by their ids')
+    p.add_argument("--by-id", action="store_true", help="the lists in --sets are corpus ids, not row positions")
     p.add_argument("--corpus", help="corpus path, if it moved since the run")
     p.add_argument("--overwrite", action="store_true", help="replace RUN/groups if it exists")
     _add_cluster(p)

@@ -33,7 +33,7 @@ from . import kernels
 from ._blocks import block_sum, row_mask
 from .errors import ConfigError
 from .factor import broadcast
-from .metrics import metric_values, validate_indices
+from .metrics import metric_values, rows_of_ids, validate_indices
 from .model import FittedModel
 
 METHODS = ("if", "rif", "ns")
@@ -68,8 +68,12 @@ class GroupEstimate:
         }
 
 
-def normalise_sets(sets, n: int) -> dict[str, np.ndarray]:
-    """``{"name": [rows...]}`` (or a list of row lists) to sorted, validated indices."""
+def normalise_sets(sets, n: int, *, ids=None, by_id: bool = False) -> dict[str, np.ndarray]:
+    """``{"name": [rows...]}`` (or a list of row lists) to sorted, validated indices.
+
+    Sets may name corpus ids instead of row positions: ``{"ids": {"name": [ids...]}}``,
+    or any sets with ``by_id=True``; ``ids`` are the training ids (an array, or a Dask
+    array read only then)."""
     if isinstance(sets, (str, Path)):
         source = str(sets)
         try:
@@ -90,8 +94,16 @@ def normalise_sets(sets, n: int) -> dict[str, np.ndarray]:
                 f"{type(sets).__name__} ({str(sets)[:40]!r})."
             )
         sets = {f"set_{k}": s for k, s in enumerate(sets)}
+    if isinstance(sets, Mapping) and set(sets) == {"ids"} and isinstance(sets["ids"], Mapping):
+        sets, by_id = sets["ids"], True
     if not sets:
         raise ConfigError("No removal sets given; pass at least one {name: [row indices]}.")
+    if by_id:
+        if ids is None:
+            raise ConfigError("Removal sets by id need the corpus ids; pass ids=... (the training ids).")
+        ids = np.asarray(ids.compute() if hasattr(ids, "compute") else ids)
+        sets = {k: rows_of_ids(ids, np.asarray(v, dtype=np.int64) if len(v) else np.zeros(0, np.int64),
+                               f"removal set {k!r}") for k, v in sets.items()}
     return {str(k): validate_indices(np.asarray(v), n, f"removal set {k!r}") for k, v in sets.items()}
 
 
@@ -221,7 +233,7 @@ class SetStatistics:
 
 def set_statistics(source, sets, *, client=None) -> SetStatistics:
     train = source.corpus.train
-    sets = normalise_sets(sets, train.n)
+    sets = normalise_sets(sets, train.n, ids=train.ids)
     deltas, gathered, masks = _deltas(train, source.model, sets, client=client)
     return SetStatistics(sets=sets, deltas=deltas, gathered=gathered, masks=masks)
 
@@ -304,7 +316,8 @@ def write_groups(run_path, estimates: dict[str, GroupEstimate], *, overwrite: bo
     return out
 
 
-def run_groups(run_path, sets, *, corpus=None, overwrite: bool = False, client=None) -> dict[str, GroupEstimate]:
+def run_groups(run_path, sets, *, corpus=None, overwrite: bool = False, client=None,
+               by_id: bool = False) -> dict[str, GroupEstimate]:
     """The job behind ``rifscale groups`` (``run_path``: a path or an open
     :class:`~rifscale.rundir.Run`): open the run, check the sets, claim
     ``RUN/groups`` (refused before any work if it exists and ``overwrite`` is not given),
@@ -313,7 +326,7 @@ def run_groups(run_path, sets, *, corpus=None, overwrite: bool = False, client=N
     from .rundir import Run, open_run
 
     run = run_path if isinstance(run_path, Run) else open_run(run_path, corpus=corpus)
-    sets = normalise_sets(sets, run.corpus.n)
+    sets = normalise_sets(sets, run.corpus.n, ids=run.ids, by_id=by_id)
     with atomic_dir(run.path / "groups", overwrite=overwrite, kind="groups", inputs=[run.corpus.path]) as tmp:
         estimates = group_effects(run, sets, client=client)
         _store_groups(tmp, estimates)
@@ -329,6 +342,25 @@ def _store_groups(path: Path, estimates: dict[str, GroupEstimate]) -> None:
     for m in METHODS:
         root.create_array(f"delta_theta/{m}", data=np.stack([estimates[k].delta[m] for k in names]),
                           dimension_names=("set", "param"))
+
+
+def estimates_frame(estimates):
+    """Group estimates as a long pandas DataFrame: one row per set x method x metric x
+    form, columns ``set, size, method, metric, form, value`` (plus ``n_flagged``,
+    ``ns_method``). ``estimates``: the dict :func:`group_effects` returns, or the list of
+    dicts stored in ``RUN/groups`` (attrs "estimates")."""
+    import pandas as pd
+
+    rows = []
+    for e in (estimates.values() if isinstance(estimates, Mapping) else estimates):
+        e = e.to_dict() if isinstance(e, GroupEstimate) else e
+        for form in ("linear", "plugin"):
+            for metric, methods in e[form].items():
+                for method, value in methods.items():
+                    rows.append({"set": e["name"], "size": e["size"], "method": method, "metric": metric,
+                                 "form": form, "value": value, "n_flagged": e["n_flagged"],
+                                 "ns_method": e["ns_method"]})
+    return pd.DataFrame(rows, columns=["set", "size", "method", "metric", "form", "value", "n_flagged", "ns_method"])
 
 
 def format_table(estimates: dict[str, GroupEstimate], metric: str = "test_loss", form: str = "plugin") -> str:

@@ -47,14 +47,41 @@ def paper_subset(losses_top: np.ndarray, n_test: int, *, n_random: int, seed: in
     return np.sort(np.concatenate([np.asarray(losses_top, dtype=np.int64), rest]))
 
 
-def read_index_file(path: str, n_test: int) -> np.ndarray:
-    """Test row indices from ``.npy``, ``.json`` (a list) or text (one per line)."""
+def rows_of_ids(ids, wanted, what: str) -> np.ndarray:
+    """Row positions of the ids ``wanted`` in ``ids`` (an array, or a Dask array read on
+    demand); a ConfigError naming the ids that are not there."""
+    ids = np.asarray(ids.compute() if hasattr(ids, "compute") else ids)
+    wanted = np.asarray(wanted)
+    if wanted.ndim != 1 or not (np.issubdtype(wanted.dtype, np.integer) or wanted.size == 0):
+        raise ConfigError(f"{what} must be a list of integer ids; got {wanted.dtype} of shape {wanted.shape}.")
+    order = np.argsort(ids, kind="stable")
+    pos = np.searchsorted(ids, wanted, sorter=order)
+    pos = np.minimum(pos, ids.size - 1)
+    found = ids[order[pos]] == wanted
+    if not found.all():
+        missing = wanted[~found]
+        raise ConfigError(
+            f"{what} names {missing.size} id(s) that the corpus does not have (e.g. {missing[:5].tolist()}); "
+            "ids are the corpus ids (train/ids or test/ids), not row positions."
+        )
+    return order[pos]
+
+
+def read_index_file(path: str, n_test: int, ids=None) -> np.ndarray:
+    """Test row indices from ``.npy``, ``.json`` (a list, or ``{"ids": [...]}`` naming
+    test ids, mapped through ``ids``) or text (one per line)."""
     p = Path(path)
     try:
         if p.suffix == ".npy":
             idx = np.load(p, allow_pickle=False)
         elif p.suffix == ".json":
-            idx = np.asarray(json.loads(p.read_text()))
+            doc = json.loads(p.read_text())
+            if isinstance(doc, dict) and set(doc) == {"ids"}:
+                if ids is None:
+                    raise ConfigError(f"The test subset file {path!r} names ids, but no test ids are at hand.")
+                idx = rows_of_ids(ids, doc["ids"], f"The test subset file {path!r}")
+            else:
+                idx = np.asarray(doc)
         else:
             idx = np.loadtxt(p, dtype=np.int64, ndmin=1)
     except (OSError, ValueError) as exc:
@@ -93,7 +120,7 @@ def select_test_subset(test: Split, theta: np.ndarray, config: RunConfig) -> np.
     if config.test_subset == "all":
         return np.arange(n_test, dtype=np.int64)
     if config.test_subset != "paper":
-        return read_index_file(config.test_subset, n_test)
+        return read_index_file(config.test_subset, n_test, ids=test.ids)
     if config.paper_top + config.paper_random >= n_test:
         return np.arange(n_test, dtype=np.int64)  # S would be every test point anyway
     k = config.paper_top

@@ -159,7 +159,7 @@ def _setup(corpus, config, client, overrides):
             "`rifscale ingest ... --test-X Xt.npy --test-y yt.npy`."
         )
     if config.test_subset not in ("paper", "all"):
-        read_index_file(config.test_subset, corpus.test.n)  # a bad file fails now, not after the fit
+        read_index_file(config.test_subset, corpus.test.n, ids=corpus.test.ids)  # a bad file fails now
     client = client if client is not None else current_client()
     check_device(config.device, client)
     return corpus, config, client

@@ -468,6 +468,15 @@ class Run:
         (7 + 2M) x 8 bytes per training row."""
         return _frame(self.ids, {c: self.array(f"scores/{c}") for c in (columns or score_columns(self.model.metrics))})
 
+    def groups_dataframe(self):
+        """The stored group estimates (``rifscale groups``) as a long DataFrame: set x
+        method x metric x form (see :func:`rifscale.groups.estimates_frame`)."""
+        from .groups import estimates_frame
+
+        if not (self.path / "groups").is_dir():
+            raise ConfigError(f"The run at {str(self.path)!r} has no groups yet; run `rifscale groups` first.")
+        return estimates_frame(zarr.open_group(str(self.path / "groups"), mode="r").attrs["estimates"])
+
     def __repr__(self) -> str:
         m = self.manifest
         return (f"Run({str(self.path)!r}: n = {m.get('n')}, d = {m.get('d')}, lam = {m['config']['lam']}, "

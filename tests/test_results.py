@@ -20,7 +20,7 @@ def run(tmp_path_factory):
     pr = make_problem(400, 6, n_test=60, seed=11, dtype=np.float32)
     ids = 1000 + 3 * np.arange(400)[::-1]  # ids unlike row numbers, and not sorted
     rifscale.ingest(root / "c.zarr", train_X=pr.X, train_y=pr.y, train_ids=ids, test_X=pr.X_test,
-                    test_y=pr.y_test, chunk_rows=128)
+                    test_y=pr.y_test, test_ids=5000 + np.arange(60)[::-1], chunk_rows=128)
     rifscale.run_job(root / "c.zarr", root / "run", rifscale.RunConfig(lam=0.5, test_subset="all"))
     return rifscale.open_run(root / "run"), pr, ids
 
@@ -75,3 +75,30 @@ def test_export_top_k_by_magnitude_to_parquet_and_csv(run, tmp_path, capsys):
     assert main(["export", str(r.path), "--out", str(tmp_path / "x.parquet"), "--by", "nope", "--top", "3"]) == 2
     assert "Unknown column(s) ['nope']" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv", "top.parquet"]  # no temporaries, no locks
+
+
+def test_sets_and_test_subsets_by_id_and_group_results_as_a_frame(run, tmp_path, capsys):
+    import json
+    import shutil
+
+    r, pr, ids = run
+    rows = np.array([5, 17, 230])
+    direct = rifscale.group_effects(r, {"s": rows})["s"]
+    by_id = rifscale.group_effects(r, {"ids": {"s": ids[rows].tolist()}})["s"]
+    assert np.array_equal(by_id.indices, rows) and by_id.plugin == direct.plugin
+    copy = tmp_path / "run"
+    shutil.copytree(r.path, copy)
+    (tmp_path / "sets.json").write_text(json.dumps({"s": ids[rows].tolist(), "t": [int(ids[0])]}))
+    assert main(["groups", str(copy), "--sets", str(tmp_path / "sets.json"), "--by-id"]) == 0
+    capsys.readouterr()
+    frame = rifscale.open_run(copy).groups_dataframe()
+    assert len(frame) == 2 * 2 * 3 * 3  # sets x forms x (2 metrics + self_loss) x methods
+    got = frame.query("set == 's' and form == 'plugin' and metric == 'test_loss' and method == 'rif'")["value"]
+    assert got.item() == direct.plugin["test_loss"]["rif"]
+    (tmp_path / "bad.json").write_text(json.dumps({"ids": {"s": [1, 2]}}))  # 1, 2 are row numbers, not ids
+    assert main(["groups", str(copy), "--sets", str(tmp_path / "bad.json"), "--overwrite"]) == 2
+    assert "names 2 id(s) that the corpus does not have (e.g. [1, 2])" in capsys.readouterr().err
+    test_ids = r.corpus.test.ids.compute()
+    (tmp_path / "subset.json").write_text(json.dumps({"ids": test_ids[[3, 8]].tolist()}))
+    res = rifscale.attribute(r.corpus, rifscale.RunConfig(lam=0.5, test_subset=str(tmp_path / "subset.json")))
+    assert list(res.model.test_subset) == [3, 8] and list(test_ids[[3, 8]]) == [5056, 5051]
