@@ -12,6 +12,27 @@ Quick start::
 
 __version__ = "0.1.0"
 
+import logging as _logging  # noqa: E402
+import sys as _sys  # noqa: E402
+
+# a library logs, the application decides where to: nothing is printed unless asked
+_logging.getLogger("rifscale").addHandler(_logging.NullHandler())
+
+
+def show_progress(level: int = _logging.INFO, stream=None) -> None:
+    """Show rifscale's progress lines (Newton iterations, stages, layout, warnings) in a
+    notebook or script: one handler on the "rifscale" logger, writing to ``stream``
+    (default stdout, which Jupyter shows under the cell). Calling it again replaces it;
+    ``show_progress(logging.WARNING)`` keeps only warnings."""
+    log = _logging.getLogger("rifscale")
+    for h in [h for h in log.handlers if getattr(h, "rifscale_progress", False)]:
+        log.removeHandler(h)
+    handler = _logging.StreamHandler(stream or _sys.stdout)
+    handler.rifscale_progress = True
+    handler.setFormatter(_logging.Formatter("%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(level)
+
 from .config import RunConfig  # noqa: E402
 from .errors import (  # noqa: E402
     ClusterError,
@@ -45,5 +66,6 @@ __all__ = [
     "open_corpus",
     "open_run",
     "run_job",
+    "show_progress",
     "write_run",
 ]

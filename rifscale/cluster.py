@@ -37,7 +37,8 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
     """Yield a ``distributed.Client``, or None for dask's local threaded scheduler.
 
     ``scheduler`` is an address such as ``tcp://10.0.0.5:8786`` (or a scheduler file
-    path ending in ``.json``). Without one, work runs on this machine:
+    path ending in ``.json``); without one, dask's ``scheduler-address`` setting
+    (``DASK_SCHEDULER_ADDRESS``) is used if set. Otherwise work runs on this machine:
 
     * by default on dask's threaded scheduler with a thread per core (``n_workers``
       threads if given) and no cluster at all: nothing to start, a few milliseconds of
@@ -59,6 +60,14 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
         raise ConfigError(f"--workers must be a positive integer; got {n_workers!r}.")
     if not (timeout > 0):
         raise ConfigError(f"--timeout must be a positive number of seconds; got {timeout!r}.")
+    if not scheduler:
+        import dask
+
+        # dask's own setting (DASK_SCHEDULER_ADDRESS, or scheduler-address in its config),
+        # as on a cluster's Jupyter server
+        scheduler = dask.config.get("scheduler-address", None)
+        if scheduler:
+            log.info("using the scheduler from dask's config (DASK_SCHEDULER_ADDRESS): %s", scheduler)
     if scheduler:
         with _remote_client(scheduler, timeout) as client:
             with _watch_workers(client, timeout, scheduler):

@@ -113,3 +113,39 @@ def test_batched_retrains_on_the_cluster(client, corpus_path, problem):
         exact = ref.delta_exact(np.array(idx))
         assert out[name].converged
         assert np.linalg.norm(out[name].delta - exact) <= 1e-7 * np.linalg.norm(exact)
+
+
+def test_dask_scheduler_address_is_used_when_no_scheduler_is_given(cluster, corpus_path, tmp_path, monkeypatch):
+    """Jupyter on a cluster: the server sets DASK_SCHEDULER_ADDRESS; rifscale uses it."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, DASK_SCHEDULER_ADDRESS=cluster.scheduler_address)
+    done = subprocess.run([sys.executable, "-m", "rifscale.cli", "run", str(corpus_path), "--out",
+                           str(tmp_path / "r"), "--lam", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"using the scheduler from dask's config (DASK_SCHEDULER_ADDRESS): {cluster.scheduler_address}" in done.stderr
+    assert "connected to scheduler" in done.stderr and "threaded scheduler" not in done.stderr
+
+
+def test_the_library_is_silent_until_show_progress(corpus_path, capsys):
+    import io
+    import logging
+
+    log = logging.getLogger("rifscale")
+    assert any(isinstance(h, logging.NullHandler) for h in log.handlers)
+    rifscale.attribute(corpus_path, lam=2.0)
+    assert capsys.readouterr().out == ""
+    buf = io.StringIO()
+    rifscale.show_progress(stream=buf)
+    rifscale.show_progress(stream=buf)  # again: replaced, not doubled
+    try:
+        rifscale.attribute(corpus_path, lam=2.0)
+    finally:
+        for h in [h for h in log.handlers if getattr(h, "rifscale_progress", False)]:
+            log.removeHandler(h)
+        log.setLevel(logging.NOTSET)
+    lines = buf.getvalue().splitlines()
+    assert any("rifscale.fit: newton iter  0" in line for line in lines)
+    assert len([line for line in lines if "fit converged in" in line]) == 1
