@@ -47,6 +47,7 @@ from .io import Corpus, ingest, open_corpus  # noqa: E402
 from .pipeline import Attribution, attribute  # noqa: E402
 from .rundir import open_run, run_job, write_run  # noqa: E402
 from .groups import GroupEstimate, group_effects  # noqa: E402
+from .exact import retrain_sets as retrain  # noqa: E402
 
 __all__ = [
     "Attribution",
@@ -65,6 +66,7 @@ __all__ = [
     "ingest",
     "open_corpus",
     "open_run",
+    "retrain",
     "run_job",
     "show_progress",
     "write_run",

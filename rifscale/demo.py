@@ -14,16 +14,14 @@ from pathlib import Path
 import dask
 import numpy as np
 
-from . import kernels
 from .cluster import DEFAULT_TIMEOUT, connect
 from .config import RunConfig
 from .groups import group_effects, write_groups
 from .io import ingest
-from .metrics import metric_values
 from .outputs import check_output, mark
 from .pipeline import attribute
 from .rundir import write_run
-from .retrain import retrain
+from .exact import retrain_sets
 
 DATA = "fashion_mnist_tshirt_shirt.npz"
 DEMO_LAM = 0.1
@@ -36,14 +34,8 @@ def demo_data_path() -> Path:
 def _exact_changes(result, estimates, *, client) -> dict[str, float]:
     """Exact leave-set-out retrains of every set (batched, warm-started at θ̂, certified to
     1e-10): the change in test_loss of each."""
-    model = result.model
-    exact = retrain(result, {k: e.indices for k, e in estimates.items()}, tol=1e-10, client=client)
-    names = list(exact)
-    k = model.metrics.index("test_loss")
-    thetas = np.stack([exact[name].theta for name in names], axis=1)
-    after = kernels.to_numpy(metric_values(result.corpus.test, model.test_subset, thetas, names=model.metrics,
-                                           fit_intercept=model.fit_intercept).compute())[k]
-    return {name: float(after[j] - model.metric.values[k]) for j, name in enumerate(names)}
+    exact = retrain_sets(result, {k: e.indices for k, e in estimates.items()}, tol=1e-10, client=client)
+    return {name: r.changes["test_loss"] for name, r in exact.items()}
 
 
 def run_demo(out="rifscale-demo", *, scheduler=None, overwrite=False, n_workers=None, processes=False,

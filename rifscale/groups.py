@@ -212,7 +212,7 @@ def _deltas(train, model: FittedModel, sets, *, client):
 @dataclass(frozen=True)
 class SetStatistics:
     """Per-set Δθ (IF, RIF, NS) and the leave-T-out Hessians, from one compute over the
-    data; shared by :func:`group_effects` and :func:`rifscale.retrain.retrain` so that a
+    data; shared by :func:`group_effects` and :func:`rifscale.exact.retrain` so that a
     caller needing both reads the data once."""
 
     sets: dict  # name -> sorted row indices

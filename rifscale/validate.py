@@ -32,7 +32,7 @@ from .errors import ConfigError
 from .groups import METHODS, group_effects, set_statistics
 from .io import Corpus, Split
 from .removal import STRATEGIES, RemovalSet, default_sizes, removal_sets
-from .retrain import poisoned_fits, retrain
+from .exact import poisoned_fits, retrain
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class Checkpoint:
 
     def load(self, kind: str, b: int, names: list[str]) -> list | None:
         """The batch's results if it finished before (same set names, same order)."""
-        from .retrain import Retrain
+        from .exact import Retrain
 
         z = self._read(kind, b)
         if z is None:

@@ -103,7 +103,7 @@ def test_cli_run_and_groups_on_existing_scheduler(cluster, corpus_path, problem,
 
 
 def test_batched_retrains_on_the_cluster(client, corpus_path, problem):
-    from rifscale.retrain import retrain
+    from rifscale.exact import retrain
 
     pr, ref = problem
     res = rifscale.attribute(corpus_path, lam=2.0, test_subset="all", client=client)

@@ -11,7 +11,7 @@ import pytest
 import rifscale
 from rifscale import newton
 from rifscale.fit import fit
-from rifscale.retrain import retrain
+from rifscale.exact import retrain
 from rifscale.testing import Reference, make_problem
 
 from .conftest import corpus_of, rel_err

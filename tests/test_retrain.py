@@ -5,7 +5,7 @@ import pytest
 
 import rifscale
 from rifscale.removal import removal_sets
-from rifscale.retrain import retrain
+from rifscale.exact import retrain
 from rifscale.testing import Reference, make_problem
 
 from .conftest import corpus_of
@@ -67,7 +67,7 @@ def test_first_chord_step_is_the_ns_estimate(synchronous):
 
 
 def test_newton_problems_take_turns_within_the_hessian_budget(monkeypatch, synchronous):
-    import rifscale.retrain as R
+    import rifscale.exact as R
 
     n, d, lam = 60, 120, 0.1
     pr = make_problem(n, d, seed=4)
@@ -80,3 +80,21 @@ def test_newton_problems_take_turns_within_the_hessian_budget(monkeypatch, synch
     for k, r in out.items():
         exact = ref.delta_exact(sets[k])
         assert r.converged and np.linalg.norm(r.delta - exact) <= 1e-7 * np.linalg.norm(exact)
+
+
+def test_public_retrain_gives_exact_delta_and_metric_changes_against_the_reference():
+    """rifscale.retrain(result, sets): Δθ and the change of each metric, equal to the dense
+    reference's exact leave-set-out refit."""
+    pr = make_problem(150, 8, n_test=40, seed=23)
+    ref = Reference(pr.X, pr.y, lam=0.7)
+    corpus = rifscale.Corpus.from_arrays(pr.X, pr.y, pr.X_test, pr.y_test, chunk_rows=50)
+    result = rifscale.attribute(corpus, lam=0.7, test_subset="all")
+    T = np.array([3, 40, 77, 101])
+    out = rifscale.retrain(result, {"T": T})["T"]
+    assert out.converged
+    exact = ref.delta_exact(T)
+    assert np.max(np.abs(out.delta - exact)) / np.max(np.abs(exact)) <= 1e-8
+    after, _ = ref.test_metric("test_loss", pr.X_test, pr.y_test, ref.theta + exact)
+    before, _ = ref.test_metric("test_loss", pr.X_test, pr.y_test, ref.theta)
+    assert abs(out.changes["test_loss"] - (after - before)) <= 1e-8 * abs(after - before)
+    assert set(out.changes) == {"test_loss", "test_prediction"}

@@ -114,7 +114,7 @@ def test_html_report_renders_with_its_figures(validated_run, tmp_path):
 def test_poisoning_when_newton_problems_take_turns(problem, monkeypatch, synchronous):
     """One Hessian per pass (as for very wide embeddings): every poisoned fit still gets its
     own passes and converges to the same answers."""
-    import rifscale.retrain as R
+    import rifscale.exact as R
 
     pr, _ = problem
     res = rifscale.attribute(corpus_of(pr, 64), lam=0.3)

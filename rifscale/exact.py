@@ -62,6 +62,7 @@ class Retrain:
     rel_grad_norm: float
     method: str  # "chord" or "newton" (after a switch)
     seconds: float
+    changes: dict = field(default_factory=dict)  # metric -> f(θ̂_{−T}) − f(θ̂), from retrain_sets
 
     def record(self) -> dict:
         return {k: getattr(self, k) for k in
@@ -129,6 +130,31 @@ def retrain(
                              method="chord" if d.hessian is not None else "newton"))
     _solve(train, model, states, tol=tol, max_passes=max_passes, safeguard=safeguard, client=client)
     return {s.name: _result(s, model) for s in states}
+
+
+def retrain_sets(source, sets, *, tol: float = 1e-10, client=None) -> dict[str, Retrain]:
+    """Exact retrains without each set, with the change of every test metric.
+
+    This is ``rifscale.retrain``: ``rifscale.retrain(result, {"top10": rows})["top10"]``
+    has ``delta`` (θ̂_{−T} − θ̂), ``changes`` ({metric: f(θ̂_{−T}) − f(θ̂)} over the run's
+    test subset), ``converged`` and the convergence record. ``source`` is an
+    :class:`~rifscale.pipeline.Attribution` or an open run; ``sets`` as in
+    :func:`~rifscale.groups.group_effects` (row positions, or ``{"ids": {...}}``).
+    The retrains are certified to ``‖∇L_{−T}‖ ≤ tol · ‖∇L_{−T}(θ̂)‖``."""
+    import dataclasses
+
+    from . import kernels
+    from .metrics import metric_values
+
+    model = source.model
+    fits = retrain(source, sets, tol=tol, client=client)
+    names = list(fits)
+    thetas = np.stack([fits[k].theta for k in names], axis=1)
+    after = kernels.to_numpy(metric_values(source.corpus.test, model.test_subset, thetas, names=model.metrics,
+                                           fit_intercept=model.fit_intercept).compute())
+    return {k: dataclasses.replace(fits[k], changes={m: float(after[i, j] - model.metric.values[i])
+                                                     for i, m in enumerate(model.metrics)})
+            for j, k in enumerate(names)}
 
 
 def _result(s: _State, model: FittedModel) -> Retrain:
