@@ -48,7 +48,7 @@ def _ingest(args) -> int:
     if sources["train_X"] is None or sources["train_y"] is None:
         raise RifscaleError("ingest needs --train-X and --train-y (or --npz FILE holding train_X and train_y).")
     corpus = ingest(args.out, chunk_rows=args.chunk_rows, dtype=args.dtype, compressor=args.compressor,
-                    overwrite=args.overwrite, **sources)
+                    overwrite=args.overwrite, test_fraction=args.test_fraction, seed=args.seed, **sources)
     test = f", test {corpus.test.n} x {corpus.test.d}" if corpus.test else ""
     print(f"wrote corpus {args.out}: train {corpus.n} x {corpus.d}{test}, {corpus.train.X.numblocks[0]} row chunk(s)")
     return 0
@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compression of the stored arrays (default none: embeddings barely compress and zstd "
                    "makes every read about 3x slower)")
     p.add_argument("--dtype", choices=("float32", "float64"), help="storage dtype of X (default: the source's, float32 for non-floats)")
+    p.add_argument("--test-fraction", type=float, metavar="F", help="without a test split: hold out this fraction "
+                   "of the rows as the test split (seeded, recorded in the corpus attributes)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --test-fraction (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_ingest)
 

@@ -640,6 +640,25 @@ def _targets(group, split: _PlannedSplit, rows: int, compressor: str) -> list:
     ]
 
 
+def _hold_out(X, y, ids, fraction: float, seed: int, rows: int):
+    """Seeded train/test split of one source: (train parts, test parts, record). Rows are
+    selected lazily (sorted row indices), so nothing is read yet; ids default to the
+    source's row numbers, so both splits keep the rows' identity."""
+    sx, sy = _source("train/X", X, rows), _source("train/y", y, rows)
+    n = sx.shape[0]
+    sid = _source("train/ids", ids, rows) if ids is not None else da.arange(n, chunks=sx.chunks[0], dtype=np.int64)
+    k = int(round(fraction * n))
+    if not 1 <= k < n:
+        raise CorpusError(f"test_fraction = {fraction} of n = {n} rows leaves {k} test row(s); choose a fraction "
+                          "that keeps at least one row in each split.")
+    test = np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
+    train = np.setdiff1d(np.arange(n), test, assume_unique=True)
+    parts = [tuple(a[idx] for a in (sx, sy, sid)) for idx in (train, test)]
+    record = {"fraction": fraction, "seed": seed, "n_test": k,
+              "method": "numpy.random.default_rng(seed).choice(n, round(fraction * n), replace=False)"}
+    return parts[0], parts[1], record
+
+
 def _compute_local(*collections):
     """``dask.compute`` on local threads of our own pool, so that after an interruption
     (Ctrl-C, SIGTERM) every chunk write in flight has ended before the temporary output is
@@ -669,8 +688,15 @@ def ingest(
     compressor: str = "none",
     overwrite: bool = False,
     provenance: dict | None = None,
+    test_fraction: float | None = None,
+    seed: int = 0,
 ) -> Corpus:
     """Build a layout-1 corpus at ``out``, chunk-parallel.
+
+    ``test_fraction`` (with no test split given) holds out that fraction of the rows as
+    the test split: ``numpy.random.default_rng(seed)`` draws them, the rows keep their
+    ids (row numbers of the source when no ids are given), and the split is recorded in
+    the corpus attributes (``test_split``).
 
     Each source is an array (NumPy, Zarr or Dask — a Dask array is never gathered), a
     ``.npy`` file (memory-mapped), ``file.npz:key`` or a Zarr array path
@@ -695,11 +721,25 @@ def ingest(
         raise CorpusError("Pass both test_X and test_y, or neither.")
     if test_ids is not None and test_X is None:
         raise CorpusError("test_ids was given without test_X and test_y; pass the whole test split.")
+    split_record = None
+    if test_fraction is not None:
+        if test_X is not None:
+            raise CorpusError("Pass either a test split (test_X, test_y) or test_fraction, not both.")
+        if isinstance(test_fraction, bool) or not (0 < float(test_fraction) < 1):
+            raise CorpusError(f"test_fraction must be in (0, 1); got {test_fraction!r}.")
+        if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+            raise CorpusError(f"seed must be an integer >= 0; got {seed!r}.")
     sources = (train_X, train_y, test_X, test_y, train_ids, test_ids)
     inputs = [_source_file(v) for v in sources if isinstance(v, (str, os.PathLike))]
     # the output is claimed (and refused if it exists) before the sources are read
     with atomic_dir(out, overwrite=overwrite, kind="corpus", inputs=inputs) as tmp:
         rows = int(chunk_rows) if chunk_rows is not None else _auto_rows(train_X, dtype)
+        # data in this process (arrays, local files) is ingested by local threads; only
+        # Dask-array sources run where the active scheduler (e.g. a cluster) puts them
+        lazy = all(isinstance(v, da.Array) for v in (train_X, test_X) if v is not None)
+        if test_fraction is not None:
+            (train_X, train_y, train_ids), (test_X, test_y, test_ids), split_record = _hold_out(
+                train_X, train_y, train_ids, float(test_fraction), int(seed), rows)
         splits = [_plan_split("train", train_X, train_y, train_ids, rows, dtype)]
         if test_X is not None:
             splits.append(_plan_split("test", test_X, test_y, test_ids, rows, dtype))
@@ -714,9 +754,6 @@ def ingest(
             sources += [sp.X, sp.y, sp.ids]
             targets += _targets(root, sp, rows, compressor)
         stored = da.store(sources, targets, lock=False, compute=False)
-        # data in this process (arrays, local files) is ingested by local threads; only
-        # Dask-array sources run where the active scheduler (e.g. a cluster) puts them
-        lazy = all(isinstance(v, da.Array) for v in (train_X, test_X) if v is not None)
         _, *digests = _compute_local(stored, *[sp.digests() for sp in splits]) if not lazy else \
             dask.compute(stored, *[sp.digests() for sp in splits])
         hasher = hashlib.sha256()
@@ -732,6 +769,7 @@ def ingest(
                 "compressor": compressor,
                 "n_train": splits[0].n,
                 "n_test": splits[1].n if len(splits) > 1 else 0,
+                **({"test_split": split_record} if split_record else {}),
                 **(provenance or {}),
             }
         )

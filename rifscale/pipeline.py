@@ -75,6 +75,18 @@ class Attribution:
                 f"metrics = {list(self.model.metrics)}, fit: {self.fit.n_iter} iterations, rel grad "
                 f"{self.fit.rel_grad_norm:.1e}; scores lazy)")
 
+    def _repr_html_(self) -> str:
+        from .rundir import summary_html
+
+        return summary_html("rifscale attribution", {
+            "n × d": f"{self.corpus.n} × {self.corpus.d}", "λ": self.config.lam,
+            "intercept": self.config.fit_intercept, "metrics": ", ".join(self.model.metrics),
+            "fit": f"{self.fit.n_iter} iterations ({self.fit.n_passes} passes), rel grad {self.fit.rel_grad_norm:.1e}",
+            "test subset": f"{self.model.test_subset.size} test rows",
+            "scores": "lazy: .leverage, .if_scores, .rif_scores, .to_dataframe(), .to_zarr(path)",
+            "corpus": self.corpus.path or "in memory",
+        })
+
     def to_zarr(self, out, *, overwrite: bool = False, progress: bool = False) -> dict:
         """Compute the scores and write the run directory (:func:`rifscale.rundir.write_run`)."""
         from .rundir import write_run

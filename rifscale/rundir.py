@@ -477,10 +477,32 @@ class Run:
             raise ConfigError(f"The run at {str(self.path)!r} has no groups yet; run `rifscale groups` first.")
         return estimates_frame(zarr.open_group(str(self.path / "groups"), mode="r").attrs["estimates"])
 
+    def _repr_html_(self) -> str:
+        m = self.manifest
+        fit, counts = m.get("fit", {}), m.get("counts", {})
+        return summary_html(f"rifscale run {self.path.name}", {
+            "path": str(self.path), "status": m.get("status"), "created": m.get("created"),
+            "n × d": f"{m.get('n')} × {m.get('d')}", "λ": m["config"]["lam"],
+            "intercept": m["config"]["fit_intercept"], "metrics": ", ".join(self.model.metrics),
+            "fit": f"{fit.get('n_iter')} iterations, rel grad {fit.get('rel_grad_norm', float('nan')):.1e}",
+            "leverage": f"mean {counts.get('mean_leverage', float('nan')):.3g}, max {counts.get('max_leverage', float('nan')):.3g}",
+            "flagged": counts.get("flagged_low_margin"),
+            "corpus": f"{m['corpus']['path']} ({m['corpus']['fingerprint']})",
+        })
+
     def __repr__(self) -> str:
         m = self.manifest
         return (f"Run({str(self.path)!r}: n = {m.get('n')}, d = {m.get('d')}, lam = {m['config']['lam']}, "
                 f"metrics = {list(self.model.metrics)}, status = {m.get('status')!r})")
+
+
+def summary_html(title: str, rows: dict) -> str:
+    """A small two-column HTML table (notebook reprs)."""
+    import html
+
+    body = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
+                   f"<td style='text-align:left'>{html.escape(str(v))}</td></tr>" for k, v in rows.items())
+    return f"<div><strong>{html.escape(title)}</strong><table>{body}</table></div>"
 
 
 def score_columns(metrics) -> list[str]:

@@ -168,3 +168,25 @@ def test_open_run_of_in_memory_corpus(tmp_path, pr, synchronous):
         rifscale.open_run(tmp_path / "run")
     run = rifscale.open_run(tmp_path / "run", corpus=c)
     assert run.model.p == 8
+
+
+def test_test_fraction_makes_a_seeded_split_that_keeps_the_ids(tmp_path, capsys):
+    from rifscale.cli import main
+
+    pr = make_problem(500, 4, n_test=10, seed=2, dtype=np.float32)
+    np.save(tmp_path / "X.npy", pr.X)
+    np.save(tmp_path / "y.npy", pr.y)
+    args = ["ingest", "--train-X", str(tmp_path / "X.npy"), "--train-y", str(tmp_path / "y.npy"),
+            "--test-fraction", "0.2", "--seed", "7", "--chunk-rows", "64"]
+    assert main([args[0], str(tmp_path / "a.zarr"), *args[1:]]) == 0
+    assert main([args[0], str(tmp_path / "b.zarr"), *args[1:]]) == 0
+    a, b = rifscale.open_corpus(tmp_path / "a.zarr"), rifscale.open_corpus(tmp_path / "b.zarr")
+    assert (a.n, a.test.n) == (400, 100) and a.fingerprint == b.fingerprint  # reproducible
+    test_ids = a.test.ids.compute()
+    want = np.sort(np.random.default_rng(7).choice(500, 100, replace=False))
+    assert np.array_equal(test_ids, want)
+    assert np.array_equal(a.test.X.compute(), pr.X[want])  # rows keep their identity
+    assert np.array_equal(a.train.ids.compute(), np.setdiff1d(np.arange(500), want))
+    assert a.attrs["test_split"]["seed"] == 7 and a.attrs["test_split"]["n_test"] == 100
+    assert main([args[0], str(tmp_path / "c.zarr"), *args[1:5], "--test-fraction", "1.5"]) == 2
+    assert "test_fraction must be in (0, 1); got 1.5" in capsys.readouterr().err

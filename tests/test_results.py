@@ -53,6 +53,9 @@ def test_dataframes_are_indexed_by_ids_from_a_run_and_from_memory(run):
     assert list(mem.index) == list(ids)
     assert rel_err(mem["if_test_loss"], df["if_test_loss"]) <= 1e-8
     assert "scores lazy" in repr(result) and "n = 400" in repr(r)
+    assert len(repr(result)) < 300 and len(repr(r)) < 300  # no arrays dumped
+    assert "<th style='text-align:left'>n × d</th><td style='text-align:left'>400 × 6</td>" in r._repr_html_()
+    assert "400 × 6" in result._repr_html_() and "lazy" in result._repr_html_()
 
 
 def test_export_top_k_by_magnitude_to_parquet_and_csv(run, tmp_path, capsys):
