@@ -99,7 +99,7 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
         log.info(
             "started a LocalCluster: %d %s x %d thread(s); dashboard %s",
             kwargs["n_workers"], "worker process(es)" if processes else "in-process worker",
-            kwargs["threads_per_worker"], client.dashboard_link,
+            kwargs["threads_per_worker"], local_dashboard_link(client),
         )
         with _watch_workers(client, timeout, "the LocalCluster"):
             yield client
@@ -196,6 +196,13 @@ def _watch_workers(client, timeout: float, where: str):
     finally:
         stop.set()
         signal.signal(signal.SIGUSR1, previous)
+
+
+def local_dashboard_link(client) -> str:
+    """The dashboard of a LocalCluster started here, which listens on 127.0.0.1 only
+    (``client.dashboard_link`` names the machine's address, where nothing answers)."""
+    port = client.scheduler_info().get("services", {}).get("dashboard")
+    return f"http://127.0.0.1:{port}/status" if port else client.dashboard_link
 
 
 def current_client():

@@ -149,3 +149,17 @@ def test_the_library_is_silent_until_show_progress(corpus_path, capsys):
     lines = buf.getvalue().splitlines()
     assert any("rifscale.fit: newton iter  0" in line for line in lines)
     assert len([line for line in lines if "fit converged in" in line]) == 1
+
+
+def test_dashboard_link_is_logged_and_answers_with_the_bokeh_dashboard(caplog):
+    import logging
+    import urllib.request
+
+    from rifscale.cluster import connect
+
+    with caplog.at_level(logging.INFO, logger="rifscale"), connect(dashboard=True):
+        (line,) = [r.getMessage() for r in caplog.records if "started a LocalCluster" in r.getMessage()]
+        link = line.rsplit("dashboard ", 1)[1]
+        assert link.startswith("http://127.0.0.1:") and link.endswith("/status")
+        page = urllib.request.urlopen(link, timeout=30).read().decode()
+    assert "bokeh" in page.lower() and "pip install" not in page  # the dashboard, not "install bokeh"
