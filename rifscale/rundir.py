@@ -496,6 +496,11 @@ class Run:
                 f"metrics = {list(self.model.metrics)}, status = {m.get('status')!r})")
 
 
+def top_rows(frame, by: str, k: int):
+    """The ``k`` rows of ``frame`` with the largest ``|by|`` (NaN last), in that order."""
+    return frame.loc[frame[by].abs().sort_values(ascending=False, na_position="last").index[:k]]
+
+
 def summary_html(title: str, rows: dict) -> str:
     """A small two-column HTML table (notebook reprs)."""
     import html
@@ -630,8 +635,7 @@ def export(run, out, *, fmt: str | None = None, top: int | None = None, by: str 
         raise ConfigError("--top K needs K >= 1 and --by COLUMN (e.g. --top 100 --by rif_test_loss).")
     frame = run.to_dataframe(columns=sorted(set(columns) | ({by} if by else set()), key=available.index))
     if top is not None:
-        order = frame[by].abs().sort_values(ascending=False, na_position="last").index[:top]
-        frame = frame.loc[order]
+        frame = top_rows(frame, by, top)
     frame = frame[columns]
     with atomic_file(out, overwrite=overwrite, inputs=[run.path, run.corpus.path]) as tmp:
         if fmt == "parquet":

@@ -105,3 +105,29 @@ def test_sets_and_test_subsets_by_id_and_group_results_as_a_frame(run, tmp_path,
     (tmp_path / "subset.json").write_text(json.dumps({"ids": test_ids[[3, 8]].tolist()}))
     res = rifscale.attribute(r.corpus, rifscale.RunConfig(lam=0.5, test_subset=str(tmp_path / "subset.json")))
     assert list(res.model.test_subset) == [3, 8] and list(test_ids[[3, 8]]) == [5056, 5051]
+
+
+def test_plots_of_one_run_draw_its_numbers(run):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from rifscale import plots
+
+    r, _, ids = run
+    h = r.array("scores/leverage")[...]
+    ax = plots.leverage_histogram(r, bins=20)
+    assert sum(p.get_height() for p in ax.patches) == h.size
+    ax = plots.if_vs_rif(r, "test_loss")
+    xy = ax.collections[0].get_offsets()
+    assert np.array_equal(xy[:, 0], r.array("scores/if_test_loss")[...])
+    assert np.array_equal(xy[:, 1], r.array("scores/rif_test_loss")[...])
+    assert np.allclose(ax.collections[0].get_array(), 1 / (1 - h), rtol=1e-15)
+    top = plots.top_table(r, k=5, by="leverage")
+    assert list(top.index) == list(ids[np.argsort(-h)[:5]])
+    result = rifscale.attribute(r.corpus, rifscale.RunConfig(lam=0.5, test_subset="all"))
+    in_memory = [p.get_height() for p in plots.leverage_histogram(result, bins=20).patches]
+    stored = [p.get_height() for p in plots.leverage_histogram(r, bins=20).patches]
+    assert in_memory == stored
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
