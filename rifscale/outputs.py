@@ -157,6 +157,16 @@ def remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def remove_within(root: Path, name: str) -> None:
+    """Delete ``root/name`` (a stage being rewritten inside an output rifscale is
+    writing); refused when ``root`` is not rifscale's."""
+    root = Path(root)
+    if not made_by_rifscale(root):
+        raise OutputExistsError(f"{str(root)!r} was not made by rifscale; nothing inside it will be deleted.")
+    if (root / name).exists():
+        shutil.rmtree(root / name)
+
+
 def publish(tmp: Path, out: Path, *, overwrite: bool) -> None:
     """Move the finished directory ``tmp`` to ``out``. An existing ``out`` is replaced only
     with ``overwrite`` and only if rifscale made it: it is moved aside first and deleted

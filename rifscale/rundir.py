@@ -54,7 +54,7 @@ from .io import Corpus, open_corpus
 from .kernels import to_numpy
 from .metrics import MetricAtOptimum
 from .model import FittedModel
-from .outputs import atomic_dir, check_inputs, check_output, claim, mark, publish, remove
+from .outputs import atomic_dir, check_inputs, check_output, claim, mark, publish, remove, remove_within
 
 log = logging.getLogger(__name__)
 
@@ -375,17 +375,17 @@ class Job:
                 result = attribute(self.corpus, config, client=client, theta0=self.theta0)
                 corpus, model, scores, layout = result.corpus, result.model, result.scores, result.layout
                 fit_record, timings = result.fit.record(), dict(result.timings)
+                remove_within(partial, ".model.partial")
                 staging = partial / ".model.partial"
-                remove_tree(staging)
                 staging.mkdir()
                 _write_model(staging, model)
                 os.replace(staging / "model", partial / "model")  # the stage appears whole or not at all
-                remove_tree(staging)
+                remove_within(partial, ".model.partial")
                 state["stages"]["model"] = {"fit": fit_record, "timings": timings, "layout": layout,
                                             "config": config.to_dict(),
                                             "factor": {"backend": model.factor.backend, "worker": model.factor.worker}}
                 _write_json(partial / MANIFEST, state)
-            remove_tree(partial / "scores")  # a killed scores pass: recompute it all
+            remove_within(partial, "scores")  # a killed scores pass: recompute it all
             t = time.perf_counter()
             counts = _write_scores(partial, corpus, model, scores, progress=progress)
             timings["scores"] = time.perf_counter() - t
@@ -400,14 +400,6 @@ class Job:
             _write_json(partial / MANIFEST, manifest)
             publish(partial, out, overwrite=self.overwrite)
         return manifest
-
-
-def remove_tree(path: Path) -> None:
-    """Delete a directory inside a run being written (its own temporary files)."""
-    import shutil
-
-    if Path(path).exists():
-        shutil.rmtree(path)
 
 
 def _complete_manifest(path: Path) -> dict | None:

@@ -98,15 +98,21 @@ def _wait_for_path(path: Path, proc, timeout: float = 60) -> None:
         time.sleep(0.002)
 
 
+def _run_until(corpus, out: Path, line: str):
+    """Start ``rifscale run CORPUS --out OUT`` and wait until it logs ``line``."""
+    args = ["run", str(corpus), "--out", str(out), "--workers", "1"]
+    proc = _start(args)
+    _wait_for_line(proc, line)
+    return args, proc
+
+
 # ---------------------------------------------------------------------------- resume
 
 
 def test_kill_during_the_fit_then_the_same_command_finishes_bit_for_bit(big, tmp_path):
     corpus, ref = big
     out = tmp_path / "r"
-    args = ["run", str(corpus), "--out", str(out), "--workers", "1"]
-    proc = _start(args)
-    _wait_for_line(proc, "newton iter  1")
+    args, proc = _run_until(corpus, out, "newton iter  1")
     proc.kill()
     proc.communicate()  # reaps it and closes the pipes
     assert not out.exists()  # never mistaken for a finished run
@@ -159,9 +165,7 @@ def test_a_rerun_of_a_complete_run_does_nothing_and_a_changed_one_is_refused(big
 def test_ctrl_c_exits_130_in_one_line_and_the_run_resumes(big, tmp_path):
     corpus, ref = big
     out = tmp_path / "r"
-    args = ["run", str(corpus), "--out", str(out), "--workers", "1"]
-    proc = _start(args)
-    _wait_for_line(proc, "newton iter  1")
+    args, proc = _run_until(corpus, out, "newton iter  1")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
@@ -198,8 +202,7 @@ def test_sigterm_exits_143_and_an_interrupted_ingest_leaves_nothing(tmp_path):
 def test_two_jobs_on_one_output_the_second_fails_and_the_first_is_intact(big, tmp_path):
     corpus, ref = big
     out = tmp_path / "r"
-    first = _start(["run", str(corpus), "--out", str(out), "--workers", "1"])
-    _wait_for_line(first, "newton iter  0")  # it holds the lock by now
+    _, first = _run_until(corpus, out, "newton iter  0")  # it holds the lock by now
     first.send_signal(signal.SIGSTOP)  # keep it mid-fit (deterministically) while the second starts
     try:
         second = subprocess.run(CLI + ["run", str(corpus), "--out", str(out), "--lam", "100"],

@@ -68,3 +68,16 @@ def test_a_killed_jobs_temporaries_are_removed_by_the_next_job_and_nothing_else(
     assert not stale.exists()
     assert (foreign / "keep.txt").read_text() == "keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".c.zarr.partial-notours", "c.zarr"]  # no lock left
+
+
+def test_remove_within_deletes_only_inside_rifscale_outputs(tmp_path):
+    foreign = tmp_path / "theirs"
+    (foreign / "scores").mkdir(parents=True)
+    with pytest.raises(OutputExistsError, match="not made by rifscale"):
+        outputs.remove_within(foreign, "scores")
+    assert (foreign / "scores").is_dir()
+    ours = tmp_path / "ours"
+    (ours / "scores").mkdir(parents=True)
+    outputs.mark(ours, "run")
+    outputs.remove_within(ours, "scores")
+    assert not (ours / "scores").exists() and (ours / outputs.MARKER).is_file()
