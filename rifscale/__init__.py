@@ -45,7 +45,8 @@ from .errors import (  # noqa: E402
 )
 from .io import Corpus, ingest, open_corpus  # noqa: E402
 from .pipeline import Attribution, attribute  # noqa: E402
-from .rundir import open_run, run_job, write_run  # noqa: E402
+from .rundir import list_runs, open_run, run_job, write_run  # noqa: E402
+from .parquet import ingest_parquet  # noqa: E402
 from .groups import GroupEstimate, group_effects  # noqa: E402
 from .exact import retrain_sets as retrain  # noqa: E402
 
@@ -64,6 +65,8 @@ __all__ = [
     "attribute",
     "group_effects",
     "ingest",
+    "ingest_parquet",
+    "list_runs",
     "open_corpus",
     "open_run",
     "retrain",

@@ -2,6 +2,7 @@
 the Python API takes, and calls the library.
 
     rifscale ingest OUT --npz data.npz [--chunk-rows N]
+    rifscale ingest OUT --parquet s3://bucket/table/ [--x-column embedding --y-column label --id-column id]
     rifscale run CORPUS --out RUN [--lam λ] [--no-intercept] [--test-subset paper|all|FILE] [--scheduler ADDR]
     rifscale groups RUN --sets sets.json
     rifscale validate RUN [--experiments accuracy sweeps poisoning]
@@ -35,6 +36,19 @@ log = logging.getLogger("rifscale")
 def _ingest(args) -> int:
     from .io import ingest
 
+    common = dict(chunk_rows=args.chunk_rows, dtype=args.dtype, compressor=args.compressor,
+                  overwrite=args.overwrite, test_fraction=args.test_fraction, seed=args.seed)
+    if args.parquet:
+        from .parquet import ingest_parquet
+
+        given = [f"--{k.replace('_', '-')}" for k in ("npz", "train_X", "train_y", "train_ids", "test_X", "test_y",
+                                                      "test_ids") if getattr(args, k)]
+        if given:
+            raise RifscaleError(f"--parquet reads every column from the table; drop {', '.join(given)}.")
+        corpus = ingest_parquet(args.out, args.parquet, x_column=args.x_column, x_columns=args.x_columns,
+                                y_column=args.y_column, id_column=args.id_column, split_column=args.split_column,
+                                **common)
+        return _ingested(args.out, corpus)
     sources = {k: getattr(args, k) for k in ("train_X", "train_y", "train_ids", "test_X", "test_y", "test_ids")}
     if args.npz:
         try:
@@ -47,10 +61,12 @@ def _ingest(args) -> int:
                 sources[key] = f"{args.npz}:{key}"
     if sources["train_X"] is None or sources["train_y"] is None:
         raise RifscaleError("ingest needs --train-X and --train-y (or --npz FILE holding train_X and train_y).")
-    corpus = ingest(args.out, chunk_rows=args.chunk_rows, dtype=args.dtype, compressor=args.compressor,
-                    overwrite=args.overwrite, test_fraction=args.test_fraction, seed=args.seed, **sources)
+    return _ingested(args.out, ingest(args.out, **common, **sources))
+
+
+def _ingested(out, corpus) -> int:
     test = f", test {corpus.test.n} x {corpus.test.d}" if corpus.test else ""
-    print(f"wrote corpus {args.out}: train {corpus.n} x {corpus.d}{test}, {corpus.train.X.numblocks[0]} row chunk(s)")
+    print(f"wrote corpus {out}: train {corpus.n} x {corpus.d}{test}, {corpus.train.X.numblocks[0]} row chunk(s)")
     return 0
 
 
@@ -194,11 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("ingest", help="build a Zarr corpus from .npy/.npz files or Zarr arrays")
-    p.add_argument("out", help="path of the corpus to create (e.g. corpus.zarr)")
+    p = sub.add_parser("ingest", help="build a Zarr corpus from a Parquet table, .npy/.npz files or Zarr arrays")
+    p.add_argument("out", help="path of the corpus to create (e.g. corpus.zarr; a local path or file:// URL)")
     p.add_argument("--npz", help="an .npz holding train_X, train_y [, train_ids, test_X, test_y, test_ids]")
     for key in ("train_X", "train_y", "train_ids", "test_X", "test_y", "test_ids"):
-        p.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar="SRC", help="file.npy, file.npz:key, or a Zarr array path")
+        p.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar="SRC",
+                       help="file.npy, file.npz:key, or a Zarr array path (paths or fsspec URLs)")
+    p.add_argument("--parquet", metavar="SRC", help="a Parquet file, directory or glob (path or fsspec URL, e.g. "
+                   "s3://bucket/embeddings/), read one row group per task")
+    p.add_argument("--x-column", default="embedding", help="with --parquet: the embedding column, a list of numbers "
+                   "per row (default: embedding)")
+    p.add_argument("--x-columns", metavar="PATTERN", help="with --parquet: one column per dimension instead, named "
+                   "by a glob such as 'f*' (in the table's column order)")
+    p.add_argument("--y-column", default="label", help="with --parquet: the 0/1 label column (default: label)")
+    p.add_argument("--id-column", help="with --parquet: an integer id column (default: row numbers)")
+    p.add_argument("--split-column", help="with --parquet: a column of 'train'/'test' values naming each row's split")
     p.add_argument("--chunk-rows", type=int, help="rows per stored chunk (default: about 32 MiB of X per chunk, "
                    "rows split evenly)")
     p.add_argument("--compressor", choices=("none", "zstd"), default="none",

@@ -33,7 +33,9 @@ import zarr
 
 from .errors import CorpusError
 from .cluster import small_compute
-from .outputs import atomic_dir
+from .outputs import atomic_dir, output_path
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float64"))
@@ -176,13 +178,23 @@ def _check_same_d(train: Split, test: Split | None) -> None:
 
 
 def open_corpus(path: str | os.PathLike) -> Corpus:
-    """Open and validate a rifscale Zarr corpus (layout version 1).
+    """Open and validate a Zarr corpus, at a path or an fsspec URL.
+
+    A corpus made by :func:`ingest` (layout version 1) is used as it is. Any other Zarr
+    group with the layout's arrays (``train/X``, ``train/y``, optional ``train/ids`` and
+    ``test/...``) is used in place, after the same checks: X of float32/float64, integer
+    0/1 labels, integer ids without duplicates (row numbers if absent), no chunk file
+    missing. Its chunks may differ from the layout's: X chunked along columns is read in
+    whole rows, and y and ids follow X's row chunks. Such a corpus has no per-chunk
+    digests (``rifscale verify`` needs an ingested one); its fingerprint is taken from
+    its metadata and the size and modification time of every stored file, so a change
+    to the data is seen as another corpus.
 
     Raises :class:`~rifscale.errors.CorpusError` naming the array and the fix when the
     store does not follow the layout.
     """
-    path = str(path)
-    if not Path(path).exists():
+    path = local_path(path)
+    if not _exists(path):
         raise CorpusError(
             f"No corpus at {path!r}. Create one with `rifscale ingest {path} --train-X X.npy "
             "--train-y y.npy --test-X Xt.npy --test-y yt.npy`."
@@ -193,24 +205,44 @@ def open_corpus(path: str | os.PathLike) -> Corpus:
         raise CorpusError(f"{path!r} is not a Zarr group ({exc}).") from exc
     attrs = root.attrs.asdict()
     version = attrs.get("rifscale_format")
-    if version != FORMAT_VERSION:
+    foreign = version is None
+    if not foreign and version != FORMAT_VERSION:
         raise CorpusError(
             f"{path!r} has rifscale_format = {version!r}; this rifscale reads layout version "
             f"{FORMAT_VERSION}. Re-create the corpus with `rifscale ingest`."
         )
-    train = _open_split(root, "train", path, required=True)
-    test = _open_split(root, "test", path, required=False)
+    train = _open_split(root, "train", path, required=True, foreign=foreign)
+    test = _open_split(root, "test", path, required=False, foreign=foreign)
     _check_same_d(train, test)
     meta = {
         "format": version,
-        "content": attrs.get("content_sha256"),
+        "content": _listing_signature(path) if foreign else attrs.get("content_sha256"),
         "train": _split_meta(train),
         "test": _split_meta(test) if test else None,
     }
-    return Corpus(train=train, test=test, path=os.path.abspath(path), attrs=attrs, fingerprint=_hash_json(meta))
+    if foreign:
+        log.info("%s: a Zarr group not made by `rifscale ingest`, used in place (no chunk digests; "
+                 "fingerprint from its file listing)", path)
+    return Corpus(train=train, test=test, path=path if is_url(path) else os.path.abspath(path), attrs=attrs,
+                  fingerprint=_hash_json(meta))
 
 
-def _open_split(root, name: str, path: str, *, required: bool) -> Split | None:
+def _listing_signature(path: str) -> str:
+    """sha256 of every stored file's name, size and modification time (or ETag): what
+    identifies the content of a store rifscale did not write, without reading it."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path)
+    entries = fs.find(root, detail=True)
+    h = hashlib.sha256()
+    for name in sorted(entries):
+        info = entries[name]
+        stamp = next((info[k] for k in ("mtime", "LastModified", "ETag", "md5Hash", "created") if k in info), None)
+        h.update(f"{name[len(root):]}\0{info.get('size')}\0{stamp}\n".encode())
+    return h.hexdigest()
+
+
+def _open_split(root, name: str, path: str, *, required: bool, foreign: bool = False) -> Split | None:
     if name not in root:
         if required:
             raise CorpusError(f"{path!r} has no '{name}' group; a corpus needs {name}/X and {name}/y.")
@@ -226,10 +258,29 @@ def _open_split(root, name: str, path: str, *, required: bool) -> Split | None:
     y = read_array(arrays["y"], f"{name}/y", path)
     ids = (read_array(arrays["ids"], f"{name}/ids", path) if "ids" in arrays
            else da.arange(X.shape[0], chunks=X.chunks[0], dtype=np.int64))
+    if foreign:
+        X, y, ids = _fit_layout(name, X, y, ids)
+        if "ids" in arrays:
+            _check_unique_ids(f"{name}/ids", ids)
     split = Split(X=X, y=y, ids=ids)
     validate_split(f"{name}", split)
     _check_labels(name, y)
     return split
+
+
+def _fit_layout(name: str, X: da.Array, y: da.Array, ids: da.Array):
+    """A foreign group's arrays in the layout's chunking (read whole rows, y and ids in
+    X's row chunks) and integer ids as int64; nothing is read."""
+    if X.ndim == 2 and len(X.chunks[1]) > 1:
+        X = X.rechunk({1: -1})
+    if y.ndim == 1 and y.shape[:1] == X.shape[:1] and y.chunks[0] != X.chunks[0]:
+        y = y.rechunk((X.chunks[0],))
+    if ids.ndim == 1 and ids.shape[:1] == X.shape[:1]:
+        if ids.chunks[0] != X.chunks[0]:
+            ids = ids.rechunk((X.chunks[0],))
+        if np.issubdtype(ids.dtype, np.integer) and ids.dtype != np.int64:
+            ids = ids.astype(np.int64)
+    return X, y, ids
 
 
 DAMAGED_HINT = (
@@ -246,15 +297,17 @@ def check_chunks_present(arr: zarr.Array, label: str, path: str) -> None:
     from zarr.core.sync import sync
 
     missing = [
-        i for i, coords in enumerate(np.ndindex(*arr.cdata_shape))
+        coords for coords in np.ndindex(*arr.cdata_shape)
         if not sync(arr.store.exists(f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}".lstrip("/")))
     ]
     rows = arr.chunks[0]
-    first = missing[0] if missing else 0
+    first = missing[0][0] if missing else 0
+    row_chunks = sorted({c[0] for c in missing})
     raise CorpusError(
         f"{path!r}: {label} is missing {arr.nchunks - arr.nchunks_initialized} of its {arr.nchunks} chunk "
         f"file(s) (first: row chunk {first}, rows {first * rows}-{min((first + 1) * rows, arr.shape[0]) - 1}; "
-        f"all missing: {_short(tuple(missing))}). zarr would read them as zeros, so rifscale refuses the corpus. "
+        f"row chunks missing: {_short(tuple(row_chunks))}). zarr would read them as zeros, so rifscale refuses "
+        "the corpus. "
         "Restore the files, or re-ingest the corpus from its sources."
     )
 
@@ -363,7 +416,7 @@ def _read_npz_rows(file: str, member: str, offset: int, dtype, shape, block_info
     """Rows ``block_info``'s location of one .npz member (seeking inside the archive)."""
     (start, stop), *_ = block_info[None]["array-location"]
     row_items = int(np.prod(shape[1:], dtype=np.int64))
-    with zipfile.ZipFile(file) as zf, zf.open(member) as fh:
+    with _open(file) as raw, zipfile.ZipFile(raw) as zf, zf.open(member) as fh:
         fh.seek(offset + start * row_items * dtype.itemsize)
         buf = fh.read((stop - start) * row_items * dtype.itemsize)
     return np.frombuffer(buf, dtype=dtype).reshape((stop - start,) + tuple(shape[1:]))
@@ -372,11 +425,12 @@ def _read_npz_rows(file: str, member: str, offset: int, dtype, shape, block_info
 def _npz_memmap(file: str, member: str, offset: int, dtype, shape, label: str):
     """A Fortran-ordered member as a read-only memory map (stored members), or loaded
     whole (compressed members cannot be mapped)."""
-    with zipfile.ZipFile(file) as zf:
+    with _open(file) as raw, zipfile.ZipFile(raw) as zf:
         info = zf.getinfo(member)
-        if info.compress_type != zipfile.ZIP_STORED:
+        if info.compress_type != zipfile.ZIP_STORED or is_url(file):
             logging.getLogger(__name__).warning(
-                "%s: %s:%s is compressed and Fortran-ordered: loading it whole into memory", label, file, member)
+                "%s: %s:%s is Fortran-ordered and compressed or at a URL: loading it whole into memory",
+                label, file, member)
             with zf.open(member) as fh:
                 return np.lib.format.read_array(fh)
     with open(file, "rb") as fh:  # the member's data start: past its local header
@@ -390,7 +444,7 @@ def _npz_member(label: str, file: str, key: str, rows: int) -> da.Array:
     """One member of an .npz (compressed or not) as a Dask array whose tasks each read
     their own rows. Members saved uncompressed (``np.savez``) seek directly; compressed
     ones decompress from the start of the member, so big archives should be uncompressed."""
-    with zipfile.ZipFile(file) as zf:
+    with _open(file) as raw, zipfile.ZipFile(raw) as zf:
         names = {n[:-4] if n.endswith(".npy") else n: n for n in zf.namelist()}
         if key not in names:
             raise CorpusError(f"{file!r} has no array {key!r}; it holds {sorted(names)}.")
@@ -429,12 +483,44 @@ def _source(label: str, spec, rows: int) -> da.Array:
     return arr
 
 
+def is_url(location: str) -> bool:
+    """A location fsspec resolves (``s3://``, ``gs://``, ``memory://``...), not a local path.
+    ``file://`` URLs are local paths (see :func:`local_path`)."""
+    return "://" in location and not location.startswith("file://")
+
+
+def local_path(location: str | os.PathLike) -> str:
+    """A local path or ``file://`` URL as a plain path; any other URL unchanged."""
+    location = os.fspath(location)
+    return location[len("file://"):] if location.startswith("file://") else location
+
+
+def _exists(location: str) -> bool:
+    if is_url(location):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(location)
+        return fs.exists(path)
+    return Path(location).exists()
+
+
+def _open(location: str):
+    """A binary, seekable file object for a local path or a URL."""
+    if is_url(location):
+        import fsspec
+
+        return fsspec.open(location, "rb").open()
+    return open(location, "rb")
+
+
 def _split_spec(spec: str) -> tuple[str, str]:
-    """``file.npz:key`` / ``store.zarr:path`` -> (file, key); a path that exists as given
-    (colons and all) is a file."""
-    if ":" in spec and not Path(spec).exists():
-        file, _, key = spec.rpartition(":")
-        return file, key
+    """``file.npz:key`` / ``store.zarr:path`` -> (file, key); a location that exists as
+    given (colons and all) is a file. The colon of a URL's scheme is not a separator."""
+    spec = local_path(spec)
+    scheme, sep, rest = spec.rpartition("://")
+    if ":" in rest and not _exists(spec):
+        file, _, key = rest.rpartition(":")
+        return scheme + sep + file, key
     return spec, ""
 
 
@@ -442,15 +528,41 @@ def _source_file(spec) -> str:
     return _split_spec(str(spec))[0]
 
 
+def _read_npy_rows(file: str, offset: int, dtype, shape, block_info=None):
+    """Rows ``block_info``'s location of an .npy at a URL (a seek and one read)."""
+    (start, stop), *_ = block_info[None]["array-location"]
+    row_items = int(np.prod(shape[1:], dtype=np.int64))
+    with _open(file) as fh:
+        fh.seek(offset + start * row_items * dtype.itemsize)
+        buf = fh.read((stop - start) * row_items * dtype.itemsize)
+    return np.frombuffer(buf, dtype=dtype).reshape((stop - start,) + tuple(shape[1:]))
+
+
+def _npy_url(label: str, file: str, rows: int) -> da.Array:
+    with _open(file) as fh:
+        shape, fortran, dtype = _read_npy_header(fh, f"{label} {file}")
+        offset = fh.tell()
+    if dtype.hasobject:
+        raise CorpusError(f"{label}: {file} has dtype {dtype}, which holds Python objects; save a numeric array.")
+    if fortran and len(shape) > 1:
+        raise CorpusError(f"{label}: {file} is Fortran-ordered, so its rows cannot be read one range at a time "
+                          "from a URL. Save it C-ordered (np.save(path, np.ascontiguousarray(X))).")
+    chunks = (_row_chunks(shape[0], rows),) + tuple((s,) for s in shape[1:]) if shape else ()
+    return da.map_blocks(_read_npy_rows, file, offset, dtype, shape, chunks=chunks, dtype=dtype,
+                         meta=np.empty((0,) * len(shape), dtype=dtype))
+
+
 def _source_path(label: str, spec: str, rows: int) -> da.Array:
     file, key = _split_spec(spec)
-    if not Path(file).exists():
+    if not _exists(file):
         raise CorpusError(f"{label}: source {spec!r} does not exist.")
     if file.endswith(".npz"):
         if not key:
             raise CorpusError(f"{label}: name the array inside the archive, e.g. {file}:{label.replace('/', '_')}.")
         return _npz_member(label, file, key, rows)
     if file.endswith(".npy"):
+        if is_url(file):
+            return _npy_url(label, file, rows)
         try:
             arr = np.load(file, mmap_mode="r")
         except ValueError as exc:  # e.g. object dtype: cannot be memory-mapped (and would need pickle)
@@ -641,22 +753,56 @@ def _targets(group, split: _PlannedSplit, rows: int, compressor: str) -> list:
 
 
 def _hold_out(X, y, ids, fraction: float, seed: int, rows: int):
-    """Seeded train/test split of one source: (train parts, test parts, record). Rows are
-    selected lazily (sorted row indices), so nothing is read yet; ids default to the
-    source's row numbers, so both splits keep the rows' identity."""
-    sx, sy = _source("train/X", X, rows), _source("train/y", y, rows)
-    n = sx.shape[0]
-    sid = _source("train/ids", ids, rows) if ids is not None else da.arange(n, chunks=sx.chunks[0], dtype=np.int64)
+    """Seeded train/test split of one source: (train parts, test parts, record)."""
+    n = _source("train/X", X, 2**62).shape[0]  # metadata only
     k = int(round(fraction * n))
     if not 1 <= k < n:
         raise CorpusError(f"test_fraction = {fraction} of n = {n} rows leaves {k} test row(s); choose a fraction "
                           "that keeps at least one row in each split.")
     test = np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
-    train = np.setdiff1d(np.arange(n), test, assume_unique=True)
-    parts = [tuple(a[idx] for a in (sx, sy, sid)) for idx in (train, test)]
     record = {"fraction": fraction, "seed": seed, "n_test": k,
               "method": "numpy.random.default_rng(seed).choice(n, round(fraction * n), replace=False)"}
-    return parts[0], parts[1], record
+    return (*_select_rows(X, y, ids, test, rows), record)
+
+
+def _split_by_values(X, y, ids, split, rows: int):
+    """The train/test split a per-row "train"/"test" column names: (train parts, test
+    parts, record). Reads the column (one value per row); other values are refused."""
+    values = np.asarray(_compute_local(_source("split", split, rows))[0]).astype(str)
+    bad = sorted(set(np.unique(values).tolist()) - {"train", "test"})
+    if bad:
+        raise CorpusError(f"The split column holds {bad[:5]}; rifscale reads 'train' and 'test'. Map the other "
+                          "values (e.g. 'validation') before ingesting, or leave the split column out.")
+    test = np.flatnonzero(values == "test")
+    if not 1 <= test.size < values.size:
+        raise CorpusError(f"The split column names {test.size} test row(s) of {values.size}; both splits need "
+                          "at least one row (leave the split column out and use test_fraction to draw one).")
+    record = {"from": "split column", "n_test": int(test.size)}
+    return (*_select_rows(X, y, ids, test, rows), record)
+
+
+def _select_rows(X, y, ids, test: np.ndarray, rows: int):
+    """(train parts, test parts) of one source, ``test`` its sorted test row numbers.
+    Rows are selected lazily, so nothing is read yet; ids default to the source's row
+    numbers, so both splits keep the rows' identity."""
+    sx, sy = _source("train/X", X, rows), _source("train/y", y, rows)
+    n = sx.shape[0]
+    sid = _source("train/ids", ids, rows) if ids is not None else da.arange(n, chunks=sx.chunks[0], dtype=np.int64)
+    train = np.setdiff1d(np.arange(n), test, assume_unique=True)
+    return [tuple(a[idx] for a in (sx, sy, sid)) for idx in (train, test)]
+
+
+def _distributed_client():
+    """The active distributed client, or None (distributed is not imported for the answer)."""
+    import sys
+
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return None
+    try:
+        return distributed.default_client()
+    except ValueError:
+        return None
 
 
 def _compute_local(*collections):
@@ -690,20 +836,25 @@ def ingest(
     provenance: dict | None = None,
     test_fraction: float | None = None,
     seed: int = 0,
+    split=None,
+    inputs=(),
 ) -> Corpus:
     """Build a layout-1 corpus at ``out``, chunk-parallel.
 
     ``test_fraction`` (with no test split given) holds out that fraction of the rows as
     the test split: ``numpy.random.default_rng(seed)`` draws them, the rows keep their
     ids (row numbers of the source when no ids are given), and the split is recorded in
-    the corpus attributes (``test_split``).
+    the corpus attributes (``test_split``). ``split`` instead names each training row's
+    split, "train" or "test" (e.g. a table's split column).
 
     Each source is an array (NumPy, Zarr or Dask — a Dask array is never gathered), a
     ``.npy`` file (memory-mapped), ``file.npz:key`` or a Zarr array path
-    (``store.zarr/path`` or ``store.zarr:path``). Every row chunk is read, checked
-    (finite X, labels in {0, 1}), cast, hashed and written by its own task: by local
-    threads for in-memory arrays and local files, with the active Dask scheduler (e.g. a
-    distributed client) when the sources are Dask arrays.
+    (``store.zarr/path`` or ``store.zarr:path``); files may be fsspec URLs (``s3://...``,
+    read a row range per task). Every row chunk is read, checked (finite X, labels in
+    {0, 1}), cast, hashed and written by its own task: on the active distributed client
+    when the sources are Dask arrays and a client is active (they are then read where the
+    workers run), otherwise by local threads. ``inputs`` names further source paths the
+    output must not overlap (e.g. a Parquet directory).
     ``content_sha256`` is the sha256 of the per-chunk sha256 digests of X, y and ids
     bytes, train chunks then test chunks, in row order.
 
@@ -712,7 +863,7 @@ def ingest(
     is written to a temporary sibling and moved into place only when complete; an
     existing ``out`` is refused unless ``overwrite``.
     """
-    out = Path(out)
+    out = Path(output_path(out, "corpus"))
     if chunk_rows is not None and (isinstance(chunk_rows, bool) or int(chunk_rows) != chunk_rows or chunk_rows < 1):
         raise CorpusError(f"chunk_rows must be a positive integer; got {chunk_rows!r}.")
     if compressor not in COMPRESSORS:
@@ -722,6 +873,8 @@ def ingest(
     if test_ids is not None and test_X is None:
         raise CorpusError("test_ids was given without test_X and test_y; pass the whole test split.")
     split_record = None
+    if split is not None and (test_X is not None or test_fraction is not None):
+        raise CorpusError("Pass one of a test split (test_X, test_y), split or test_fraction.")
     if test_fraction is not None:
         if test_X is not None:
             raise CorpusError("Pass either a test split (test_X, test_y) or test_fraction, not both.")
@@ -730,16 +883,21 @@ def ingest(
         if isinstance(seed, bool) or int(seed) != seed or seed < 0:
             raise CorpusError(f"seed must be an integer >= 0; got {seed!r}.")
     sources = (train_X, train_y, test_X, test_y, train_ids, test_ids)
-    inputs = [_source_file(v) for v in sources if isinstance(v, (str, os.PathLike))]
+    inputs = [_source_file(v) for v in sources if isinstance(v, (str, os.PathLike))] + [local_path(p) for p in inputs]
+    inputs = [p for p in inputs if not is_url(p)]
     # the output is claimed (and refused if it exists) before the sources are read
     with atomic_dir(out, overwrite=overwrite, kind="corpus", inputs=inputs) as tmp:
         rows = int(chunk_rows) if chunk_rows is not None else _auto_rows(train_X, dtype)
         # data in this process (arrays, local files) is ingested by local threads; only
         # Dask-array sources run where the active scheduler (e.g. a cluster) puts them
-        lazy = all(isinstance(v, da.Array) for v in (train_X, test_X) if v is not None)
+        lazy = all(isinstance(v, da.Array) for v in (train_X, test_X) if v is not None) \
+            and _distributed_client() is not None
         if test_fraction is not None:
             (train_X, train_y, train_ids), (test_X, test_y, test_ids), split_record = _hold_out(
                 train_X, train_y, train_ids, float(test_fraction), int(seed), rows)
+        elif split is not None:
+            (train_X, train_y, train_ids), (test_X, test_y, test_ids), split_record = _split_by_values(
+                train_X, train_y, train_ids, split, rows)
         splits = [_plan_split("train", train_X, train_y, train_ids, rows, dtype)]
         if test_X is not None:
             splits.append(_plan_split("test", test_X, test_y, test_ids, rows, dtype))

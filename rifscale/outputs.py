@@ -39,6 +39,24 @@ from .errors import ConfigError, OutputBusyError, OutputExistsError
 MARKER = ".rifscale-output"
 
 
+def output_path(location, kind: str = "output") -> Path:
+    """The local path an output goes to: a path, or a ``file://`` URL. Other URLs
+    (``s3://``...) are refused: the rules above need a POSIX file system (an ``flock`` and
+    an atomic rename), which object stores do not offer. Write locally or to a shared file
+    system and copy the finished output (e.g. ``fsspec``'s ``put``); rifscale reads
+    corpora and runs from URLs."""
+    location = os.fspath(location)
+    if location.startswith("file://"):
+        return Path(location[len("file://"):])
+    if "://" in location:
+        raise ConfigError(
+            f"Cannot write the {kind} to {location!r}: rifscale writes outputs only to a file system with "
+            "locks and atomic renames, so that a killed or raced job never leaves a partial output. Write "
+            "it to a local or shared path, then copy the finished directory to the object store."
+        )
+    return Path(location)
+
+
 def made_by_rifscale(path: Path) -> bool:
     """Whether ``path`` is a directory rifscale wrote (and may therefore replace)."""
     path = Path(path)
@@ -79,7 +97,7 @@ def check_output(out: Path, *, overwrite: bool) -> None:
 
 def check_inputs(out: Path, inputs) -> None:
     """Refuse an output named "." or "..", and one that is, lies inside, or contains one of
-    ``inputs`` (paths; None and other values are ignored): writing it would destroy the input."""
+    ``inputs`` (paths; URLs other than ``file://``, None and other values are ignored): writing it would destroy the input."""
     if Path(out).name in ("", ".", ".."):
         raise ConfigError(
             f"The output {str(out)!r} is an existing directory by its very name, not a new output. Name the "
@@ -88,6 +106,11 @@ def check_inputs(out: Path, inputs) -> None:
     o = Path(os.path.realpath(out))
     for inp in inputs:
         if not isinstance(inp, (str, os.PathLike)):
+            continue
+        inp = os.fspath(inp)
+        if inp.startswith("file://"):
+            inp = inp[len("file://"):]
+        elif "://" in inp:  # an input at a URL: never the local file system written here
             continue
         i = Path(os.path.realpath(inp))
         if o == i:
@@ -240,7 +263,7 @@ def atomic_dirs(outs: dict[str, Path], *, overwrite: bool, kind: str, inputs=())
     success move them all into place, on failure (or interruption) delete the temporaries
     and keep the old outputs. ``kind`` goes into each marker; ``inputs`` are the job's
     input paths (:func:`check_inputs`)."""
-    outs = {name: Path(p) for name, p in outs.items()}
+    outs = {name: output_path(p, kind) for name, p in outs.items()}
     for out in outs.values():
         check_inputs(out, inputs)
     tmps = {}
@@ -275,7 +298,7 @@ def atomic_dir(out: Path, *, overwrite: bool, kind: str, inputs=()):
 def atomic_file(out: Path, *, overwrite: bool, inputs=()):
     """Yield a temporary path beside ``out``; on success move it to ``out`` (an existing
     file is replaced only with ``overwrite``; a directory never), else delete it."""
-    out = Path(out)
+    out = output_path(out, "file")
     check_inputs(out, inputs)
     with claim(out):
         if out.is_dir():

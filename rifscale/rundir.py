@@ -50,7 +50,7 @@ from .cluster import current_client
 from .config import RunConfig
 from .errors import ConfigError, CorpusError, OutputExistsError
 from .factor import Factor
-from .io import Corpus, open_corpus
+from .io import Corpus, local_path, open_corpus
 from .kernels import to_numpy
 from .metrics import MetricAtOptimum
 from .model import FittedModel
@@ -261,8 +261,16 @@ def _differences(a: dict, b: dict) -> list[str]:
     return out
 
 
+def run_location(path):
+    """A run (or a directory of runs) as a path object: a ``pathlib.Path`` for local paths
+    and ``file://`` URLs, a ``UPath`` over fsspec for other URLs (read-only use)."""
+    from upath import UPath
+
+    return path if isinstance(path, UPath) else UPath(local_path(path))
+
+
 def read_manifest(path) -> dict:
-    mpath = Path(path) / MANIFEST
+    mpath = run_location(path) / MANIFEST
     if not mpath.is_file():
         raise ConfigError(f"{str(path)!r} is not a rifscale run (no {MANIFEST}); create one with `rifscale run`.")
     try:
@@ -272,7 +280,7 @@ def read_manifest(path) -> dict:
 
 
 def _read_theta(path) -> np.ndarray:
-    return np.asarray(zarr.open_array(str(Path(path) / "model" / "theta"), mode="r")[...])
+    return np.asarray(zarr.open_array(str(run_location(path) / "model" / "theta"), mode="r")[...])
 
 
 def warm_start_theta(previous, corpus: Corpus, config: RunConfig) -> np.ndarray:
@@ -516,7 +524,7 @@ def _frame(ids, columns: dict):
 
 
 def _read_model(path: Path, cfg: dict, manifest: dict | None = None) -> FittedModel:
-    group = zarr.open_group(str(Path(path) / "model"), mode="r")
+    group = zarr.open_group(str(run_location(path) / "model"), mode="r")
 
     def read(name):
         return np.asarray(group[name][...])
@@ -541,8 +549,9 @@ def _read_model(path: Path, cfg: dict, manifest: dict | None = None) -> FittedMo
 
 def open_run(path, *, corpus: Corpus | str | os.PathLike | None = None) -> Run:
     """Open a complete run; the corpus is re-opened (from the manifest unless given, as a
-    path or a :class:`Corpus`) and must still have the fingerprint the run was made from."""
-    path = Path(path)
+    path or a :class:`Corpus`) and must still have the fingerprint the run was made from.
+    ``path`` may be an fsspec URL (``s3://bucket/runs/today``)."""
+    path = run_location(path)
     manifest = read_manifest(path)
     if manifest.get("status") != "complete":
         raise ConfigError(f"The run at {str(path)!r} is not complete (status {manifest.get('status')!r}); rerun it.")
@@ -566,7 +575,7 @@ def list_runs(root) -> list[dict]:
     """One row per run directory under ``root`` (searched recursively, hidden directories
     skipped), from the manifests alone: path, status, created, corpus fingerprint, λ, n, d,
     iterations and timings. Interrupted runs (``.NAME.partial``) are listed as "partial"."""
-    root = Path(root)
+    root = run_location(root)
     if not root.is_dir():
         raise ConfigError(f"{str(root)!r} is not a directory.")
     rows = []

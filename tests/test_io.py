@@ -190,3 +190,65 @@ def test_test_fraction_makes_a_seeded_split_that_keeps_the_ids(tmp_path, capsys)
     assert a.attrs["test_split"]["seed"] == 7 and a.attrs["test_split"]["n_test"] == 100
     assert main([args[0], str(tmp_path / "c.zarr"), *args[1:5], "--test-fraction", "1.5"]) == 2
     assert "test_fraction must be in (0, 1); got 1.5" in capsys.readouterr().err
+
+
+def _foreign(path, pr, *, ids=None, y=None):
+    """A Zarr group with the layout's arrays, written by someone else's tool: no rifscale
+    attributes, X chunked along columns too, y and ids in chunks of their own, int32 ids."""
+    g = zarr.open_group(str(path), mode="w")
+    g.attrs["made_by"] = "another pipeline"
+    g.create_array("train/X", data=pr.X, chunks=(25, 3))
+    g.create_array("train/y", data=pr.y.astype(np.int32) if y is None else y, chunks=(40,))
+    g.create_array("train/ids", data=(np.arange(103, dtype=np.int32) * 7)[::-1] if ids is None else ids, chunks=(60,))
+    g.create_array("test/X", data=pr.X_test, chunks=(41, 7))
+    g.create_array("test/y", data=pr.y_test, chunks=(41,))
+    return path
+
+
+def _listing(path):
+    return sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*"))
+
+
+def test_a_foreign_zarr_group_is_validated_and_used_in_place(tmp_path, pr):
+    from rifscale.cli import main
+    from rifscale.testing import Reference
+
+    from .conftest import rel_err
+
+    src = _foreign(tmp_path / "theirs.zarr", pr)
+    before = _listing(src)
+    c = rifscale.open_corpus(src)
+    assert c.train.X.chunks[1] == (7,) and c.train.y.chunks == c.train.X.chunks[:1] == c.train.ids.chunks
+    assert c.train.ids.dtype == np.int64 and c.train.ids[0].compute() == 102 * 7
+    assert main(["run", str(src), "--out", str(tmp_path / "run"), "--lam", "0.5", "--test-subset", "all"]) == 0
+    run = rifscale.open_run(tmp_path / "run")
+    assert rel_err(run.array("scores/leverage")[...], Reference(pr.X, pr.y, lam=0.5).h) <= 1e-8
+    assert list(run.ids[:2]) == [102 * 7, 101 * 7]
+    assert _listing(src) == before  # read in place: nothing written into it
+    with pytest.raises(CorpusError, match="records no content_sha256"):
+        rifscale.io.verify_corpus(c)
+
+
+def test_a_foreign_group_whose_data_change_is_another_corpus(tmp_path, pr):
+    src = _foreign(tmp_path / "theirs.zarr", pr)
+    first = rifscale.open_corpus(src).fingerprint
+    assert rifscale.open_corpus(src).fingerprint == first  # stable while nothing changes
+    rifscale.run_job(src, tmp_path / "run", rifscale.RunConfig(lam=0.5))
+    X = zarr.open_array(str(src / "train" / "X"), mode="r+")
+    X[5, 1] = X[5, 1] + 1.0  # same shape, same sizes: only the bytes (and the file's mtime) change
+    assert rifscale.open_corpus(src).fingerprint != first
+    with pytest.raises(CorpusError, match="is not the one this run was made from"):
+        rifscale.open_run(tmp_path / "run")
+
+
+def test_a_foreign_group_gets_the_same_refusals(tmp_path, pr):
+    dup = np.arange(103, dtype=np.int64)
+    dup[50] = 3
+    with pytest.raises(CorpusError, match=r"train/ids holds 1 duplicated value\(s\) \(e.g. 3 at rows 3 and 50\)"):
+        rifscale.open_corpus(_foreign(tmp_path / "a.zarr", pr, ids=dup))
+    with pytest.raises(CorpusError, match=r"train/y has dtype float64; expected integer labels"):
+        rifscale.open_corpus(_foreign(tmp_path / "b.zarr", pr, y=pr.y.astype(np.float64)))
+    src = _foreign(tmp_path / "c.zarr", pr)
+    (src / "train" / "X" / "c" / "2" / "1").unlink()
+    with pytest.raises(CorpusError, match=r"train/X is missing 1 of its 15 chunk file\(s\) \(first: row chunk 2, rows 50-74.*as zeros"):
+        rifscale.open_corpus(src)
