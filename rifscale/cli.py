@@ -176,7 +176,7 @@ def _validate(args) -> int:
             args.run, experiments=tuple(args.experiments), strategies=tuple(args.strategies), n_sizes=args.n_sizes,
             seed=args.seed, poison_points=args.poison_points, top_metric=args.top_metric,
             top_sign=1 if args.top_sign == "+" else -1, overwrite=args.overwrite, corpus=args.corpus, client=client,
-            batch_sets=args.batch_sets,
+            batch_sets=args.batch_sets, n_clusters=args.n_clusters,
         )
     print(f"wrote {page.parent} (open {page} in a browser) and {page.parent.parent / 'validation'}")
     return 0
@@ -291,13 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster(p)
     p.set_defaults(func=_groups)
 
-    from .removal import STRATEGIES
+    from .removal import DEFAULT_STRATEGIES, N_CLUSTERS, STRATEGIES
     from .validate import BATCH_SETS, EXPERIMENTS
 
     p = sub.add_parser("validate", help="estimates vs exact retrains: accuracy, sweeps, poisoning; figures and HTML")
     p.add_argument("run", help="a run directory made by `rifscale run`")
     p.add_argument("--experiments", nargs="+", default=["accuracy"], choices=EXPERIMENTS)
-    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    p.add_argument("--strategies", nargs="+", default=list(DEFAULT_STRATEGIES), choices=STRATEGIES,
+                   help=f"removal-set strategies (default: {' '.join(DEFAULT_STRATEGIES)}; kmeans_cluster removes "
+                   "the core of a k-means cluster of the embeddings and needs dask-ml)")
+    p.add_argument("--n-clusters", type=int, default=N_CLUSTERS, help=f"clusters of kmeans_cluster (default {N_CLUSTERS})")
     p.add_argument("--n-sizes", type=int, default=40, help="removal-set sizes from 0.1%% to 5%% of n (default 40)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--poison-points", type=int, default=100, help="test points of the poisoning experiment")

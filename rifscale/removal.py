@@ -10,6 +10,11 @@ reproducible from ``(seed, strategy, size)``:
   (the anchor itself, at distance 0, is among them unless it has exact duplicates).
 - ``top_influence``: for a metric and a sign s, a random k of the **true** top-2k rows by
   ``s · s_IF`` (the paper's code meant this but its ``argpartition`` picked another set).
+- ``kmeans_cluster``: a semantic cluster of the embedding space. ``dask_ml.cluster.KMeans``
+  (``n_clusters``, default 10, ``random_state=seed``) is fitted once; per size k, a random
+  cluster holding at least k rows, and its k rows nearest the cluster's centre (the whole
+  cluster when it holds exactly k). Needs dask-ml (``pip install 'rifscale[ml]'``), so it
+  is not among the :data:`DEFAULT_STRATEGIES`.
 
 Distances and rankings are computed over the row chunks with ``da.argtopk``: nothing of
 size n × d (or n × n) is gathered, and all sizes of a strategy share one read of X.
@@ -29,8 +34,13 @@ from .errors import ConfigError
 from .io import Split
 from .kernels import to_numpy
 
-Strategy = Literal["random", "feature_cluster", "distance_cluster", "top_influence"]
+Strategy = Literal["random", "feature_cluster", "distance_cluster", "top_influence", "kmeans_cluster"]
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
+#: What validation runs unless told otherwise: the paper's four (kmeans_cluster needs dask-ml).
+DEFAULT_STRATEGIES: tuple[Strategy, ...] = STRATEGIES[:4]
+#: Clusters of kmeans_cluster: with the default sizes (up to 5 % of n) a cluster holds on
+#: average twice the largest set.
+N_CLUSTERS = 10
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,7 @@ def removal_sets(
     if_scores: da.Array | None = None,
     sign: int = 1,
     label: str = "",
+    n_clusters: int = N_CLUSTERS,
 ) -> list[RemovalSet]:
     """One removal set per size for ``strategy``.
 
@@ -96,6 +107,7 @@ def removal_sets(
     if_scores : (n,) IF scores of one metric, needed by ``top_influence``
     sign : +1 or −1: ``top_influence`` ranks by ``sign · s_IF``
     label : added to the set names (e.g. the metric of ``top_influence``)
+    n_clusters : clusters of ``kmeans_cluster``
     """
     if strategy not in STRATEGIES:
         raise ConfigError(f"Unknown removal strategy {strategy!r}; choose from {STRATEGIES}.")
@@ -124,6 +136,19 @@ def removal_sets(
         D = row_map(_sq_dist_block, train.X, width=len(sizes), anchors=rows)
         chosen = _smallest(D, sizes)
         meta = [{"anchor": int(a)} for a in anchors]
+    elif strategy == "kmeans_cluster":
+        labels, centres = _kmeans(train.X, n_clusters, seed)
+        counts = np.bincount(labels, minlength=n_clusters)
+        if counts.max() < sizes.max():
+            raise ConfigError(
+                f"kmeans_cluster: no cluster of the {n_clusters} holds {int(sizes.max())} rows (the largest holds "
+                f"{int(counts.max())}); use fewer clusters (n_clusters) or smaller sizes."
+            )
+        js = np.array([r.choice(np.flatnonzero(counts >= k)) for r, k in zip(rngs, sizes, strict=True)])
+        D = row_map(_sq_dist_block, train.X, width=len(sizes), anchors=centres[js])
+        member = da.from_array(labels, chunks=train.X.chunks[0])[:, None] == js[None, :]
+        chosen = _smallest(da.where(member, D, np.inf), sizes)
+        meta = [{"cluster": int(j), "n_clusters": n_clusters, "cluster_size": int(counts[j])} for j in js]
     else:
         if if_scores is None:
             raise ConfigError("The top_influence strategy needs the IF scores of a metric (if_scores=...).")
@@ -140,3 +165,17 @@ def removal_sets(
         RemovalSet(name=f"{tag}-{int(k)}", strategy=strategy, size=int(k), indices=idx, meta=m)
         for k, idx, m in zip(sizes, chosen, meta, strict=True)
     ]
+
+
+def _kmeans(X: da.Array, n_clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (n,), centres (K, d) float64) of dask-ml's KMeans, seeded."""
+    try:
+        from dask_ml.cluster import KMeans
+    except ImportError:
+        raise ConfigError("The kmeans_cluster strategy clusters with dask-ml, which is not installed: "
+                          "pip install 'rifscale[ml]' (or dask-ml).") from None
+    if isinstance(n_clusters, bool) or int(n_clusters) != n_clusters or not 2 <= n_clusters <= X.shape[0]:
+        raise ConfigError(f"n_clusters must be an integer in [2, n = {X.shape[0]}]; got {n_clusters!r}.")
+    km = KMeans(n_clusters=int(n_clusters), random_state=seed).fit(X)
+    labels, = dask.compute(km.labels_)
+    return to_numpy(labels).astype(np.int64), np.asarray(to_numpy(km.cluster_centers_), dtype=np.float64)

@@ -31,7 +31,7 @@ from . import kernels
 from .errors import ConfigError
 from .groups import METHODS, group_effects, set_statistics
 from .io import Corpus, Split
-from .removal import STRATEGIES, RemovalSet, default_sizes, removal_sets
+from .removal import DEFAULT_STRATEGIES, N_CLUSTERS, RemovalSet, default_sizes, removal_sets
 from .exact import poisoned_fits, retrain
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,12 @@ def if_scores(source, metric: str) -> da.Array:
     return da.from_zarr(source.array(f"scores/if_{metric}"))
 
 
-def make_sets(source, *, strategies=STRATEGIES, sizes=None, seed: int = 0,
-              top_metric: str = "test_loss", top_sign: int = 1) -> list[RemovalSet]:
+def make_sets(source, *, strategies=DEFAULT_STRATEGIES, sizes=None, seed: int = 0,
+              top_metric: str = "test_loss", top_sign: int = 1, n_clusters: int = N_CLUSTERS) -> list[RemovalSet]:
     train = source.corpus.train
     out = []
     for strategy in strategies:
-        kw = {}
+        kw = {"n_clusters": n_clusters} if strategy == "kmeans_cluster" else {}
         if strategy == "top_influence":
             kw = dict(if_scores=if_scores(source, top_metric), sign=top_sign,
                       label=f"[{'+' if top_sign > 0 else '-'}{top_metric}]")
@@ -183,13 +183,14 @@ class Accuracy:
     seconds: float = 0.0
 
 
-def accuracy(source, *, strategies=STRATEGIES, sizes=None, seed: int = 0, top_metric: str = "test_loss",
+def accuracy(source, *, strategies=DEFAULT_STRATEGIES, sizes=None, seed: int = 0, top_metric: str = "test_loss",
              top_sign: int = 1, tol: float = 1e-9, client=None, batch_sets: int = BATCH_SETS,
-             checkpoint: "Checkpoint | None" = None) -> Accuracy:
+             checkpoint: "Checkpoint | None" = None, n_clusters: int = N_CLUSTERS) -> Accuracy:
     """Predicted vs actual metric changes for every strategy and size (batched retrains:
     ``batch_sets`` sets per batch, each batch saved to ``checkpoint`` when given)."""
     t0 = time.perf_counter()
-    sets = make_sets(source, strategies=strategies, sizes=sizes, seed=seed, top_metric=top_metric, top_sign=top_sign)
+    sets = make_sets(source, strategies=strategies, sizes=sizes, seed=seed, top_metric=top_metric, top_sign=top_sign,
+                     n_clusters=n_clusters)
     named = {s.name: s.indices for s in sets}
     log.info("accuracy: %d removal sets, retraining them exactly (batches of %d)", len(sets), batch_sets)
     stats = set_statistics(source, named, client=client)  # one read of the data serves both
@@ -321,9 +322,10 @@ EXPERIMENTS = ("accuracy", "sweeps", "poisoning")
 SUMMARY_COLUMNS = ["strategy", "metric", "form", "method", "count", "pearson", "slope", "median_rel_err"]
 
 
-def run_validation(run_path, *, experiments=("accuracy",), strategies=STRATEGIES, n_sizes: int = 40, seed: int = 0,
-                   poison_points: int = 100, top_metric: str = "test_loss", top_sign: int = 1,
-                   overwrite: bool = False, corpus=None, client=None, batch_sets: int = BATCH_SETS) -> Path:
+def run_validation(run_path, *, experiments=("accuracy",), strategies=DEFAULT_STRATEGIES, n_sizes: int = 40,
+                   seed: int = 0, poison_points: int = 100, top_metric: str = "test_loss", top_sign: int = 1,
+                   overwrite: bool = False, corpus=None, client=None, batch_sets: int = BATCH_SETS,
+                   n_clusters: int = N_CLUSTERS) -> Path:
     """Run the chosen experiments on a finished run; write ``validation/`` (Zarr: the sets,
     the exact Δθ, retrain records) and ``report/`` (tables as JSON, figures, index.html).
     Both are written beside and moved into place when complete.
@@ -357,14 +359,16 @@ def run_validation(run_path, *, experiments=("accuracy",), strategies=STRATEGIES
     sections, records = [], {}
     key = {"run": run.manifest.get("job") or run.manifest["corpus"], "theta": hashlib.sha256(run.model.theta.tobytes()).hexdigest(),
            "experiments": list(experiments), "strategies": list(strategies), "n_sizes": n_sizes, "seed": seed,
-           "poison_points": poison_points, "top_metric": top_metric, "top_sign": top_sign, "batch": batch_sets}
+           "poison_points": poison_points, "top_metric": top_metric, "top_sign": top_sign, "batch": batch_sets,
+           **({"n_clusters": n_clusters} if "kmeans_cluster" in strategies else {})}
     with atomic_dirs(outs, overwrite=overwrite, kind="validate", inputs=[run.corpus.path]) as tmps:
         checkpoint = Checkpoint(run.path / ".validation.partial", key)
         vgroup = zarr.open_group(str(tmps["validation"]), mode="a")
         if "accuracy" in experiments:
             sizes = default_sizes(run.corpus.n, count=n_sizes)
             acc = accuracy(run, strategies=strategies, sizes=sizes, seed=seed, top_metric=top_metric,
-                           top_sign=top_sign, client=client, batch_sets=batch_sets, checkpoint=checkpoint)
+                           top_sign=top_sign, client=client, batch_sets=batch_sets, checkpoint=checkpoint,
+                           n_clusters=n_clusters)
             _store_sets(vgroup, acc)
             write_json(tmps["report"] / "accuracy_rows.json", acc.rows)
             write_json(tmps["report"] / "accuracy_summary.json", acc.summary)
