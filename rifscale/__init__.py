@@ -19,19 +19,25 @@ import sys as _sys  # noqa: E402
 _logging.getLogger("rifscale").addHandler(_logging.NullHandler())
 
 
-def show_progress(level: int = _logging.INFO, stream=None) -> None:
-    """Show rifscale's progress lines (Newton iterations, stages, layout, warnings) in a
-    notebook or script: one handler on the "rifscale" logger, writing to ``stream``
-    (default stdout, which Jupyter shows under the cell). Calling it again replaces it;
-    ``show_progress(logging.WARNING)`` keeps only warnings."""
+def show_progress(level: int = _logging.INFO, stream=None, *, bars: bool = True) -> None:
+    """Show rifscale's progress in a notebook or script: progress bars of the long stages
+    (ingest, fit, scores, group estimates, exact retrains; an HTML bar under the cell in
+    Jupyter, one line on a terminal) and its log lines (Newton iterations, stages, layout,
+    warnings) through one handler on the "rifscale" logger, writing to ``stream`` (default
+    stdout, which Jupyter shows under the cell). Calling it again replaces it;
+    ``show_progress(logging.WARNING, bars=False)`` keeps only warnings."""
+    from . import progress
+
     log = _logging.getLogger("rifscale")
     for h in [h for h in log.handlers if getattr(h, "rifscale_progress", False)]:
         log.removeHandler(h)
-    handler = _logging.StreamHandler(stream or _sys.stdout)
+    handler = progress.LogHandler(stream or _sys.stdout)
     handler.rifscale_progress = True
     handler.setFormatter(_logging.Formatter("%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(level)
+    progress.enable(bars)
+
 
 from .config import RunConfig  # noqa: E402
 from .errors import (  # noqa: E402

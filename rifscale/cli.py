@@ -25,7 +25,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
-from . import __version__
+from . import __version__, progress
 from .cluster import DEFAULT_TIMEOUT
 from .config import METRICS, RunConfig
 from .errors import CorpusError, NotConvergedError, NotPositiveDefiniteError, RifscaleError
@@ -99,7 +99,7 @@ def _run(args) -> int:
         verify_corpus(job.corpus)
     with connect(args.scheduler, n_workers=args.workers, processes=args.processes,
                  dashboard=args.dashboard, timeout=args.timeout) as client:
-        manifest = job.run(client=client, progress=not args.quiet and sys.stdout.isatty())
+        manifest = job.run(client=client)
     if manifest.get("already_complete"):
         print(f"run {args.out} is already complete (same config and corpus); nothing to do")
         return 0
@@ -338,11 +338,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     for h in [h for h in log.handlers if getattr(h, "rifscale_cli", False)]:
         log.removeHandler(h)  # main() called again in one process (tests, notebooks)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = progress.LogHandler(sys.stderr)
     handler.rifscale_cli = True
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    progress.enable(not args.quiet and sys.stderr.isatty())  # bars on a terminal (stderr), never in logs
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:

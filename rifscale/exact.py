@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import kernels
+from . import kernels, progress
 from ._blocks import block_sum
 from .factor import broadcast
 from .groups import SetStatistics, set_statistics
@@ -186,38 +186,40 @@ def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, 
     all_sets = broadcast([s.rows for s in states], client=client)
     budget = max(1, HESSIAN_BUDGET // (p * p))
     npass = 0
-    while True:
-        for s in states:
-            if not s.done and s.passes >= max_passes:
-                s.done, s.ended = True, time.perf_counter()
-        running = [k for k, s in enumerate(states) if not s.done]
-        if not running:
-            break
-        npass += 1
-        waiting = sorted((k for k in running if states[k].method == "newton"), key=lambda k: states[k].last)
-        skip = set(waiting[budget:])  # least recently evaluated Newton problems go first
-        pos = [k for k in running if k not in skip]
-        active = [states[k] for k in pos]
-        newton = [j for j, s in enumerate(active) if s.method == "newton"]
-        slot = {j: i for i, j in enumerate(newton)}
-        thetas = np.stack([s.trial for s in active], axis=1)
-        K = len(active)
-        packed = kernels.to_numpy(block_sum(
-            _retrain_active, train.X, train.y, row_ids, width=2 * K + p * K + len(newton) * p * p,
-            thetas=thetas, all_sets=all_sets, active=pos, newton=newton, fit_intercept=model.fit_intercept,
-        ).compute())
-        loss, grads, floors = penalised(thetas, packed[:K], packed[2 * K : 2 * K + p * K].reshape(p, K),
-                                        packed[K : 2 * K], lam=model.lam, fit_intercept=model.fit_intercept)
-        hess = packed[2 * K + p * K :].reshape(len(newton), p, p)
-        for j, s in enumerate(active):  # a problem's passes: those that evaluated it
-            s.passes, s.last = s.passes + 1, npass
-            H = penalised_hessian(hess[slot[j]], lam=model.lam, fit_intercept=model.fit_intercept) if j in slot else None
-            a_loss, a_grad, a_scale, a_hess = _added_terms(s, thetas[:, j], H is not None)
-            if H is not None:
-                H = H + a_hess
-            floor = floors[j] + ROUNDING_FACTOR * EPS * a_scale
-            _advance(s, loss[j] + a_loss, grads[:, j] + a_grad, floor, H, tol=tol, safeguard=safeguard)
-        log.debug("retrain pass %d: %d of %d problems still running", npass, sum(not s.done for s in states), len(states))
+    with progress.Bar("exact retrains", total=len(states)) as bar:
+        while True:
+            for s in states:
+                if not s.done and s.passes >= max_passes:
+                    s.done, s.ended = True, time.perf_counter()
+            running = [k for k, s in enumerate(states) if not s.done]
+            if not running:
+                break
+            npass += 1
+            waiting = sorted((k for k in running if states[k].method == "newton"), key=lambda k: states[k].last)
+            skip = set(waiting[budget:])  # least recently evaluated Newton problems go first
+            pos = [k for k in running if k not in skip]
+            active = [states[k] for k in pos]
+            newton = [j for j, s in enumerate(active) if s.method == "newton"]
+            slot = {j: i for i, j in enumerate(newton)}
+            thetas = np.stack([s.trial for s in active], axis=1)
+            K = len(active)
+            packed = kernels.to_numpy(block_sum(
+                _retrain_active, train.X, train.y, row_ids, width=2 * K + p * K + len(newton) * p * p,
+                thetas=thetas, all_sets=all_sets, active=pos, newton=newton, fit_intercept=model.fit_intercept,
+            ).compute())
+            loss, grads, floors = penalised(thetas, packed[:K], packed[2 * K : 2 * K + p * K].reshape(p, K),
+                                            packed[K : 2 * K], lam=model.lam, fit_intercept=model.fit_intercept)
+            hess = packed[2 * K + p * K :].reshape(len(newton), p, p)
+            for j, s in enumerate(active):  # a problem's passes: those that evaluated it
+                s.passes, s.last = s.passes + 1, npass
+                H = penalised_hessian(hess[slot[j]], lam=model.lam, fit_intercept=model.fit_intercept) if j in slot else None
+                a_loss, a_grad, a_scale, a_hess = _added_terms(s, thetas[:, j], H is not None)
+                if H is not None:
+                    H = H + a_hess
+                floor = floors[j] + ROUNDING_FACTOR * EPS * a_scale
+                _advance(s, loss[j] + a_loss, grads[:, j] + a_grad, floor, H, tol=tol, safeguard=safeguard)
+            log.debug("retrain pass %d: %d of %d problems still running", npass, sum(not s.done for s in states), len(states))
+            bar.update(sum(s.done for s in states), text=f"done after pass {npass}")
     log.info("retrains: %d of %d problems certified in %d passes over the data",
              sum(s.stopped_at is not None for s in states), len(states), npass)
 

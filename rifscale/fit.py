@@ -1,4 +1,4 @@
-r"""Distributed Newton fit of the L2-regularised logistic regression (DESIGN.md §1).
+r"""Distributed Newton fit of the L2-regularised logistic regression (docs/design.md §8.3).
 
 Each pass over the row chunks computes L and ∇L in float64 and, when asked, the Hessian
 (:mod:`rifscale.hessian`); the p×p Newton system is solved on the driver by Cholesky.
@@ -44,6 +44,7 @@ from .errors import ConfigError, CorpusError, NotConvergedError, NotPositiveDefi
 from .hessian import objectives
 from .io import find_nonfinite, scale_outliers
 from .newton import MIN_STEP, accept, newton_direction, stop_reason
+from .progress import Bar, newton_fraction
 
 log = logging.getLogger(__name__)
 
@@ -262,75 +263,79 @@ def fit(
     ratio = 1.0  # ‖∇L‖ after / before the last accepted step
     history = []
     rel = cur.grad_norm / ref
-    for it in range(max_iter + 1):
-        gnorm = cur.grad_norm
-        rel = gnorm / ref
-        history.append({"iter": it, "loss": cur.loss, "grad_norm": gnorm, "rel_grad_norm": rel,
-                        "hessian": cur.hessian_dtype, "elapsed": time.perf_counter() - t0})
-        log.log(progress, "newton iter %2d  loss %.12g  rel grad %.3e", it, cur.loss, rel)
-        stopped_at = stop_reason(gnorm, ref=ref, floor=cur.grad_floor, tol=tol)
-        if stopped_at:
-            if final_hessian and cur.hessian_dtype != "float64":  # the factored H must be the exact one at θ̂
-                (cur,) = evaluate([(cur.theta, "float64")])
-            if lam == 0 and final_hessian:
-                _check_not_separated(X, y, cur.theta, fit_intercept=fit_intercept, weights=weights)
-                _check_unpenalised_hessian(cur.hessian)
-            return FitResult(
-                theta=cur.theta, lam=lam, fit_intercept=fit_intercept, converged=True, n_iter=it,
-                n_passes=passes, loss=cur.loss, grad_norm=gnorm, rel_grad_norm=rel, tol=tol,
-                stopped_at=stopped_at, seconds=time.perf_counter() - t0, hessian=cur.hessian,
-                history=tuple(history), hessian_passes=dict(counts), warm_start=warm,
-            )
-        if it == max_iter:
-            break
-        if cur.hessian is not None:
-            H, H_dtype = cur.hessian, cur.hessian_dtype
-        try:
-            step = _direction(H, cur.grad, lam=lam, it=it, X=X, exact=H_dtype == "float64")
-        except NotPositiveDefiniteError:
-            if H_dtype == "float64":
-                raise
-            exact = True  # float32 products lost H's smallest eigenvalues: exact from here
-            (cur,) = evaluate([(cur.theta, "float64")])
-            H, H_dtype = cur.hessian, "float64"
-            step = _direction(H, cur.grad, lam=lam, it=it, X=X)
-        slope = float(cur.grad @ step)
-        t = 1.0
-        while True:
-            if exact:
-                mode = "float64"
-            elif ratio * rel <= tol:  # this step is expected to converge: get the exact H with it
-                mode = "float64"
-            elif ratio <= REUSE_BELOW:
-                mode = None  # the Hessian still works: a chord step needs only the gradient
-            else:
-                mode = "float32"
-            (trial,) = evaluate([(cur.theta + t * step, mode)])
-            if accept(trial.loss, trial.grad_norm, prev_loss=cur.loss, prev_gnorm=gnorm, t=t, slope=slope):
+    # the bar of the main fit (not of the inner ones); it ends with the fit, also on an error
+    with Bar("fit", show=None if progress >= logging.INFO else False) as bar:
+        for it in range(max_iter + 1):
+            gnorm = cur.grad_norm
+            rel = gnorm / ref
+            history.append({"iter": it, "loss": cur.loss, "grad_norm": gnorm, "rel_grad_norm": rel,
+                            "hessian": cur.hessian_dtype, "elapsed": time.perf_counter() - t0})
+            log.log(progress, "newton iter %2d  loss %.12g  rel grad %.3e", it, cur.loss, rel)
+            stopped_at = stop_reason(gnorm, ref=ref, floor=cur.grad_floor, tol=tol)
+            bar.update(fraction=1.0 if stopped_at else newton_fraction(rel, tol),
+                       text=f"Newton iteration {it}, relative gradient {rel:.1e} (stop at {tol:.0e})")
+            if stopped_at:
+                if final_hessian and cur.hessian_dtype != "float64":  # the factored H must be the exact one at θ̂
+                    (cur,) = evaluate([(cur.theta, "float64")])
+                if lam == 0 and final_hessian:
+                    _check_not_separated(X, y, cur.theta, fit_intercept=fit_intercept, weights=weights)
+                    _check_unpenalised_hessian(cur.hessian)
+                return FitResult(
+                    theta=cur.theta, lam=lam, fit_intercept=fit_intercept, converged=True, n_iter=it,
+                    n_passes=passes, loss=cur.loss, grad_norm=gnorm, rel_grad_norm=rel, tol=tol,
+                    stopped_at=stopped_at, seconds=time.perf_counter() - t0, hessian=cur.hessian,
+                    history=tuple(history), hessian_passes=dict(counts), warm_start=warm,
+                )
+            if it == max_iter:
                 break
-            if not exact:  # an approximate Hessian misled the step: plain Newton from here
-                exact = True
+            if cur.hessian is not None:
+                H, H_dtype = cur.hessian, cur.hessian_dtype
+            try:
+                step = _direction(H, cur.grad, lam=lam, it=it, X=X, exact=H_dtype == "float64")
+            except NotPositiveDefiniteError:
+                if H_dtype == "float64":
+                    raise
+                exact = True  # float32 products lost H's smallest eigenvalues: exact from here
                 (cur,) = evaluate([(cur.theta, "float64")])
                 H, H_dtype = cur.hessian, "float64"
                 step = _direction(H, cur.grad, lam=lam, it=it, X=X)
-                slope, t = float(cur.grad @ step), 1.0
-                continue
-            t *= 0.5
-            if t < MIN_STEP:
-                raise NotConvergedError(
-                    f"The Newton line search failed at iteration {it} (relative gradient norm "
-                    f"{rel:.3e}, tolerance {tol:.1e}): no step along the Newton direction lowers "
-                    "the objective. The problem is badly conditioned; increase lam or loosen tol."
-                )
-        history[-1]["step"] = t
-        ratio = trial.grad_norm / gnorm if gnorm > 0 else 0.0
-        cur = trial
-    hint = (
-        " With lam = 0 this usually means the classes are separable and theta diverges; use lam > 0."
-        if lam == 0
-        else " Increase max_iter, or increase lam if the problem is badly conditioned."
-    )
-    raise NotConvergedError(
-        f"The Newton fit did not converge in max_iter = {max_iter} iterations: relative gradient "
-        f"norm {rel:.3e} > tol = {tol:.1e} (loss {cur.loss:.6g}).{hint}"
-    )
+            slope = float(cur.grad @ step)
+            t = 1.0
+            while True:
+                if exact:
+                    mode = "float64"
+                elif ratio * rel <= tol:  # this step is expected to converge: get the exact H with it
+                    mode = "float64"
+                elif ratio <= REUSE_BELOW:
+                    mode = None  # the Hessian still works: a chord step needs only the gradient
+                else:
+                    mode = "float32"
+                (trial,) = evaluate([(cur.theta + t * step, mode)])
+                if accept(trial.loss, trial.grad_norm, prev_loss=cur.loss, prev_gnorm=gnorm, t=t, slope=slope):
+                    break
+                if not exact:  # an approximate Hessian misled the step: plain Newton from here
+                    exact = True
+                    (cur,) = evaluate([(cur.theta, "float64")])
+                    H, H_dtype = cur.hessian, "float64"
+                    step = _direction(H, cur.grad, lam=lam, it=it, X=X)
+                    slope, t = float(cur.grad @ step), 1.0
+                    continue
+                t *= 0.5
+                if t < MIN_STEP:
+                    raise NotConvergedError(
+                        f"The Newton line search failed at iteration {it} (relative gradient norm "
+                        f"{rel:.3e}, tolerance {tol:.1e}): no step along the Newton direction lowers "
+                        "the objective. The problem is badly conditioned; increase lam or loosen tol."
+                    )
+            history[-1]["step"] = t
+            ratio = trial.grad_norm / gnorm if gnorm > 0 else 0.0
+            cur = trial
+        hint = (
+            " With lam = 0 this usually means the classes are separable and theta diverges; use lam > 0."
+            if lam == 0
+            else " Increase max_iter, or increase lam if the problem is badly conditioned."
+        )
+        raise NotConvergedError(
+            f"The Newton fit did not converge in max_iter = {max_iter} iterations: relative gradient "
+            f"norm {rel:.3e} > tol = {tol:.1e} (loss {cur.loss:.6g}).{hint}"
+        )

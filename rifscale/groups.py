@@ -1,4 +1,4 @@
-r"""Group (leave-k-out) estimates for named removal sets T (DESIGN.md §1).
+r"""Group (leave-k-out) estimates for named removal sets T (docs/design.md §2.4).
 
 .. math::
 
@@ -25,11 +25,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dask
 import numpy as np
 import scipy.linalg
 
-from . import kernels
+from . import kernels, progress
 from ._blocks import block_sum, row_mask
 from .errors import ConfigError
 from .factor import broadcast
@@ -183,7 +182,7 @@ def _deltas(train, model: FittedModel, sets, *, client):
                      linv=linv_b, gram=True, **kw)
         for k in large
     }
-    gathered, reduced = dask.compute(gathered, reduced)
+    gathered, reduced = progress.compute(gathered, reduced, label="set statistics")
     # the driver's algebra is NumPy even when the chunks live on a GPU
     gathered = {k: (kernels.to_numpy(x), kernels.to_numpy(y)) for k, (x, y) in gathered.items()}
     out = {}
@@ -283,7 +282,7 @@ def _metric_changes(corpus, model: FittedModel, sets, delta, G, gathered, masks)
         else:
             self_terms[k] = block_sum(kernels.loss_block, corpus.train.X, corpus.train.y, masks[k], width=th.shape[1],
                                       thetas=th, fit_intercept=model.fit_intercept)
-    test_vals, self_terms = dask.compute(test_vals, self_terms)
+    test_vals, self_terms = progress.compute(test_vals, self_terms, label="group estimates")
     test_vals = kernels.to_numpy(test_vals)
     linear, plugin, col = {}, {}, {c: j for j, c in enumerate(cols)}
     for k in names:

@@ -1,4 +1,4 @@
-"""Zarr corpora: open and validate (DESIGN.md §2), and ingest from NumPy / Zarr sources.
+"""Zarr corpora: open and validate (docs/design.md §5), and ingest from NumPy / Zarr sources.
 
 Layout, version 1::
 
@@ -32,7 +32,8 @@ import numpy as np
 import zarr
 
 from .errors import CorpusError
-from .cluster import small_compute
+from . import progress
+from .cluster import current_client, small_compute
 from .outputs import atomic_dir, output_path
 
 log = logging.getLogger(__name__)
@@ -768,7 +769,7 @@ def _hold_out(X, y, ids, fraction: float, seed: int, rows: int):
 def _split_by_values(X, y, ids, split, rows: int):
     """The train/test split a per-row "train"/"test" column names: (train parts, test
     parts, record). Reads the column (one value per row); other values are refused."""
-    values = np.asarray(_compute_local(_source("split", split, rows))[0]).astype(str)
+    values = np.asarray(_compute_local(_source("split", split, rows), label="ingest: split column")[0]).astype(str)
     bad = sorted(set(np.unique(values).tolist()) - {"train", "test"})
     if bad:
         raise CorpusError(f"The split column holds {bad[:5]}; rifscale reads 'train' and 'test'. Map the other "
@@ -792,20 +793,7 @@ def _select_rows(X, y, ids, test: np.ndarray, rows: int):
     return [tuple(a[idx] for a in (sx, sy, sid)) for idx in (train, test)]
 
 
-def _distributed_client():
-    """The active distributed client, or None (distributed is not imported for the answer)."""
-    import sys
-
-    distributed = sys.modules.get("distributed")
-    if distributed is None:
-        return None
-    try:
-        return distributed.default_client()
-    except ValueError:
-        return None
-
-
-def _compute_local(*collections):
+def _compute_local(*collections, label: str = "ingest"):
     """``dask.compute`` on local threads of our own pool, so that after an interruption
     (Ctrl-C, SIGTERM) every chunk write in flight has ended before the temporary output is
     deleted (dask's shared pool would go on writing into it)."""
@@ -815,7 +803,7 @@ def _compute_local(*collections):
 
     pool = ThreadPoolExecutor(dask.config.get("num_workers", None) or CPU_COUNT)
     try:
-        return dask.compute(*collections, scheduler=dask.threaded.get, pool=pool)
+        return progress.compute(*collections, label=label, scheduler=dask.threaded.get, pool=pool)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -891,7 +879,7 @@ def ingest(
         # data in this process (arrays, local files) is ingested by local threads; only
         # Dask-array sources run where the active scheduler (e.g. a cluster) puts them
         lazy = all(isinstance(v, da.Array) for v in (train_X, test_X) if v is not None) \
-            and _distributed_client() is not None
+            and current_client() is not None
         if test_fraction is not None:
             (train_X, train_y, train_ids), (test_X, test_y, test_ids), split_record = _hold_out(
                 train_X, train_y, train_ids, float(test_fraction), int(seed), rows)
@@ -913,7 +901,7 @@ def ingest(
             targets += _targets(root, sp, rows, compressor)
         stored = da.store(sources, targets, lock=False, compute=False)
         _, *digests = _compute_local(stored, *[sp.digests() for sp in splits]) if not lazy else \
-            dask.compute(stored, *[sp.digests() for sp in splits])
+            progress.compute(stored, *[sp.digests() for sp in splits], label="ingest")
         hasher = hashlib.sha256()
         for sp, dg in zip(splits, digests):
             hasher.update(np.ascontiguousarray(dg).tobytes())

@@ -46,7 +46,6 @@ import scipy.linalg
 import zarr
 
 from . import __version__
-from .cluster import current_client
 from .config import RunConfig
 from .errors import ConfigError, CorpusError, OutputExistsError
 from .factor import Factor
@@ -55,6 +54,7 @@ from .kernels import to_numpy
 from .metrics import MetricAtOptimum
 from .model import FittedModel
 from .outputs import atomic_dir, check_inputs, check_output, claim, mark, publish, remove, remove_within
+from .progress import compute as progress_compute
 
 log = logging.getLogger(__name__)
 
@@ -87,29 +87,6 @@ def _regular(a: da.Array, rows: int) -> da.Array:
     if all(c == rows for c in a.chunks[0][:-1]) and a.chunks[0][-1] <= rows:
         return a
     return a.rechunk({0: rows}, method="tasks")
-
-
-def compute(*collections, progress: bool = False):
-    """``dask.compute`` with a progress bar on stdout when asked: dask's ProgressBar on the
-    local schedulers; with an active client, a bar over the collections' persisted
-    pieces (distributed's own text bar leaves an error trace when the cluster closes)."""
-    if not progress:
-        return dask.compute(*collections)
-    client = current_client()
-    if client is None:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar():
-            return dask.compute(*collections)
-    from distributed import as_completed, futures_of
-
-    persisted = client.persist(list(collections))
-    futures = futures_of(persisted)
-    for done, _ in enumerate(as_completed(futures), 1):
-        filled = 40 * done // len(futures)
-        print(f"\r[{'#' * filled}{' ' * (40 - filled)}] | {100 * done // len(futures):3d}% Completed", end="", flush=True)
-    print(flush=True)
-    return dask.compute(*persisted)
 
 
 #: Dimension names of the run's arrays (xarray reads them).
@@ -178,7 +155,8 @@ def _write_scores(run_dir: Path, corpus: Corpus, model: FittedModel, scores, *, 
     stored = da.store(sources, targets, lock=False, compute=False)
     zarr.open_group(str(run_dir), mode="a").attrs.update({"rifscale_run": FORMAT})  # the run root is a group
     lev = scores.leverage
-    _, n_flagged, max_lev, mean_lev = compute(stored, scores.flags.sum(), lev.max(), lev.mean(), progress=progress)
+    _, n_flagged, max_lev, mean_lev = progress_compute(stored, scores.flags.sum(), lev.max(), lev.mean(),
+                                                       label="scores", show=progress or None)
     if n_flagged:
         log.warning("%d sample(s) have 1 - h < %g: their RIF scores are NaN (see scores/flags)",
                     n_flagged, model.leverage_threshold)
