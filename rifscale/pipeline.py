@@ -1,4 +1,4 @@
-"""Stages of an attribution run (DESIGN.md §2–3), in memory.
+"""Stages of an attribution run (docs/design.md §7), in memory.
 
 ``attribute`` fits, factors, picks the test subset, computes the metric gradients and
 returns an :class:`Attribution` whose per-sample scores are still lazy; ``rescore``

@@ -1,4 +1,4 @@
-"""Removal-set strategies for the validation experiments (DESIGN.md §1).
+"""Removal-set strategies for the validation experiments (docs/design.md §4.1).
 
 Sizes default to 40 values from 0.1 % to 5 % of n. One set per size per strategy, each
 reproducible from ``(seed, strategy, size)``:

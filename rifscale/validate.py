@@ -1,4 +1,4 @@
-"""Validation experiments: estimates against exact retrains (DESIGN.md §1).
+"""Validation experiments: estimates against exact retrains (docs/design.md §4).
 
 - :func:`accuracy` — removal sets from each strategy and size, retrained exactly
   (batched), and the IF, RIF and NS predictions of each metric change, in the linear and

@@ -1,4 +1,4 @@
-"""The distributed engine against the dense float64 reference (DESIGN.md §1).
+"""The distributed engine against the dense float64 reference (docs/design.md §1–2).
 
 Every quantity must agree to ≤ 1e-8 relative: θ̂, h, s_IF, s_RIF (both metrics), the
 self-influence, and group Δθ for IF, RIF and NS (Woodbury and direct paths).

@@ -1,4 +1,4 @@
-"""CuPy paths equal the NumPy paths (DESIGN.md §3). Skipped, with the reason, where
+"""CuPy paths equal the NumPy paths (docs/design.md §7.3). Skipped, with the reason, where
 CuPy or a CUDA device is missing (CI has no GPU); run them with `pytest -m gpu`."""
 
 import dask

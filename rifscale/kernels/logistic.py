@@ -1,6 +1,6 @@
 r"""Binary logistic regression on one block of rows.
 
-Model (DESIGN.md §1). A block holds rows ``x`` of shape (m, d) and labels ``y`` in {0, 1}
+Model (docs/design.md §1). A block holds rows ``x`` of shape (m, d) and labels ``y`` in {0, 1}
 of shape (m,). With an intercept each row is augmented to ``z = [x, 1]`` (the intercept
 is the *last* entry of θ); otherwise ``z = x``. ``p = d + fit_intercept``.
 

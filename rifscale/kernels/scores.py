@@ -1,4 +1,4 @@
-r"""Per-block attribution maths at the fitted θ̂ (DESIGN.md §1).
+r"""Per-block attribution maths at the fitted θ̂ (docs/design.md §2).
 
 With ``H = L Lᵀ`` (Cholesky, lower) and ``linv = L⁻¹`` sent from the driver:
 

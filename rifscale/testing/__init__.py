@@ -1,7 +1,7 @@
 """Test support: a dense float64 NumPy reference and seeded problems.
 
 Nothing here imports rifscale's engine modules: the reference is an independent
-implementation of DESIGN.md §1 that the distributed results are compared against.
+implementation of docs/design.md §1–2 that the distributed results are compared against.
 """
 
 from .problems import Problem, make_problem

@@ -1,4 +1,4 @@
-r"""Dense float64 NumPy reference of DESIGN.md §1, written independently of the engine.
+r"""Dense float64 NumPy reference of docs/design.md §1–2, written independently of the engine.
 
 Small problems only (everything in memory). Exact Newton with ``np.linalg.solve``; the
 exact leave-T-out retrain is Newton started at θ̂ and run to ‖∇L_{−T}‖ ≤ 1e-13 relative.
