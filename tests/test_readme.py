@@ -27,7 +27,7 @@ def test_python_example_runs(tmp_path, monkeypatch, capsys):
 
 
 def test_command_line_example_runs(tmp_path):
-    cli = [b for b in _blocks("bash") if "rifscale ingest" in b]
+    cli = [b for b in _blocks("bash") if "rifscale ingest" in b and "--train-X" in b]
     assert len(cli) == 1
     pr = make_problem(300, 12, n_test=80, seed=8, dtype=np.float32)
     for name, arr in {"X": pr.X, "y": pr.y, "Xt": pr.X_test, "yt": pr.y_test}.items():
@@ -57,3 +57,26 @@ def test_batch_job_example_runs_and_the_rerun_does_nothing(tmp_path):
     (run,) = (tmp_path / "runs").iterdir()
     assert (run / "manifest.json").exists()
     assert f"runs/{run.name}  complete" in done.stdout
+
+
+def test_parquet_example_runs_and_exports_ids_of_the_table(tmp_path):
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (block,) = [b for b in _blocks("bash") if "--parquet" in b]
+    pr = make_problem(400, 5, n_test=0, seed=10, dtype=np.float32)
+    ids = 7000 + 11 * np.arange(400)
+    split = np.where(np.arange(400) % 5 == 0, "test", "train")
+    (tmp_path / "embeddings").mkdir()
+    for k, rows in enumerate((slice(0, 250), slice(250, 400))):
+        table = pa.table({"embedding": pa.FixedSizeListArray.from_arrays(pa.array(pr.X[rows].ravel()), 5),
+                          "label": pr.y[rows], "doc_id": ids[rows], "split": split[rows]})
+        pq.write_table(table, tmp_path / "embeddings" / f"part-{k}.parquet", row_group_size=100)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    top = pd.read_parquet(tmp_path / "top.parquet")
+    assert len(top) == 10 and set(top.index) <= set(ids[split == "train"])
