@@ -168,7 +168,8 @@ def _setup(corpus, config, client, overrides):
     if corpus.test is None:
         raise CorpusError(
             "The corpus has no test split, which the test metrics need. Ingest one with "
-            "`rifscale ingest ... --test-X Xt.npy --test-y yt.npy`."
+            "`rifscale ingest ... --test-X Xt.npy --test-y yt.npy` (or `--split-column` for a Parquet table), or "
+            "hold out a seeded share of the rows with `rifscale ingest ... --test-fraction 0.1 --seed 0`."
         )
     if config.test_subset not in ("paper", "all"):
         read_index_file(config.test_subset, corpus.test.n, ids=corpus.test.ids)  # a bad file fails now

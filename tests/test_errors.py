@@ -52,7 +52,7 @@ def test_fit_that_needs_more_iterations_says_so(synchronous):
 def test_missing_test_split():
     pr = make_problem(30, 3, seed=1)
     c = rifscale.Corpus.from_arrays(pr.X, pr.y)
-    with pytest.raises(rifscale.CorpusError, match=r"no test split.*--test-X"):
+    with pytest.raises(rifscale.CorpusError, match=r"no test split.*--test-X.*--test-fraction 0.1 --seed 0"):
         rifscale.attribute(c)
 
 
