@@ -86,7 +86,7 @@ def config_from_args(args) -> RunConfig:
 
 
 def _run(args) -> int:
-    from .cluster import connect
+    from .factor import check_gpu, gpu_policy
     from .io import open_corpus, verify_corpus
     from .rundir import Job
 
@@ -97,8 +97,9 @@ def _run(args) -> int:
         return 0
     if args.verify:  # all checked before any cluster starts
         verify_corpus(job.corpus)
-    with connect(args.scheduler, n_workers=args.workers, processes=args.processes,
-                 dashboard=args.dashboard, timeout=args.timeout) as client:
+    with _connect(args) as client, gpu_policy(require=args.require_gpu):
+        if args.require_gpu:  # before the fit: nothing computed or written when no GPU is usable
+            check_gpu(client)
         manifest = job.run(client=client)
     if manifest.get("already_complete"):
         print(f"run {args.out} is already complete (same config and corpus); nothing to do")
@@ -150,14 +151,12 @@ def _runs(args) -> int:
 
 
 def _groups(args) -> int:
-    from .cluster import connect
     from .groups import format_table, normalise_sets, run_groups
     from .rundir import open_run
 
     run = open_run(args.run, corpus=args.corpus)  # run and sets checked before any cluster starts
     normalise_sets(args.sets, run.corpus.n, ids=run.ids, by_id=args.by_id)
-    with connect(args.scheduler, n_workers=args.workers, processes=args.processes,
-                 dashboard=args.dashboard, timeout=args.timeout) as client:
+    with _connect(args) as client:
         estimates = run_groups(run, args.sets, overwrite=args.overwrite, client=client, by_id=args.by_id)
     for metric in next(iter(estimates.values())).plugin:
         if metric != "self_loss":
@@ -167,11 +166,9 @@ def _groups(args) -> int:
 
 
 def _validate(args) -> int:
-    from .cluster import connect
     from .validate import run_validation
 
-    with connect(args.scheduler, n_workers=args.workers, processes=args.processes,
-                 dashboard=args.dashboard, timeout=args.timeout) as client:
+    with _connect(args) as client:
         page = run_validation(
             args.run, experiments=tuple(args.experiments), strategies=tuple(args.strategies), n_sizes=args.n_sizes,
             seed=args.seed, poison_points=args.poison_points, top_metric=args.top_metric,
@@ -186,7 +183,7 @@ def _demo(args) -> int:
     from .demo import run_demo
 
     run_demo(args.out, scheduler=args.scheduler, overwrite=args.overwrite, n_workers=args.workers,
-             processes=args.processes, dashboard=args.dashboard, timeout=args.timeout)
+             processes=args.processes, dashboard=args.dashboard, timeout=args.timeout, security=_security(args))
     return 0
 
 
@@ -201,6 +198,27 @@ def _add_cluster(p) -> None:
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help="give up (exit 2) when the scheduler cannot be reached, no worker joins, or every worker "
                    f"has been gone, for this long (default {DEFAULT_TIMEOUT:g})")
+    p.add_argument("--tls-ca-file", metavar="PEM", help="with --scheduler tls://...: the CA that signed the cluster's "
+                   "certificates (default: dask's distributed.comm.tls.ca-file)")
+    p.add_argument("--tls-cert", metavar="PEM", help="with --scheduler tls://...: this client's certificate "
+                   "(default: dask's distributed.comm.tls.client.cert)")
+    p.add_argument("--tls-key", metavar="PEM", help="with --scheduler tls://...: this client's private key, unless it "
+                   "is in the --tls-cert file (default: dask's distributed.comm.tls.client.key)")
+
+
+def _security(args):
+    """The TLS client settings of --tls-ca-file/--tls-cert/--tls-key (files checked), or None."""
+    from .cluster import tls_security
+
+    return tls_security(args.tls_ca_file, args.tls_cert, args.tls_key)
+
+
+def _connect(args):
+    """The cluster of the --scheduler/--workers/--processes/--dashboard/--timeout/--tls-* options."""
+    from .cluster import connect
+
+    return connect(args.scheduler, n_workers=args.workers, processes=args.processes, dashboard=args.dashboard,
+                   timeout=args.timeout, security=_security(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "half of it; default auto)")
     p.add_argument("--device", choices=("cpu", "gpu"), default=defaults.device,
                    help="run the row-chunk kernels on the CPU or, with CuPy, on the workers' GPUs (default cpu)")
+    p.add_argument("--require-gpu", action="store_true", help="fail (exit 2) instead of factoring H with SciPy when "
+                   "no worker that advertises the GPU resource has a usable CUDA device and CuPy (default: a warning)")
     p.add_argument("--warm-start", metavar="RUN", help="start the Newton fit from this previous run's theta "
                    "(e.g. yesterday's run on a corpus that grew a little; recorded in the manifest)")
     p.add_argument("--verify", action="store_true", help="check every chunk of the corpus against the sha256 "

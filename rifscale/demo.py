@@ -39,7 +39,7 @@ def _exact_changes(result, estimates, *, client) -> dict[str, float]:
 
 
 def run_demo(out="rifscale-demo", *, scheduler=None, overwrite=False, n_workers=None, processes=False,
-             dashboard=False, timeout: float = DEFAULT_TIMEOUT) -> dict:
+             dashboard=False, timeout: float = DEFAULT_TIMEOUT, security=None) -> dict:
     out = Path(out)
     check_output(out, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
@@ -57,7 +57,8 @@ def run_demo(out="rifscale-demo", *, scheduler=None, overwrite=False, n_workers=
     print(f"[1/4] corpus {out / 'corpus.zarr'}: train {corpus.n} x {corpus.d}, test {corpus.test.n}, "
           f"{corpus.train.X.numblocks[0]} row chunks")
     config = RunConfig(lam=DEMO_LAM)
-    with connect(scheduler, n_workers=n_workers, processes=processes, dashboard=dashboard, timeout=timeout) as client:
+    with connect(scheduler, n_workers=n_workers, processes=processes, dashboard=dashboard, timeout=timeout,
+                 security=security) as client:
         result = attribute(corpus, config, client=client)
         manifest = write_run(result, out / "run", overwrite=overwrite)
         print(f"[2/4] run {out / 'run'}: lam = {DEMO_LAM}, Newton converged in {result.fit.n_iter} "

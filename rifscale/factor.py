@@ -8,6 +8,8 @@ registered lazily and imported only when a GPU worker runs the task.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import sys
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ import dask
 import numpy as np
 import scipy.linalg
 
-from .errors import NOT_PD_HINT, NotPositiveDefiniteError, not_positive_definite
+from .errors import NOT_PD_HINT, ClusterError, NotPositiveDefiniteError, not_positive_definite
 
 log = logging.getLogger(__name__)
 
@@ -108,22 +110,111 @@ def gpu_available() -> bool:
         return False
 
 
-def factor_hessian(H: np.ndarray, *, client=None, resource: str = "GPU") -> Factor:
+_REQUIRE_GPU: contextvars.ContextVar[bool] = contextvars.ContextVar("rifscale_require_gpu", default=False)
+
+
+@contextlib.contextmanager
+def gpu_policy(*, require: bool):
+    """Within the block, :func:`factor_hessian` (and so ``attribute`` and ``rifscale run``)
+    fails with a :class:`~rifscale.errors.ClusterError` instead of factoring with SciPy
+    when no usable GPU is found (``require=True``; the CLI's ``--require-gpu``)."""
+    token = _REQUIRE_GPU.set(bool(require))
+    try:
+        yield
+    finally:
+        _REQUIRE_GPU.reset(token)
+
+
+def _describe(client, addresses) -> str:
+    """Workers by name and address: ``gpu-node1-1 (tcp://10.0.0.5:40123)``."""
+    info = client.scheduler_info()["workers"]
+    named = []
+    for a in addresses:
+        name = info.get(a, {}).get("name")
+        named.append(f"{name} ({a})" if name is not None and str(name) != a else a)
+    return ", ".join(named)
+
+
+def _gpu_workers(client, pinned: list[str]) -> tuple[list[str], list[str]]:
+    """(usable, unusable) among the workers that advertise the GPU resource: whether CuPy
+    imports and sees a CUDA device is asked on each worker itself."""
+    seen = client.run(gpu_available, workers=pinned, on_error="return")
+    usable = [a for a in pinned if seen.get(a) is True]
+    return usable, [a for a in pinned if a not in usable]
+
+
+def _no_gpu(where: str) -> ClusterError:
+    return ClusterError(
+        f"A GPU is required (--require-gpu): {where}. Install rifscale[gpu] (CuPy) where the factorisation "
+        "runs and check CUDA_VISIBLE_DEVICES there, or start GPU workers with dask-cuda (deploy/README.md)."
+    )
+
+
+def _placement(client, resource: str, require: bool) -> tuple[dict | None, list[str] | None]:
+    """(resources, workers) of the factorisation task: pinned to the workers that advertise
+    ``resource`` and whose CUDA device/CuPy work; a warning (or, with ``require``, a
+    ClusterError) when such workers advertise it without a usable device."""
+    from .cluster import workers_with_resource
+
+    pinned = workers_with_resource(client, resource)
+    if not pinned:
+        if require:
+            raise _no_gpu(f"no worker advertises the {resource} resource (start GPU workers with "
+                          f'`dask worker ... --resources "{resource}=1"`; deploy/local/cluster.sh --gpu-workers N does)')
+        return None, None
+    usable, unusable = _gpu_workers(client, pinned)
+    if not usable:
+        one = len(unusable) == 1
+        who = (f"{'worker' if one else 'workers'} {_describe(client, unusable)} {'advertises' if one else 'advertise'} "
+               f"{resource} but {'has' if one else 'have'} no usable CUDA device/CuPy")
+        if require:
+            raise _no_gpu(who)
+        log.warning("%s; factoring with SciPy", who)
+        return {resource: 1}, None
+    if unusable:
+        log.warning("worker(s) %s advertise %s but have no usable CUDA device/CuPy; factoring on %s",
+                    _describe(client, unusable), resource, _describe(client, usable))
+    return {resource: 1}, usable
+
+
+def check_gpu(client=None, *, resource: str = "GPU") -> None:
+    """Raise a ClusterError unless the factorisation would run on a usable GPU: a worker
+    of ``client`` advertising ``resource`` whose CUDA device and CuPy work (without a
+    client: this process). ``rifscale run --require-gpu`` calls it before the fit, so
+    that nothing is computed or written when it fails."""
+    if client is None:
+        if not gpu_available():
+            raise _no_gpu("no dask cluster is in use (--scheduler), and this process has no usable CUDA device/CuPy")
+        return
+    _placement(client, resource, require=True)
+
+
+def factor_hessian(H: np.ndarray, *, client=None, resource: str = "GPU", require_gpu: bool | None = None) -> Factor:
     """Factor H as a task.
 
     With a distributed ``client`` whose workers advertise ``resource`` (start them with
     ``dask worker ... --resources "GPU=1"``), the task is pinned to such a worker; with a
     client but no such worker it runs on any worker; without a client it runs here.
     Wherever it runs it uses CuPy if that process sees a CUDA device, SciPy otherwise.
-    """
-    if client is None:
-        return cholesky_factor(H)
-    from .cluster import workers_with_resource
 
-    pinned = workers_with_resource(client, resource)
-    resources = {resource: 1} if pinned else None
-    future = client.submit(cholesky_factor, H, resources=resources, pure=False)
+    The workers that advertise ``resource`` are first asked whether CuPy imports and sees
+    a CUDA device there: the task goes to one whose GPU works; when none does, a warning
+    names them and the factorisation runs there with SciPy, or, with ``require_gpu``
+    (default: the :func:`gpu_policy` in force, off), a
+    :class:`~rifscale.errors.ClusterError` is raised before anything is factored.
+    """
+    require = _REQUIRE_GPU.get() if require_gpu is None else bool(require_gpu)
+    if client is None:
+        if require:
+            check_gpu(None)
+        return cholesky_factor(H)
+    resources, workers = _placement(client, resource, require)
+    future = client.submit(cholesky_factor, H, resources=resources, workers=workers, allow_other_workers=False,
+                           pure=False)
     factor = future.result()
+    if require and factor.backend != "cupy":  # the device went away between the check and the task
+        raise _no_gpu(f"worker {factor.worker} factored H with {factor.backend} (its CUDA device/CuPy is no "
+                      "longer usable)")
     log.info("factored H (%d x %d) on %s with %s", H.shape[0], H.shape[1], factor.worker, factor.backend)
     return factor
 

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,3 +31,20 @@ def test_gpu_check_without_a_device_says_so():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py")], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr
+
+
+@pytest.mark.cluster
+def test_worker_memory_benchmark_runs_on_tiny_corpora(tmp_path):
+    """benchmarks/bench_worker_memory.py --quick: a peak per worker above its idle RSS,
+    the engine's block rows from the manifest, and the Markdown table."""
+    out = tmp_path / "mem.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_worker_memory.py"), "--quick",
+                           "--out", str(out), "--tmpdir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert [r["persisted"] for r in res["records"]] == [False, True]
+    for r in res["records"]:
+        assert r["block_rows"] == 2000 and len(r["worker_peak_bytes"]) == 2
+        assert min(r["worker_peak_bytes"]) > max(r["worker_idle_bytes"]) > 0
+    text = out.with_suffix(".md").read_text()
+    assert "| 6,000 | 16 | float32 | 2,000 | 2,000 | streamed |" in text and str(tmp_path) not in text
