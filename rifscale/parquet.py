@@ -24,16 +24,18 @@ from dataclasses import dataclass
 
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
 
 from .errors import CorpusError
 
 @dataclass(frozen=True)
 class _Piece:
-    """One row group of one file."""
+    """One row group of one file, starting at row ``start`` of the table."""
 
     file: str
     row_group: int
     rows: int
+    start: int = 0
 
 
 def _filesystem(url: str):
@@ -105,10 +107,11 @@ def _list_rows(column, name: str, d: int, piece: _Piece, start: int) -> np.ndarr
     return values.to_numpy(zero_copy_only=False).reshape(len(column), d)
 
 
-def _read_piece(fs, pieces, offsets, columns, kind, d, block_info=None):
-    """The block of one row group: X (m, d), or one column (m,)."""
-    i = block_info[None]["chunk-location"][0]
-    piece, start = pieces[i], int(offsets[i])
+def _read_piece(block, *, fs, columns, kind, d):
+    """The block of one row group (``block``: a one-element array of its :class:`_Piece`):
+    X (m, d), or one column (m,)."""
+    piece = block[0]
+    start = piece.start
     table = _read_columns(fs, piece, columns)
     if kind == "list":
         return _list_rows(table.column(0), columns[0], d, piece, start)
@@ -192,7 +195,9 @@ def parquet_sources(
         elif not pf.schema_arrow.equals(schema):
             raise CorpusError(f"{file!r} has another schema than {files[0]!r}; all files of a table must match "
                               f"({pf.schema_arrow.names[:6]} vs {schema.names[:6]}).")
-        pieces += [_Piece(file, g, pf.metadata.row_group(g).num_rows) for g in range(pf.num_row_groups)]
+        for g in range(pf.num_row_groups):
+            rows = pf.metadata.row_group(g).num_rows
+            pieces.append(_Piece(file, g, rows, start=pieces[-1].start + pieces[-1].rows if pieces else 0))
     kind, x_names, d, x_dtype = _x_layout(schema, x_column, x_columns, url)
     if d is None:
         d = _first_length(fs, pieces, x_names[0])
@@ -202,13 +207,17 @@ def parquet_sources(
         if name is not None and name not in schema.names:
             raise CorpusError(f"{url!r} has no {role} column {name!r}; its columns are {schema.names[:12]}.")
     rows = tuple(p.rows for p in pieces)
-    offsets = np.concatenate([[0], np.cumsum(rows)])[:-1]
     if not sum(rows):
         raise CorpusError(f"The Parquet table {url!r} has no rows.")
+    # one block per row group, each task given its own piece (not the list of all of them)
+    index = np.empty(len(pieces), dtype=object)
+    index[:] = pieces
+    index = da.from_array(index, chunks=1, name=f"parquet-pieces-{tokenize(url, pieces)}")
 
     def column(names, kind_, dtype, shape_tail):
         chunks = (rows,) + tuple((s,) for s in shape_tail)
-        return da.map_blocks(_read_piece, fs, pieces, offsets, names, kind_, d, chunks=chunks, dtype=dtype,
+        return da.map_blocks(_read_piece, index, fs=fs, columns=names, kind=kind_, d=d, chunks=chunks,
+                             new_axis=list(range(1, len(chunks))) or None, dtype=dtype,
                              meta=np.empty((0,) * len(chunks), dtype=dtype))
 
     y_type = schema.field(y_column).type

@@ -186,3 +186,19 @@ def test_corpora_and_runs_are_read_from_urls(memory_root, tmp_path):
     far = rifscale.open_run(f"memory://{memory_root}/run")
     assert np.array_equal(far.to_dataframe()["rif_test_loss"], run.to_dataframe()["rif_test_loss"])
     assert [r["status"] for r in rifscale.list_runs(f"memory://{memory_root}")] == ["complete"]
+
+
+def test_with_a_cluster_the_workers_read_the_row_groups(tmp_path, client):
+    """Parquet sources are Dask arrays: with a client active the row groups are read by the
+    cluster's worker processes (file system and pieces travel with the tasks)."""
+    from distributed import get_task_stream
+
+    pr = make_problem(300, 4, n_test=0, seed=6, dtype=np.float32)
+    write_table(fsspec.filesystem("file"), str(tmp_path / "emb"), {"embedding": embedding_column(pr.X),
+                                                                    "label": pr.y})
+    with get_task_stream(client) as stream:
+        c = ingest_parquet(tmp_path / "c.zarr", (tmp_path / "emb").as_uri(), test_fraction=0.2, seed=3)
+    reads = [t for t in stream.data if str(t["key"]).startswith("('_read_piece")]
+    assert len({t["key"] for t in reads}) == 2 * 6  # X and y of the 6 row groups, each read on a worker
+    test = np.sort(np.random.default_rng(3).choice(300, 60, replace=False))
+    assert np.array_equal(c.test.X.compute(), pr.X[test]) and c.n == 240
