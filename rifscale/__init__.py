@@ -36,7 +36,7 @@ def show_progress(level: int = _logging.INFO, stream=None, *, bars: bool = True)
     handler.setFormatter(_logging.Formatter("%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(level)
-    progress.enable(bars)
+    progress.enable(bars, stream=handler.stream)  # bars beside the log lines (Jupyter: HTML bars)
 
 
 from .config import RunConfig  # noqa: E402

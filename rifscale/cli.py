@@ -363,7 +363,7 @@ def main(argv=None) -> int:
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.WARNING if args.quiet else logging.INFO)
-    progress.enable(not args.quiet and sys.stderr.isatty())  # bars on a terminal (stderr), never in logs
+    progress.enable(not args.quiet, stream=sys.stderr)  # bars when stderr is a terminal, never in logs
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:

@@ -18,7 +18,7 @@ from .cluster import DEFAULT_TIMEOUT, connect
 from .config import RunConfig
 from .groups import group_effects, write_groups
 from .io import ingest
-from .outputs import check_output, mark
+from .outputs import check_output, mark, output_path
 from .pipeline import attribute
 from .rundir import write_run
 from .exact import retrain_sets
@@ -40,7 +40,7 @@ def _exact_changes(result, estimates, *, client) -> dict[str, float]:
 
 def run_demo(out="rifscale-demo", *, scheduler=None, overwrite=False, n_workers=None, processes=False,
              dashboard=False, timeout: float = DEFAULT_TIMEOUT, security=None) -> dict:
-    out = Path(out)
+    out = output_path(out, "demo")
     check_output(out, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     mark(out, "demo")  # a container of rifscale outputs: a rerun with --overwrite may replace them

@@ -307,9 +307,9 @@ def write_groups(run_path, estimates: dict[str, GroupEstimate], *, overwrite: bo
     (sets, p); attrs ``names`` (the row order) and ``estimates`` (per-set linear and
     plug-in metric changes, readable as plain JSON in ``groups/zarr.json``).
     Written beside and moved into place when complete; refused if it exists unless asked."""
-    from .outputs import atomic_dir
+    from .outputs import atomic_dir, output_path
 
-    out = Path(run_path) / "groups"
+    out = output_path(run_path, "groups") / "groups"
     with atomic_dir(out, overwrite=overwrite, kind="groups") as tmp:
         _store_groups(tmp, estimates)
     return out

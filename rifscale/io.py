@@ -16,6 +16,7 @@ pass of the fit (:func:`find_nonfinite` then names the chunk and row).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,7 +35,7 @@ import zarr
 from .errors import CorpusError
 from . import progress
 from .cluster import current_client, small_compute
-from .outputs import atomic_dir, output_path
+from .outputs import atomic_dir, is_url, local_path, output_path
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +255,7 @@ def _open_split(root, name: str, path: str, *, required: bool, foreign: bool = F
             raise CorpusError(f"{path!r} has no array '{name}/{key}'.")
     arrays = {key: group[key] for key in ("X", "y", "ids") if key in group}
     for key, arr in arrays.items():
-        check_chunks_present(arr, f"{name}/{key}", path)
+        check_chunks_present(arr, f"{name}/{key}", path, written_by_rifscale=not foreign)
     X = read_array(arrays["X"], f"{name}/X", path)
     y = read_array(arrays["y"], f"{name}/y", path)
     ids = (read_array(arrays["ids"], f"{name}/ids", path) if "ids" in arrays
@@ -290,9 +291,20 @@ DAMAGED_HINT = (
 )
 
 
-def check_chunks_present(arr: zarr.Array, label: str, path: str) -> None:
+#: Why chunk files may be missing from a Zarr array rifscale did not write, and the ways out.
+NOT_WRITTEN_HINT = (
+    " If the array was written by another tool, the missing chunks may hold nothing but the fill value "
+    "({fill!r}): zarr skips writing such chunks unless asked (config={{'write_empty_chunks': True}}). "
+    "rifscale cannot tell that from lost files: rewrite the array with write_empty_chunks=True, or, if you know "
+    "the missing chunks are the fill value, ingest it as a Dask array, "
+    "rifscale.ingest(OUT, train_X=dask.array.from_zarr(...), ...), which reads them as such."
+)
+
+
+def check_chunks_present(arr: zarr.Array, label: str, path: str, *, written_by_rifscale: bool = True) -> None:
     """Refuse an array with chunk files missing: zarr would read them as zeros (its fill
-    value) and the fit would silently use wrong data. Costs one listing of the array."""
+    value) and the fit would silently use wrong data. Costs one listing of the array.
+    For arrays another tool wrote, the message also names the benign cause and its fixes."""
     if arr.nchunks_initialized == arr.nchunks:
         return
     from zarr.core.sync import sync
@@ -308,8 +320,8 @@ def check_chunks_present(arr: zarr.Array, label: str, path: str) -> None:
         f"{path!r}: {label} is missing {arr.nchunks - arr.nchunks_initialized} of its {arr.nchunks} chunk "
         f"file(s) (first: row chunk {first}, rows {first * rows}-{min((first + 1) * rows, arr.shape[0]) - 1}; "
         f"row chunks missing: {_short(tuple(row_chunks))}). zarr would read them as zeros, so rifscale refuses "
-        "the corpus. "
-        "Restore the files, or re-ingest the corpus from its sources."
+        "them. Restore the files, or re-ingest the corpus from its sources."
+        + ("" if written_by_rifscale else NOT_WRITTEN_HINT.format(fill=np.asarray(arr.metadata.fill_value).item()))
     )
 
 
@@ -413,13 +425,18 @@ def _read_npy_header(fh, label: str):
     return readers[major](fh)
 
 
-def _read_npz_rows(file: str, member: str, offset: int, dtype, shape, block_info=None):
-    """Rows ``block_info``'s location of one .npz member (seeking inside the archive)."""
+def _read_rows(file: str, member: str | None, offset: int, dtype, shape, block_info=None):
+    """Rows ``block_info``'s location of a stored C-ordered array whose data start at
+    ``offset``: of a file (``member`` None), or of one member of a zip (.npz) archive. One
+    seek and one read; the file may be at a URL."""
     (start, stop), *_ = block_info[None]["array-location"]
-    row_items = int(np.prod(shape[1:], dtype=np.int64))
-    with _open(file) as raw, zipfile.ZipFile(raw) as zf, zf.open(member) as fh:
-        fh.seek(offset + start * row_items * dtype.itemsize)
-        buf = fh.read((stop - start) * row_items * dtype.itemsize)
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    with contextlib.ExitStack() as stack:
+        fh = stack.enter_context(_open(file))
+        if member is not None:
+            fh = stack.enter_context(stack.enter_context(zipfile.ZipFile(fh)).open(member))
+        fh.seek(offset + start * row_bytes)
+        buf = fh.read((stop - start) * row_bytes)
     return np.frombuffer(buf, dtype=dtype).reshape((stop - start,) + tuple(shape[1:]))
 
 
@@ -458,7 +475,7 @@ def _npz_member(label: str, file: str, key: str, rows: int) -> da.Array:
         return da.from_array(_npz_memmap(file, names[key], offset, dtype, shape, label),
                              chunks=(rows,) + tuple(shape[1:]))
     chunks = (_row_chunks(shape[0], rows),) + tuple((s,) for s in shape[1:])
-    return da.map_blocks(_read_npz_rows, file, names[key], offset, dtype, shape, chunks=chunks, dtype=dtype,
+    return da.map_blocks(_read_rows, file, names[key], offset, dtype, shape, chunks=chunks, dtype=dtype,
                          meta=np.empty((0,) * len(shape), dtype=dtype))
 
 
@@ -473,6 +490,7 @@ def _source(label: str, spec, rows: int) -> da.Array:
     if isinstance(spec, da.Array):
         arr = spec
     elif isinstance(spec, zarr.Array):
+        check_chunks_present(spec, label, f"source {spec.store_path}", written_by_rifscale=False)
         arr = da.from_zarr(spec)
     elif not isinstance(spec, (str, os.PathLike)):
         arr = np.asarray(spec)
@@ -482,18 +500,6 @@ def _source(label: str, spec, rows: int) -> da.Array:
     if arr.ndim >= 1:
         arr = arr.rechunk((rows,) + arr.shape[1:], method="tasks")
     return arr
-
-
-def is_url(location: str) -> bool:
-    """A location fsspec resolves (``s3://``, ``gs://``, ``memory://``...), not a local path.
-    ``file://`` URLs are local paths (see :func:`local_path`)."""
-    return "://" in location and not location.startswith("file://")
-
-
-def local_path(location: str | os.PathLike) -> str:
-    """A local path or ``file://`` URL as a plain path; any other URL unchanged."""
-    location = os.fspath(location)
-    return location[len("file://"):] if location.startswith("file://") else location
 
 
 def _exists(location: str) -> bool:
@@ -529,16 +535,6 @@ def _source_file(spec) -> str:
     return _split_spec(str(spec))[0]
 
 
-def _read_npy_rows(file: str, offset: int, dtype, shape, block_info=None):
-    """Rows ``block_info``'s location of an .npy at a URL (a seek and one read)."""
-    (start, stop), *_ = block_info[None]["array-location"]
-    row_items = int(np.prod(shape[1:], dtype=np.int64))
-    with _open(file) as fh:
-        fh.seek(offset + start * row_items * dtype.itemsize)
-        buf = fh.read((stop - start) * row_items * dtype.itemsize)
-    return np.frombuffer(buf, dtype=dtype).reshape((stop - start,) + tuple(shape[1:]))
-
-
 def _npy_url(label: str, file: str, rows: int) -> da.Array:
     with _open(file) as fh:
         shape, fortran, dtype = _read_npy_header(fh, f"{label} {file}")
@@ -549,7 +545,7 @@ def _npy_url(label: str, file: str, rows: int) -> da.Array:
         raise CorpusError(f"{label}: {file} is Fortran-ordered, so its rows cannot be read one range at a time "
                           "from a URL. Save it C-ordered (np.save(path, np.ascontiguousarray(X))).")
     chunks = (_row_chunks(shape[0], rows),) + tuple((s,) for s in shape[1:]) if shape else ()
-    return da.map_blocks(_read_npy_rows, file, offset, dtype, shape, chunks=chunks, dtype=dtype,
+    return da.map_blocks(_read_rows, file, None, offset, dtype, shape, chunks=chunks, dtype=dtype,
                          meta=np.empty((0,) * len(shape), dtype=dtype))
 
 
@@ -576,6 +572,7 @@ def _source_path(label: str, spec: str, rows: int) -> da.Array:
         raise CorpusError(
             f"{label}: cannot read {spec!r} as .npy, .npz:key or a Zarr array ({exc})."
         ) from exc
+    check_chunks_present(arr, label, spec, written_by_rifscale=False)
     return da.from_zarr(arr)
 
 

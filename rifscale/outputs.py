@@ -39,22 +39,51 @@ from .errors import ConfigError, OutputBusyError, OutputExistsError
 MARKER = ".rifscale-output"
 
 
+def _location(location) -> str:
+    """A path, URL or path object (``pathlib``, ``upath.UPath``) as a string; a UPath over
+    fsspec keeps its protocol (``s3://bucket/x``)."""
+    if getattr(location, "protocol", "") not in ("", "file", "local"):
+        return str(location)
+    return os.fspath(location)
+
+
+def is_url(location) -> bool:
+    """A location fsspec resolves (``s3://``, ``gs://``, ``memory://``...), not a local path.
+    ``file://`` URLs are local paths (see :func:`local_path`)."""
+    location = _location(location)
+    return "://" in location and not location.startswith("file://")
+
+
+def local_path(location) -> str:
+    """A local path or ``file://`` URL (``file:///abs/path``, ``file://localhost/abs``,
+    percent-encoded) as a plain path; any other URL unchanged."""
+    from urllib.parse import unquote, urlsplit
+
+    location = _location(location)
+    if not location.startswith("file://"):
+        return location
+    parts = urlsplit(location)
+    if parts.netloc not in ("", "localhost"):
+        raise ConfigError(f"{location!r} names the host {parts.netloc!r}; a file:// URL must name this machine "
+                          "(file:///path or file://localhost/path).")
+    return unquote(parts.path)
+
+
 def output_path(location, kind: str = "output") -> Path:
     """The local path an output goes to: a path, or a ``file://`` URL. Other URLs
     (``s3://``...) are refused: the rules above need a POSIX file system (an ``flock`` and
     an atomic rename), which object stores do not offer. Write locally or to a shared file
     system and copy the finished output (e.g. ``fsspec``'s ``put``); rifscale reads
-    corpora and runs from URLs."""
-    location = os.fspath(location)
-    if location.startswith("file://"):
-        return Path(location[len("file://"):])
-    if "://" in location:
+    corpora and runs from URLs. Every output is resolved here before anything else looks
+    at it (``pathlib.Path`` would fold ``s3://b`` into ``s3:/b``)."""
+    if is_url(location):
+        location = _location(location)
         raise ConfigError(
             f"Cannot write the {kind} to {location!r}: rifscale writes outputs only to a file system with "
             "locks and atomic renames, so that a killed or raced job never leaves a partial output. Write "
             "it to a local or shared path, then copy the finished directory to the object store."
         )
-    return Path(location)
+    return Path(local_path(location))
 
 
 def made_by_rifscale(path: Path) -> bool:
@@ -107,12 +136,9 @@ def check_inputs(out: Path, inputs) -> None:
     for inp in inputs:
         if not isinstance(inp, (str, os.PathLike)):
             continue
-        inp = os.fspath(inp)
-        if inp.startswith("file://"):
-            inp = inp[len("file://"):]
-        elif "://" in inp:  # an input at a URL: never the local file system written here
+        if is_url(inp):  # an input at a URL: never the local file system written here
             continue
-        i = Path(os.path.realpath(inp))
+        i = Path(os.path.realpath(local_path(inp)))
         if o == i:
             how = "is"
         elif i in o.parents:

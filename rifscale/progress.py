@@ -2,25 +2,31 @@
 terminal and in Jupyter: the one owner of how progress is shown.
 
 Bars are off in a library until asked for: :func:`enable` (the CLI calls it when stderr is
-a terminal and ``--quiet`` is not given; :func:`rifscale.show_progress` in a notebook).
-A terminal gets one line redrawn in place on stderr (stdout stays clean for pipes); a
-Jupyter kernel gets one HTML bar updated in place under the cell (IPython's display
-handles: no widget library needed). Updates are drawn at most :data:`REFRESH` seconds
-apart, and a bar always draws its final state.
+a terminal and ``--quiet`` is not given; :func:`rifscale.show_progress` in a notebook or
+script). A Jupyter kernel gets one HTML bar updated in place under the cell (IPython's
+display handles: no widget library needed); elsewhere a bar is one line redrawn in place
+on the stream given to :func:`enable` (the CLI: stderr, so stdout stays clean for pipes),
+and only when that stream is a terminal: a log file never fills with redraws. Updates are
+drawn at most :data:`REFRESH` seconds apart, a bar always draws its final state, and
+:class:`LogHandler` writes log lines above a bar instead of through it.
 
 Dask work is followed by the tasks it finishes: on dask's local schedulers with a
-scheduler callback, on a distributed client over the futures of the persisted result.
+callback of that one computation, on a distributed client by the scheduler's count of
+the tasks leading to the persisted result.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
 import math
 import sys
+import threading
 import time
 
 import dask
+from dask.base import unpack_collections
 from dask.callbacks import Callback
 
 #: Seconds between two redraws of a bar.
@@ -28,17 +34,16 @@ REFRESH = 0.1
 WIDTH = 30
 
 _enabled = False
+_stream = None  # where enabled bars are drawn outside Jupyter (None: sys.stderr)
 _drawn_line: dict = {}  # stream -> the bar line on it now (log lines clear and redraw it)
+_lock = threading.RLock()  # bar redraws and log lines, from any thread
 
 
-def enable(on: bool = True) -> None:
-    """Show progress bars (or stop showing them)."""
-    global _enabled
-    _enabled = bool(on)
-
-
-def enabled() -> bool:
-    return _enabled
+def enable(on: bool = True, stream=None) -> None:
+    """Show progress bars (or stop showing them); outside Jupyter they are drawn on
+    ``stream`` (default stderr) when it is a terminal."""
+    global _enabled, _stream
+    _enabled, _stream = bool(on), stream
 
 
 def in_notebook() -> bool:
@@ -59,13 +64,14 @@ class _Terminal:
             filled = int(WIDTH * fraction)
             line = f"{label} [{'#' * filled}{' ' * (WIDTH - filled)}] {100 * fraction:3.0f}% {text}"
         line = line.rstrip()
-        self.stream.write("\r" + line.ljust(len(_drawn_line.get(self.stream, ""))))
-        if final:
-            self.stream.write("\n")
-            _drawn_line.pop(self.stream, None)
-        else:
-            _drawn_line[self.stream] = line
-        self.stream.flush()
+        with _lock:
+            self.stream.write("\r" + line.ljust(len(_drawn_line.get(self.stream, ""))))
+            if final:
+                self.stream.write("\n")
+                _drawn_line.pop(self.stream, None)
+            else:
+                _drawn_line[self.stream] = line
+            self.stream.flush()
 
 
 class _Notebook:
@@ -86,14 +92,22 @@ class _Notebook:
 class Bar:
     """One stage's bar: ``update(done, total)`` or ``update(fraction=f)``, then ``close``.
     Use it as a context manager. ``show``: None follows :func:`enable`, True always, False
-    never; a bar not shown does nothing."""
+    never; a bar not shown does nothing. ``stream``: draw there (as text) whatever it is;
+    by default in Jupyter as HTML, else on :func:`enable`'s stream if it is a terminal."""
 
     def __init__(self, label: str, total: int | None = None, *, show: bool | None = None, stream=None):
         self.label, self.total = label, total
         self.active = _enabled if show is None else bool(show)
         self.done, self.fraction, self.text, self._drawn = 0, None, "", 0.0
         self.t0 = time.perf_counter()
-        self.view = (_Notebook() if in_notebook() and stream is None else _Terminal(stream)) if self.active else None
+        self.view = None
+        if self.active and stream is not None:
+            self.view = _Terminal(stream)
+        elif self.active and in_notebook():
+            self.view = _Notebook()
+        elif self.active and _isatty(_stream or sys.stderr):
+            self.view = _Terminal(_stream or sys.stderr)
+        self.active = self.view is not None
 
     def __enter__(self):
         return self
@@ -136,6 +150,13 @@ class Bar:
         self.view.draw(self.label, self.fraction, text, final)
 
 
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no such method, or closed
+        return False
+
+
 class _TaskCounter(Callback):
     """A dask local-scheduler callback moving a bar as tasks finish."""
 
@@ -156,13 +177,14 @@ class LogHandler(logging.StreamHandler):
     written on a cleared line and the bar is drawn again below it."""
 
     def emit(self, record):
-        line = _drawn_line.get(self.stream)
-        if line is None:
-            return super().emit(record)
-        self.stream.write("\r" + " " * len(line) + "\r")
-        super().emit(record)
-        self.stream.write(line)
-        self.stream.flush()
+        with _lock:
+            line = _drawn_line.get(self.stream)
+            if line is None:
+                return super().emit(record)
+            self.stream.write("\r" + " " * len(line) + "\r")
+            super().emit(record)
+            self.stream.write(line)
+            self.stream.flush()
 
 
 def compute(*collections, label: str, show: bool | None = None, **kwargs):
@@ -174,18 +196,42 @@ def compute(*collections, label: str, show: bool | None = None, **kwargs):
     from .cluster import current_client
 
     client = current_client() if "scheduler" not in kwargs else None
-    with Bar(label, show=True) as bar:
+    with Bar(label, show=show) as bar:
+        if not bar.active:
+            return dask.compute(*collections, **kwargs)
         if client is None:
-            with _TaskCounter(bar):
-                return dask.compute(*collections, **kwargs)
-        from distributed import as_completed, futures_of
+            # this computation's own callback (a `with Callback()` would see every thread's)
+            return dask.compute(*collections, callbacks=[_TaskCounter(bar)._callback], **kwargs)
+        from distributed import futures_of
 
-        persisted = client.persist(list(collections))
+        found, repack = unpack_collections(*collections)  # dicts, lists, tuples of collections
+        persisted = client.persist(list(found))
         futures = futures_of(persisted)
-        bar.update(0, len(futures))
-        for done, _ in enumerate(as_completed(futures), 1):
-            bar.update(done)
-        return dask.compute(*persisted, **kwargs)
+        if futures:  # returns when they are done
+            _cluster_tasks_class()(futures, bar=bar, scheduler=client.scheduler.address)
+        return repack(dask.compute(*persisted, **kwargs))
+
+
+@functools.cache
+def _cluster_tasks_class():
+    """Defined on first use, so that importing rifscale does not import distributed."""
+    from distributed.diagnostics.progressbar import TextProgressBar
+
+    class ClusterTasks(TextProgressBar):
+        """The scheduler's count of the tasks leading to some futures (all of them, also
+        those finished already), drawn on a :class:`Bar`; returns when they are done."""
+
+        def __init__(self, futures, *, bar: Bar, scheduler):
+            self.bar = bar
+            super().__init__(futures, scheduler=scheduler, interval="100ms")
+
+        def _draw_bar(self, remaining, all, **kwargs):
+            self.bar.update(all - remaining, all)
+
+        def _draw_stop(self, **kwargs):
+            pass
+
+    return ClusterTasks
 
 
 def newton_fraction(rel: float, tol: float) -> float:

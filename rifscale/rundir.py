@@ -53,7 +53,8 @@ from .io import Corpus, local_path, open_corpus
 from .kernels import to_numpy
 from .metrics import MetricAtOptimum
 from .model import FittedModel
-from .outputs import atomic_dir, check_inputs, check_output, claim, mark, publish, remove, remove_within
+from .outputs import (atomic_dir, check_inputs, check_output, claim, mark, output_path, publish, remove,
+                      remove_within)
 from .progress import compute as progress_compute
 
 log = logging.getLogger(__name__)
@@ -193,9 +194,10 @@ def write_run(result, out, *, overwrite: bool = False, progress: bool = False) -
     """Compute the scores of an :class:`~rifscale.pipeline.Attribution` (one pass) and write
     the complete run directory ``out`` (atomically; see :mod:`rifscale.outputs`).
 
-    ``progress`` shows a progress bar of the scores pass on stdout."""
+    ``progress`` shows a progress bar of the scores pass (in Jupyter, or on a terminal) even without
+    :func:`rifscale.show_progress`."""
     corpus, model = result.corpus, result.model
-    with atomic_dir(Path(out), overwrite=overwrite, kind="run", inputs=[corpus.path]) as tmp:
+    with atomic_dir(output_path(out, "run"), overwrite=overwrite, kind="run", inputs=[corpus.path]) as tmp:
         _write_model(tmp, model)
         t = time.perf_counter()
         counts = _write_scores(tmp, corpus, model, result.scores, progress=progress)
@@ -300,7 +302,7 @@ class Job:
     under the output's lock and does the work."""
 
     def __init__(self, corpus, out, config: RunConfig | None = None, *, overwrite: bool = False, warm_start=None):
-        self.out = Path(out)
+        self.out = output_path(out, "run")
         self.config = config or RunConfig()
         self.corpus = corpus if isinstance(corpus, Corpus) else open_corpus(corpus)
         self.overwrite, self.warm_start = overwrite, warm_start
@@ -600,7 +602,7 @@ def export(run, out, *, fmt: str | None = None, top: int | None = None, by: str 
     from .outputs import atomic_file
 
     run = run if isinstance(run, Run) else open_run(run)
-    out = Path(out)
+    out = output_path(out, "export")
     fmt = fmt or out.suffix.lstrip(".").lower()
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"Cannot tell the export format of {str(out)!r}; name a .parquet or .csv file, or pass "

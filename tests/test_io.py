@@ -252,3 +252,25 @@ def test_a_foreign_group_gets_the_same_refusals(tmp_path, pr):
     (src / "train" / "X" / "c" / "2" / "1").unlink()
     with pytest.raises(CorpusError, match=r"train/X is missing 1 of its 15 chunk file\(s\) \(first: row chunk 2, rows 50-74.*as zeros"):
         rifscale.open_corpus(src)
+
+
+def test_chunks_another_tool_skipped_are_refused_with_the_cause_and_the_way_out(tmp_path, pr):
+    """zarr does not write chunks that hold only the fill value (write_empty_chunks=False):
+    a label-sorted y written by another tool lacks its all-zero chunks. rifscale cannot tell
+    that from lost files: it refuses, names the cause, and a Dask array is the opt-in."""
+    order = np.argsort(pr.y, kind="stable")
+    X, y = pr.X[order], pr.y[order].astype(np.int8)
+    g = zarr.open_group(str(tmp_path / "theirs.zarr"), mode="w")
+    g.create_array("train/X", data=X, chunks=(20, 7))
+    g.create_array("train/y", data=y, chunks=(20,))  # the first chunks are all 0: not written
+    g.create_array("test/X", data=pr.X_test, chunks=(41, 7))
+    g.create_array("test/y", data=pr.y_test, chunks=(41,))
+    with pytest.raises(CorpusError, match=r"train/y is missing .*nothing but the fill value \(0\).*write_empty_chunks"):
+        rifscale.open_corpus(tmp_path / "theirs.zarr")
+    with pytest.raises(CorpusError, match=r"train/y is missing .*dask.array.from_zarr"):
+        rifscale.ingest(tmp_path / "c.zarr", train_X=str(tmp_path / "theirs.zarr" / "train" / "X"),
+                        train_y=str(tmp_path / "theirs.zarr" / "train" / "y"))
+    import dask.array as da
+
+    c = rifscale.ingest(tmp_path / "c.zarr", train_X=g["train/X"], train_y=da.from_zarr(g["train/y"]))
+    np.testing.assert_array_equal(c.train.y.compute(), y)  # the opt-in: missing chunks read as the fill value

@@ -202,3 +202,30 @@ def test_with_a_cluster_the_workers_read_the_row_groups(tmp_path, client):
     assert len({t["key"] for t in reads}) == 2 * 6  # X and y of the 6 row groups, each read on a worker
     test = np.sort(np.random.default_rng(3).choice(300, 60, replace=False))
     assert np.array_equal(c.test.X.compute(), pr.X[test]) and c.n == 240
+
+
+def test_every_output_resolves_urls_before_anything_else(memory_root, tmp_path, capsys):
+    """``pathlib.Path("s3://b/run")`` is ``s3:/b/run``: an output URL must be refused (or a
+    file:// URL resolved) before any Path is made of it, by every command."""
+    pr = make_problem(120, 3, n_test=30, seed=5)
+    rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X, train_y=pr.y, test_X=pr.X_test, test_y=pr.y_test)
+    c = str(tmp_path / "c.zarr")
+    for argv in (["run", c, "--out", "memory://bucket/run"], ["run", c, "--out", "s3://bucket/run"]):
+        assert main(argv) == 2
+        assert "locks and atomic renames" in capsys.readouterr().err
+    where = tmp_path / "a b" / "run"  # a space: percent-encoded in the URL
+    where.parent.mkdir()
+    assert main(["run", c, "--out", where.as_uri(), "--lam", "0.5"]) == 0
+    assert (where / "manifest.json").is_file()
+    result = rifscale.attribute(c, lam=0.5)
+    with pytest.raises(ConfigError, match="locks and atomic renames"):
+        result.to_zarr("memory://bucket/run2")
+    assert main(["export", str(where), "--out", f"memory://{memory_root}/x.parquet"]) == 2
+    assert "Cannot write the export" in capsys.readouterr().err
+    MEM.put(str(where), f"{memory_root}/run", recursive=True)
+    (tmp_path / "sets.json").write_text('{"a": [1, 2]}')
+    assert main(["groups", f"memory://{memory_root}/run", "--sets", str(tmp_path / "sets.json")]) == 2
+    assert "Cannot write the groups" in capsys.readouterr().err
+    assert main(["validate", f"memory://{memory_root}/run", "--n-sizes", "1"]) == 2
+    assert "Cannot write" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a b", "c.zarr", "sets.json"]  # no s3:/, memory:/

@@ -31,6 +31,13 @@ def bars_off_afterwards(monkeypatch):
     progress.enable(False)
 
 
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self):
+        return True
+
+
 def lines(text: str) -> list[str]:
     """What a terminal shows: each line's last redraw after a carriage return."""
     return [line.split("\r")[-1].rstrip() for line in text.replace("\r\n", "\n").split("\n")]
@@ -52,35 +59,57 @@ def test_a_terminal_bar_redraws_one_line_and_ends_it():
     assert lines(out.getvalue())[0].endswith("(stopped)")  # a failed stage does not claim 100 %
 
 
-def test_bars_are_off_unless_asked_for():
-    out = io.StringIO()
+def test_bars_are_off_unless_asked_for_and_never_drawn_into_a_file():
+    out = Terminal()
     with progress.Bar("scores", total=3, stream=out) as bar:
         bar.update(2)
     assert out.getvalue() == ""
-    progress.enable()
-    with progress.Bar("scores", total=3, stream=out) as bar:
+    progress.enable(stream=out)
+    with progress.Bar("scores", total=3) as bar:
         bar.update(2)
     assert "100% 3/3" in out.getvalue()
+    log_file = io.StringIO()  # not a terminal: a script's output redirected to a file
+    progress.enable(stream=log_file)
+    with progress.Bar("scores", total=3) as bar:
+        bar.update(2)
+    assert log_file.getvalue() == ""
 
 
-def test_local_dask_work_is_followed_task_by_task(monkeypatch, capsys):
-    progress.enable()
+def test_local_dask_work_is_followed_task_by_task():
+    out = Terminal()
+    progress.enable(stream=out)
     x = da.ones((100, 3), chunks=(10, 3))
     total, = progress.compute(x.sum(), label="sum")
     assert total == 300
-    err = capsys.readouterr().err
+    err = out.getvalue()
     final = lines(err)[0]
     n = int(final.split("/")[-1].split()[0])
     assert final.startswith("sum [##############################] 100%") and n > 10  # every task counted
     assert f"{n // 2}/{n}" in err or any(f"{k}/{n}" in err for k in range(1, n))  # and drawn on the way
 
 
-def test_cluster_work_is_followed_by_its_futures(client, capsys):
-    progress.enable()
+def test_cluster_work_is_followed_by_the_schedulers_task_count(client):
+    out = Terminal()
+    progress.enable(stream=out)
     x = da.ones((100, 3), chunks=(10, 3))
-    total, parts = progress.compute(x.sum(), x[:, 0], label="on the cluster")
-    assert total == 300 and parts.shape == (100,)
-    assert lines(capsys.readouterr().err)[0].startswith("on the cluster [##############################] 100% 11/11")
+    total, parts = progress.compute(x.sum(), {"first": x[:, 0]}, label="on the cluster")
+    assert total == 300 and parts["first"].shape == (100,)  # nested collections come back in place
+    final = lines(out.getvalue())[0]
+    n = int(final.split("/")[-1].split()[0])
+    assert final.startswith("on the cluster [##############################] 100%")
+    assert n > 20  # every task of the graph (ones, sums, slices), not the 2 output futures
+
+
+def test_group_estimates_on_a_cluster_with_bars(client):
+    """The stages that compute dicts of collections, on a distributed client."""
+    out = Terminal()
+    pr = make_problem(300, 4, seed=1)
+    progress.enable(stream=out)
+    result = rifscale.attribute(corpus_of(pr, 64), lam=0.5, test_subset="all", client=client)
+    est = rifscale.group_effects(result, {"small": range(3), "large": range(150)}, client=client)
+    assert set(est) == {"small", "large"}
+    shown = lines(out.getvalue())
+    assert any(line.startswith("set statistics [") and "100%" in line for line in shown)
 
 
 def test_in_jupyter_one_html_bar_is_updated_in_place(monkeypatch):
@@ -120,16 +149,17 @@ def test_log_lines_do_not_break_a_bar():
     assert lines(out.getvalue())[1].startswith("fit [##############################] 100%")
 
 
-def test_show_progress_turns_on_the_bars_of_fit_groups_and_retrains(capsys):
+def test_show_progress_turns_on_the_bars_of_fit_groups_and_retrains():
     pr = make_problem(300, 4, seed=1)
-    rifscale.show_progress(logging.WARNING)
+    out = Terminal()
+    rifscale.show_progress(logging.WARNING, stream=out)
     try:
         result = rifscale.attribute(corpus_of(pr, 64), lam=0.5, test_subset="all")
         rifscale.group_effects(result, {"a": range(10), "b": range(200)})
         rifscale.retrain(result, {"a": range(10)})
     finally:
         rifscale.show_progress(logging.WARNING, bars=False)
-    shown = [line for line in lines(capsys.readouterr().err) if line]
+    shown = [line for line in lines(out.getvalue()) if line]
     for label in ("fit [", "set statistics [", "group estimates [", "exact retrains ["):
         assert any(line.startswith(label) and "100%" in line for line in shown), (label, shown)
 
