@@ -1,15 +1,18 @@
-"""Zarr corpora: open and validate (docs/design.md §5), and ingest from NumPy / Zarr sources.
+"""Zarr corpora: open and validate (docs/design.md §5), and ingest from NumPy, Dask, Zarr,
+``.npy``/``.npz`` sources (paths or fsspec URLs; Parquet tables: :mod:`rifscale.parquet`).
 
 Layout, version 1::
 
-    corpus.zarr/                      attrs: {"rifscale_format": 1, ...provenance}
+    corpus.zarr/                      attrs: {"rifscale_format": 1, "content_sha256", "test_split"?, ...provenance}
       train/X    (n, d)  float32|float64, chunked by rows only
-      train/y    (n,)    integer 0/1, chunked like the rows of X
-      train/ids  (n,)    int64 (optional; defaults to row number)
-      test/X, test/y, test/ids        same rules
+      train/y    (n,)    int8 0/1, chunked like the rows of X
+      train/ids  (n,)    int64 (row numbers when the source has none)
+      train/chunk_sha256  (chunks, 32) uint8: sha256 of each row chunk's X, y and ids bytes
+      test/...                        same rules
 
 :func:`open_corpus` checks everything that metadata and the (small) label arrays can
-tell, and returns a frozen :class:`Corpus` of Dask arrays aligned to the Zarr row chunks.
+tell, and returns a frozen :class:`Corpus` of Dask arrays aligned to the Zarr row chunks;
+it also opens Zarr groups another tool wrote with the layout's arrays, in place.
 Non-finite values in X are found where X is read anyway: during ingest, and by the first
 pass of the fit (:func:`find_nonfinite` then names the chunk and row).
 """
