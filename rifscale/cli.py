@@ -339,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the output directory if it exists")
     _add_cluster(p)
     p.set_defaults(func=_demo)
+    for p in sub.choices.values():  # -q also after the command (`rifscale run ... -q`, as in crontabs)
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="only warnings and errors on stderr")
     return ap
 
 

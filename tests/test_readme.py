@@ -80,3 +80,23 @@ def test_parquet_example_runs_and_exports_ids_of_the_table(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     top = pd.read_parquet(tmp_path / "top.parquet")
     assert len(top) == 10 and set(top.index) <= set(ids[split == "train"])
+
+
+def test_the_crontab_line_parses_and_is_quiet(tmp_path, capsys):
+    """The README's crontab line puts -q after the command; it must parse (it did not) and
+    silence the log lines."""
+    import shlex
+
+    import rifscale
+    from rifscale.cli import build_parser, main
+
+    (line,) = [l for l in README.read_text().splitlines() if "* * *" in l and "rifscale run" in l]
+    command = line.split("&& ", 1)[1].split("`")[0].replace(r"$(date +\%F)", "2026-11-30")
+    argv = shlex.split(command)[1:]
+    assert argv[-1] == "-q" and build_parser().parse_args(argv).quiet is True
+    pr = make_problem(200, 4, n_test=30, seed=3)
+    rifscale.ingest(tmp_path / "corpus.zarr", train_X=pr.X, train_y=pr.y, test_X=pr.X_test, test_y=pr.y_test)
+    assert main([a.replace("corpus.zarr", str(tmp_path / "corpus.zarr")).replace("runs/", f"{tmp_path}/runs/")
+                 for a in argv]) == 0
+    assert "newton iter" not in capsys.readouterr().err and (tmp_path / "runs" / "2026-11-30").is_dir()
+    assert build_parser().parse_args(["run", "c.zarr", "--out", "r"]).quiet is False  # the default stays
