@@ -445,3 +445,46 @@ def test_batch_script_stops_when_not_every_worker_joins(tmp_path, fake_slurm):
 
 def _short_hostname() -> str:
     return subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def tls_dir(tmp_path_factory):
+    """ca.pem, cert.pem, key.pem: one certificate (client and server use) signed by a CA
+    made here, as deploy/local/cluster.sh --tls-dir and the launcher's tls_dir read them."""
+    pytest.importorskip("cryptography", reason="the dev extra installs cryptography to make test certificates")
+    from .test_tls import make_ca, make_cert, write_pems
+
+    ca = make_ca("rifscale test CA")
+    return write_pems(tmp_path_factory.mktemp("slurm-tls") / "tls", ca[1], make_cert(ca, "dask cluster", server=True))
+
+
+def test_tls_dir_puts_the_workers_on_tls_with_the_certificates(tmp_path, tls_dir):
+    raw = {**__import__("yaml").safe_load((SLURM / "gpu.yaml").read_text()), "tls_dir": str(tls_dir)}
+    cfg = launch.check_config(raw)
+    for kind, script in launch.job_scripts(cfg, "tcp://10.1.2.3:8786").items():
+        _, argv = worker_line(script)
+        opts = worker_options(argv)
+        assert argv[argv.index("distributed.cli.dask_worker") + 1] == "tls://10.1.2.3:8786", kind
+        assert (opts["tls_ca_file"], opts["tls_cert"], opts["tls_key"]) == tuple(
+            str(tls_dir / f) for f in ("ca.pem", "cert.pem", "key.pem")), kind
+    assert launch.tls_flags(cfg)[::2] == ["--tls-ca-file", "--tls-cert", "--tls-key"]
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "ca.pem").write_text("x")
+    with pytest.raises(launch.LaunchError, match=r"lacks \['cert.pem', 'key.pem'\]"):
+        launch.check_config({**raw, "tls_dir": str(tmp_path / "partial")})
+
+
+@pytest.mark.cluster
+def test_launcher_runs_rifscale_over_tls(tmp_path, fake_slurm, tls_dir):
+    env, state = fake_slurm
+    corpus, out = _corpus(tmp_path), tmp_path / "run"
+    config = _test_config(tmp_path, gpu_jobs=0)
+    config.write_text(json.dumps({**json.loads(config.read_text()), "tls_dir": str(tls_dir)}))
+    done = subprocess.run([sys.executable, SLURM / "launch.py", config, corpus, "--out", out], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert re.search(r"scheduler tls://127\.0\.0\.1:\d+", done.stderr)
+    assert re.search(r"running rifscale run .* --scheduler tls://", done.stderr)
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+    (job,) = [p.stem for p in state.glob("job-*.pgid")]
+    assert (state / f"{job}.cancelled").exists()

@@ -75,12 +75,16 @@ TOP_KEYS = {
     "scheduler_host": "address to bind the scheduler to (default: the interface's, or this host's routed address)",
     "dashboard_address": "scheduler dashboard, host:port (default 127.0.0.1:8787)",
     "wait_timeout": "seconds to wait for all workers to join (default 1800)",
+    "tls_dir": "directory with ca.pem, cert.pem, key.pem (as deploy/local/cluster.sh --tls-dir): the scheduler, "
+               "the workers and rifscale then speak TLS and require certificates signed by that CA",
     "cpu": "CPU worker jobs",
     "gpu": "GPU worker jobs (optional)",
 }
 #: What a gpu section takes from the cpu section when it does not say.
 INHERITED = ("walltime", "queue", "account", "local_directory", "log_directory", "job_extra_directives",
              "death_timeout")
+#: Files of a tls_dir, as deploy/local/cluster.sh --tls-dir reads them.
+TLS_FILES = ("ca.pem", "cert.pem", "key.pem")
 WALLTIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}(:\d{2})?$|^\d+$")
 PLACEHOLDER_SCHEDULER = "tcp://SCHEDULER-ADDRESS:8786"
 
@@ -121,7 +125,15 @@ def check_config(raw, where: str = "config") -> dict:
         "scheduler_host": raw.get("scheduler_host"),
         "dashboard_address": raw.get("dashboard_address", "127.0.0.1:8787"),
         "wait_timeout": raw.get("wait_timeout", 1800),
+        "tls_dir": raw.get("tls_dir"),
     }
+    if cfg["tls_dir"] is not None:
+        tls = Path(os.path.expandvars(str(cfg["tls_dir"])))
+        missing = [name for name in TLS_FILES if not (tls / name).is_file()]
+        if missing:
+            raise LaunchError(f"{where}: tls_dir {str(tls)!r} lacks {missing}; it needs {list(TLS_FILES)} (the CA, "
+                              "and a certificate and key signed by it; see deploy/README.md, Security)")
+        cfg["tls_dir"] = tls
     if cfg["interface"] and cfg["scheduler_host"]:
         raise LaunchError(f"{where}: give either interface or scheduler_host, not both")
     if isinstance(cfg["wait_timeout"], bool) or not isinstance(cfg["wait_timeout"], (int, float)) \
@@ -205,6 +217,26 @@ def scheduler_host(cfg) -> str:
     return host
 
 
+def security(cfg):
+    """The ``distributed.security.Security`` of a config with ``tls_dir`` (one certificate
+    for the scheduler, the workers and the launcher's client; encryption required), or None."""
+    if cfg.get("tls_dir") is None:
+        return None
+    from distributed.security import Security
+
+    ca, cert, key = (str(cfg["tls_dir"] / name) for name in TLS_FILES)
+    return Security(tls_ca_file=ca, tls_scheduler_cert=cert, tls_scheduler_key=key, tls_worker_cert=cert,
+                    tls_worker_key=key, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
+
+
+def tls_flags(cfg) -> list[str]:
+    """rifscale's options for the same certificate (none without ``tls_dir``)."""
+    if cfg.get("tls_dir") is None:
+        return []
+    ca, cert, key = (str(cfg["tls_dir"] / name) for name in TLS_FILES)
+    return ["--tls-ca-file", ca, "--tls-cert", cert, "--tls-key", key]
+
+
 def job_kwargs(cfg, kind: str, sched_host: str) -> dict:
     """Keyword arguments of ``dask_jobqueue.slurm.SLURMJob`` for one kind of job.
 
@@ -240,6 +272,7 @@ def job_kwargs(cfg, kind: str, sched_host: str) -> dict:
         job_script_prologue=prologue,
         job_extra_directives=directives,
         worker_extra_args=extra,
+        security=security(cfg),  # dask-jobqueue adds the worker's --tls-* options
     )
     return kwargs
 
@@ -254,6 +287,8 @@ def job_scripts(cfg, scheduler: str = PLACEHOLDER_SCHEDULER) -> dict[str, str]:
     for kind in ("cpu", "gpu"):
         if kind in cfg and cfg[kind]["jobs"] > 0:
             kwargs = job_kwargs(cfg, kind, host)
+            if kwargs["security"] is not None:
+                scheduler = "tls://" + re.sub(r"^\w+://", "", scheduler)
             # SLURMJob creates log_directory; only rendering, leave nothing behind
             logs = kwargs["log_directory"] and Path(os.path.expandvars(kwargs["log_directory"]))
             missing = [p for p in ([logs, *logs.parents] if logs else []) if not p.exists()]
@@ -329,7 +364,7 @@ def launch(cfg, commands) -> int:
     n_expected = expected_workers(cfg)
     cpu = job_kwargs(cfg, "cpu", host)
     interface = cpu.pop("interface")
-    cluster = SLURMCluster(scheduler_options=scheduler_options, interface=interface, **cpu)
+    cluster = SLURMCluster(scheduler_options=scheduler_options, interface=interface, **cpu)  # tls:// with security
     proc = None
     try:
         address = cluster.scheduler_address
@@ -361,7 +396,7 @@ def launch(cfg, commands) -> int:
             log(f"{n_expected} worker(s) up after {time.monotonic() - started:.0f} s")
         code = 0
         for argv in commands:
-            full = [*rifscale_executable(), *argv, "--scheduler", address]
+            full = [*rifscale_executable(), *argv, "--scheduler", address, *tls_flags(cfg)]
             log("running " + shlex.join(["rifscale", *argv, "--scheduler", address]))
             proc = subprocess.Popen(full)
             code = proc.wait()
