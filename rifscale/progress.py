@@ -190,15 +190,14 @@ class LogHandler(logging.StreamHandler):
 def compute(*collections, label: str, show: bool | None = None, **kwargs):
     """``dask.compute(*collections, **kwargs)`` with a bar of the finished tasks when
     progress is shown (``show`` as for :class:`Bar`). With a distributed client (and no
-    local ``scheduler=`` asked for) the bar follows the futures of the persisted collections."""
-    if not (_enabled if show is None else show):
-        return dask.compute(*collections, **kwargs)
+    local ``scheduler=`` asked for) the bar follows the scheduler's count of the tasks
+    leading to the persisted collections."""
     from .cluster import current_client
 
-    client = current_client() if "scheduler" not in kwargs else None
     with Bar(label, show=show) as bar:
         if not bar.active:
             return dask.compute(*collections, **kwargs)
+        client = current_client() if "scheduler" not in kwargs else None
         if client is None:
             # this computation's own callback (a `with Callback()` would see every thread's)
             return dask.compute(*collections, callbacks=[_TaskCounter(bar)._callback], **kwargs)
