@@ -51,6 +51,7 @@ from .errors import (  # noqa: E402
 )
 from .io import Corpus, ingest, open_corpus  # noqa: E402
 from .pipeline import Attribution, attribute  # noqa: E402
+from .session import Session  # noqa: E402
 from .rundir import list_runs, open_run, run_job, write_run  # noqa: E402
 from .parquet import ingest_parquet  # noqa: E402
 from .groups import GroupEstimate, group_effects  # noqa: E402
@@ -68,6 +69,7 @@ __all__ = [
     "OutputExistsError",
     "RifscaleError",
     "RunConfig",
+    "Session",
     "attribute",
     "group_effects",
     "ingest",

@@ -38,7 +38,7 @@ import dask.array as da
 import numpy as np
 
 from . import kernels
-from ._blocks import per_block
+from ._blocks import per_block, persist_rows
 from .cluster import current_client
 from .errors import ConfigError, CorpusError, NotConvergedError, NotPositiveDefiniteError, not_positive_definite
 from .hessian import objectives
@@ -172,9 +172,9 @@ def subsample_start(X: da.Array, y: da.Array, weights=None, *, lam: float, fit_i
 
 
 def _persist(*arrays):
-    """Keep small derived arrays in (worker) memory: on the active client if any."""
-    client = current_client()
-    return client.persist(list(arrays)) if client is not None else dask.persist(*arrays)
+    """Keep small derived arrays in (worker) memory: on the active client if any, placed
+    as :func:`rifscale._blocks.persist_rows` places the training rows."""
+    return persist_rows(arrays, current_client())
 
 
 def fit(

@@ -219,17 +219,37 @@ def open_corpus(path: str | os.PathLike) -> Corpus:
     train = _open_split(root, "train", path, required=True, foreign=foreign)
     test = _open_split(root, "test", path, required=False, foreign=foreign)
     _check_same_d(train, test)
-    meta = {
-        "format": version,
-        "content": _listing_signature(path) if foreign else attrs.get("content_sha256"),
-        "train": _split_meta(train),
-        "test": _split_meta(test) if test else None,
-    }
+    meta = _corpus_meta(path, attrs, _split_meta(train), _split_meta(test) if test else None)
     if foreign:
         log.info("%s: a Zarr group not made by `rifscale ingest`, used in place (no chunk digests; "
                  "fingerprint from its file listing)", path)
     return Corpus(train=train, test=test, path=path if is_url(path) else os.path.abspath(path), attrs=attrs,
                   fingerprint=_hash_json(meta))
+
+
+def _corpus_meta(path: str, attrs: dict, train: dict, test: dict | None) -> dict:
+    """What a corpus's fingerprint hashes: its format, its content digest (or, for a store
+    rifscale did not write, its file listing) and the shape of each split."""
+    foreign = attrs.get("rifscale_format") is None
+    return {"format": attrs.get("rifscale_format"),
+            "content": _listing_signature(path) if foreign else attrs.get("content_sha256"),
+            "train": train, "test": test}
+
+
+def stored_fingerprint(path: str | os.PathLike) -> str:
+    """The fingerprint :func:`open_corpus` would give the corpus at ``path`` now, from its
+    metadata alone: no chunk is read and nothing is checked (a session uses it to see
+    whether the store changed under the rows it holds)."""
+    path = local_path(path)
+    root = zarr.open_group(path, mode="r")
+
+    def meta(name):
+        if name not in root:
+            return None
+        X = root[name]["X"]
+        return {"shape": list(X.shape), "dtype": str(X.dtype), "chunks": [min(X.chunks[0], X.shape[0])]}
+
+    return _hash_json(_corpus_meta(path, root.attrs.asdict(), meta("train"), meta("test")))
 
 
 def _listing_signature(path: str) -> str:
