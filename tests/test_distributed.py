@@ -147,3 +147,35 @@ def test_clusters_rifscale_starts_sample_stacks_rarely_and_others_are_named(clus
         check_worker_profiling(other)
     assert "2 of 2 workers sample their threads' stacks every 10 ms" in caplog.text
     assert "DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL=100ms" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def wide_corpus(tmp_path_factory):
+    """Big enough for the scores pass to be killed in, wide enough for BLAS's blocked paths."""
+    from .test_batch_jobs import _data
+
+    root = tmp_path_factory.mktemp("wide")
+    X, y, Xt, yt = _data(200_000, 64)
+    rifscale.ingest(root / "c.zarr", train_X=X, train_y=y, test_X=Xt, test_y=yt, chunk_rows=10_000)
+    return root / "c.zarr"
+
+
+def test_a_run_resumed_after_its_fit_equals_an_uninterrupted_one_with_two_threads(wide_corpus, tmp_path):
+    """Killed once the fit is checkpointed, the rerun computes the scores on blocks laid out
+    anew in memory (another allocation, another thread per block): the same bits."""
+    from .test_batch_jobs import CLI, _arrays, _start, _wait_for_path
+
+    args = ["run", str(wide_corpus), "--out", str(tmp_path / "r"), "--workers", "2"]
+    ref = subprocess.run(CLI + ["run", str(wide_corpus), "--out", str(tmp_path / "ref"), "--workers", "2"],
+                         capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    proc = _start(args)
+    _wait_for_path(tmp_path / ".r.partial" / "scores", proc)
+    proc.kill()
+    proc.communicate()
+    done = subprocess.run(CLI + args, capture_output=True, text=True)
+    assert done.returncode == 0 and "resumed from the finished fit" in done.stdout, done.stderr
+    resumed, uninterrupted = _arrays(tmp_path / "r"), _arrays(tmp_path / "ref")
+    assert resumed.keys() == uninterrupted.keys()
+    differ = [k for k in resumed if resumed[k] != uninterrupted[k]]
+    assert differ == []

@@ -41,16 +41,31 @@ def scratch(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     key = (name, dtype.str)
     buf = buffers.get(key)
     if buf is None or buf.size < size:
-        buf = buffers[key] = np.empty(max(size, 1), dtype=dtype)
+        buf = buffers[key] = _page_aligned(max(size, 1), dtype)
     return buf[:size].reshape(shape)
 
 
+PAGE = 4096
+
+
+def _page_aligned(size: int, dtype: np.dtype) -> np.ndarray:
+    """An uninitialised 1-D array of ``size`` items whose first byte is on a page boundary."""
+    raw = np.empty(size * dtype.itemsize + PAGE, dtype=np.uint8)
+    start = -raw.ctypes.data % PAGE
+    return raw[start : start + size * dtype.itemsize].view(dtype)
+
+
 def rows_as(x, dtype, name: str):
-    """``x`` (a NumPy sub-block of rows) as ``dtype``: ``x`` itself when it already is
-    C-contiguous of that dtype, otherwise a cast copy in the thread's scratch buffer."""
+    """``x`` (a NumPy array) copied, cast to ``dtype``, into the thread's scratch buffer
+    ``name``.
+
+    The copy is made also when ``x`` already has that dtype: the scratch buffers start on
+    a page boundary, and BLAS and NumPy's reductions may split a sum differently for
+    operands at other alignments, so copying makes a row's result independent of where
+    its block happens to sit in memory (a resumed run, another worker, another thread).
+    It costs one memory pass over data that the products then read many times.
+    """
     dtype = np.dtype(dtype)
-    if x.dtype == dtype and x.flags.c_contiguous:
-        return x
     out = scratch(name, x.shape, dtype)
     np.copyto(out, x, casting="same_kind" if dtype.kind == x.dtype.kind else "unsafe")
     return out

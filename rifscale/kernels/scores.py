@@ -42,8 +42,10 @@ def _design_products(x, linv, W, *, fit_intercept: bool):
     ``trmm`` wrapper does not, so threads would not run it in parallel).
     """
     xp = array_namespace(x)
-    linv = xp.asarray(linv, dtype=xp.float64)
-    W = xp.asarray(W, dtype=xp.float64)
+    if xp is np:  # every operand at the same alignment in every run (see rows_as)
+        linv, W = rows_as(linv, np.float64, "linv"), rows_as(W, np.float64, "products")
+    else:
+        linv, W = xp.asarray(linv, dtype=xp.float64), xp.asarray(W, dtype=xp.float64)
     m, d = x.shape
     p = linv.shape[0]
     step = SUB_ROWS if xp is np else max(m, 1)
