@@ -322,6 +322,21 @@ EXPERIMENTS = ("accuracy", "sweeps", "poisoning")
 SUMMARY_COLUMNS = ["strategy", "metric", "form", "method", "count", "pearson", "slope", "median_rel_err"]
 
 
+def _held(run, client):
+    """The run with its training rows laid out and kept in (worker) memory as ``rifscale
+    run`` keeps them (its ``persist`` and ``device``), for the many passes of the retrains:
+    otherwise every pass would read the rows from the store again."""
+    import dataclasses
+
+    from .cluster import current_client
+    from .partition import prepare_split
+
+    config = run.manifest.get("config", {})
+    train, _ = prepare_split(run.corpus.train, client=client if client is not None else current_client(),
+                             persist=config.get("persist", "auto"), device=config.get("device", "cpu"))
+    return dataclasses.replace(run, corpus=dataclasses.replace(run.corpus, train=train))
+
+
 def run_validation(run_path, *, experiments=("accuracy",), strategies=DEFAULT_STRATEGIES, n_sizes: int = 40,
                    seed: int = 0, poison_points: int = 100, top_metric: str = "test_loss", top_sign: int = 1,
                    overwrite: bool = False, corpus=None, client=None, batch_sets: int = BATCH_SETS,
@@ -348,7 +363,7 @@ def run_validation(run_path, *, experiments=("accuracy",), strategies=DEFAULT_ST
         raise ConfigError(f"n_sizes must be >= 1; got {n_sizes}.")
     if "poisoning" in experiments and poison_points < 1:
         raise ConfigError(f"--poison-points must be >= 1 (test points of the poisoning experiment); got {poison_points}.")
-    run = open_run(run_path, corpus=corpus)
+    run = _held(open_run(run_path, corpus=corpus), client)
     if "top_influence" in strategies and top_metric not in run.model.metrics:
         raise ConfigError(
             f"top_influence ranks by the IF scores of {top_metric!r}, which this run did not compute "
