@@ -394,8 +394,9 @@ class _GuardedRows:
         try:
             block = self.arr[key]
         except Exception as exc:
+            chunk = next(iter(spans[0]), 0)
             raise CorpusError(
-                f"{self.path!r}: cannot read {self.label} row chunk {next(iter(spans[0]), 0)} ({type(exc).__name__}: {exc}). "
+                f"{self.path!r}: cannot read {self.label} row chunk {chunk} ({type(exc).__name__}: {exc}). "
                 + DAMAGED_HINT.format(path=self.path)
             ) from None
         lost = next((c for c in itertools.product(*spans) if not _chunk_file_exists(self.arr, c)), None)
@@ -977,7 +978,8 @@ def ingest(
         raise CorpusError("test_ids was given without test_X and test_y; pass the whole test split.")
     split_record = None
     if split is not None and (test_X is not None or test_fraction is not None):
-        raise CorpusError("Give the test split one way only: --test-X and --test-y, --split-column, or --test-fraction.")
+        raise CorpusError("Give the test split one way only: --test-X and --test-y, --split-column, or "
+                          "--test-fraction.")
     if test_fraction is not None:
         if test_X is not None:
             raise CorpusError("Give the test split one way only: --test-X and --test-y, or --test-fraction.")

@@ -241,7 +241,8 @@ def _storage_errors(out: Path, flag: str | None):
             raise
         where = Path(os.path.abspath(os.fsdecode(exc.filename))) if exc.filename else None
         parent = Path(os.path.abspath(out)).parent
-        mine = where is None or where == parent or (
+        # the output's parents (being created), or the output, its temporaries, lock and marker
+        mine = where is None or where == parent or where in parent.parents or (
             parent in where.parents and where.relative_to(parent).parts[0].lstrip(".").startswith(out.name))
         if exc.errno in (errno.EACCES, errno.EPERM) and not mine:
             raise
@@ -254,8 +255,8 @@ def _storage_errors(out: Path, flag: str | None):
 
 
 def _make_parent(out: Path) -> None:
-    """Create the missing parents of ``out``, only below an existing, writable directory
-    other than the file-system root."""
+    """Create the missing parents of ``out``, only below an existing directory other than
+    the file-system root (one that refuses them fails in :func:`_storage_errors`)."""
     parent = Path(os.path.abspath(out)).parent
     if parent.is_dir():
         return
@@ -452,7 +453,7 @@ def atomic_file(out: Path, *, overwrite: bool, kind: str = "file", inputs=()):
             if (out.exists() or out.is_symlink()) and not (overwrite and made_by_rifscale(out)):
                 raise OutputExistsError(f"{str(out)!r} appeared while this job ran; it was left as it is.")
             marker = _marker_of_file(out)
-            with _signals_held():  # the file and its marker, or neither
+            with _signals_held():  # no Ctrl-C between the marker and the move
                 marker.write_text(json.dumps({"rifscale_output": kind, **_file_stamp(tmp)}))
                 os.replace(tmp, out)
             published.append(out)

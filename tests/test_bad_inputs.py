@@ -61,7 +61,7 @@ def test_export_takes_the_corpus_when_it_moved(run, small, tmp_path, capsys):
     moved = tmp_path / "moved.zarr"
     os.rename(small, moved)
     assert main(["export", str(run), "--out", str(tmp_path / "s.csv")]) == 2
-    assert f"pass --corpus with its new path" in _error(capsys)
+    assert "pass --corpus with its new path" in _error(capsys)
     assert main(["-q", "export", str(run), "--out", str(tmp_path / "s.csv"), "--corpus", str(moved)]) == 0
 
 
@@ -136,9 +136,8 @@ def test_a_url_without_its_fsspec_package_names_the_package(tmp_path, capsys, ur
     except ImportError:
         pass
     np.save(tmp_path / "y.npy", np.arange(10) % 2)
-    for args in (["run", url, "--out", str(tmp_path / "r")],
-                 ["ingest", str(tmp_path / "c.zarr"), "--train-X", url + "/X.npy", "--train-y", str(tmp_path / "y.npy")],
-                 ["export", url, "--out", str(tmp_path / "s.csv")]):
+    ingest = ["ingest", str(tmp_path / "c.zarr"), "--train-X", url + "/X.npy", "--train-y", str(tmp_path / "y.npy")]
+    for args in (["run", url, "--out", str(tmp_path / "r")], ingest, ["export", url, "--out", str(tmp_path / "s.csv")]):
         assert main(args) == 2
         assert f"pip install {package}" in _error(capsys)
 
