@@ -205,3 +205,18 @@ def test_a_set_removing_every_row_gives_nan_ns_with_the_reason(run, tmp_path, ca
     assert np.isnan(estimates["all"]["value"]) and np.isfinite(estimates["some"]["value"])
     stored = {e["name"]: e for e in json.loads((run / "groups" / "zarr.json").read_text())["attributes"]["estimates"]}
     assert stored["all"]["ns_singular"] is True and stored["some"]["ns_singular"] is False
+
+
+def test_a_small_set_alone_in_a_direction_gives_nan_ns_by_the_same_rule(synchronous):
+    """Rows 7 and 8 alone span feature 0: without them only lam (tiny) pins it. The set is
+    small (Woodbury); its 1 - group leverage is ~ lam / 0.5, below the threshold."""
+    X, y, Xt, yt = _data(200, 3)
+    X = np.hstack([np.zeros((200, 1), np.float32), X])
+    X[7, 0] = X[8, 0] = 1.0
+    y[7], y[8] = 0, 1
+    c = rifscale.Corpus.from_arrays(X, y, np.hstack([np.zeros((300, 1), np.float32), Xt]), yt, chunk_rows=50)
+    res = rifscale.attribute(c, lam=1e-8, test_subset="all")
+    est = rifscale.group_effects(res, {"pair": [7, 8], "other": [1, 2]})
+    assert est["pair"].ns_method == "woodbury" and est["pair"].ns_singular
+    assert np.isnan(est["pair"].delta["ns"]).all() and np.isfinite(est["pair"].delta["rif"]).all()
+    assert not est["other"].ns_singular and np.isfinite(est["other"].delta["ns"]).all()

@@ -141,7 +141,7 @@ def test_validate_does_not_reuse_batches_saved_with_another_seed(small, tmp_path
     run, fresh = tmp_path / "r", tmp_path / "fresh"
     assert main(["-q", "run", str(small), "--out", str(run)]) == 0
     shutil.copytree(run, fresh)
-    args = ["--strategies", "random", "--n-sizes", "4", "--batch-sets", "2", "--workers", "1"]
+    args = ["--strategies", "random", "--n-sizes", "2", "--batch-sets", "1", "--workers", "1"]
     killed = _planted("rifscale.validate:Checkpoint.save", "SIGKILL", ["validate", str(run), *args, "--seed", "0"])
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert (run / ".validation.partial" / "accuracy-00000.npz").is_file()  # batch 0: sets random-*, seed 0
