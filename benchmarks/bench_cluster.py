@@ -17,6 +17,10 @@ repeat, and the tables show medians and ratios of medians.
   write, after a warm-up run on the same cluster), with speed-up and efficiency against
   1 worker, and the bytes the client sent and received per pass over the data.
 * **weak scaling**: ``--rows-per-worker`` rows per worker (n = W x rows), same columns.
+* **session**: two attributions on one corpus, each on the path and through one
+  ``rifscale.Session``, with the bytes the workers read per call.
+* **validate** (``--validate NxD``): ``rifscale validate`` on threads and on the external
+  cluster.
 
 The client's traffic per pass is counted at distributed's TCP frame layer in the client
 process; it must stay ``<= 4 W p^2 8`` bytes (+ small messages) and not grow with n.
@@ -148,6 +152,95 @@ def bench_modes(n: int, d: int, tmp: Path, repeats: int, workers: int) -> dict:
     return entry
 
 
+def session_child(spec: dict) -> dict:
+    """Two attributions (lam 1, then lam 0.5) through one rifscale.Session on the external
+    cluster, each written to a run directory, against the same two calls made on the path;
+    bytes the workers read from the store during each call (their /proc io)."""
+    from distributed import Client
+
+    import rifscale
+
+    def worker_read_bytes(client):
+        def read():
+            with open("/proc/self/io") as fh:
+                return dict(line.split(": ") for line in fh.read().splitlines())["rchar"]
+        return sum(int(v) for v in client.run(read).values())
+
+    out = Path(spec["tmp"])
+    with Client(scheduler_file=spec["scheduler"]) as client:
+        rifscale.attribute(spec["corpus"], lam=2.0, client=client).to_zarr(out / "warm", overwrite=True)
+        calls = []
+        for how in ("path", "session"):
+            session = rifscale.Session(spec["corpus"], client=client) if how == "session" else None
+            for k, lam in enumerate((1.0, 0.5)):
+                before = worker_read_bytes(client)
+                t = time.perf_counter()
+                res = session.attribute(lam=lam) if session else rifscale.attribute(spec["corpus"], lam=lam, client=client)
+                res.to_zarr(out / f"{how}-{k}", overwrite=True)
+                calls.append({"how": how, "call": k + 1, "lam": lam, "seconds": time.perf_counter() - t,
+                              "worker_read_bytes": worker_read_bytes(client) - before})
+            if session:
+                session.close()
+    return {"calls": calls}
+
+
+def bench_session(n: int, d: int, tmp: Path, repeats: int, workers: int) -> dict:
+    corpus, entry = make_corpus(n, d, tmp, None)
+    records = []
+    with external_cluster(workers, tmp) as sched:
+        for k in range(repeats):
+            spec = {"corpus": str(corpus), "scheduler": str(sched), "tmp": str(tmp)}
+            records.append(run_child_here("session", spec, tmp, f"session-{n}x{d}-{k}"))
+            say(f"session {n:,} x {d}: " + ", ".join(f"{c['how']} call {c['call']} {c['seconds']:.2f} s "
+                                                     f"({c['worker_read_bytes'] / 1e6:.0f} MB read)"
+                                                     for c in records[-1]["calls"]))
+    shutil.rmtree(corpus)
+    calls = [c for r in records for c in r["calls"]]
+
+    def med(how, call, key="seconds"):
+        return summary([c[key] for c in calls if c["how"] == how and c["call"] == call])
+
+    entry.update({"workers": workers, "records": records,
+                  "seconds": {f"{how}-{call}": med(how, call) for how in ("path", "session") for call in (1, 2)},
+                  "read_mb": {f"{how}-{call}": med(how, call, "worker_read_bytes")["median"] / 1e6
+                              for how in ("path", "session") for call in (1, 2)}})
+    return entry
+
+
+def bench_validate(n: int, d: int, tmp: Path, repeats: int, workers: int) -> dict:
+    """``rifscale validate RUN --experiments accuracy --n-sizes 4`` on threads and on the
+    external cluster, interleaved; the run made once on threads."""
+    corpus, entry = make_corpus(n, d, tmp, None)
+    run = tmp / "validate-run"
+    run_rifscale(corpus, run, LAM, tmp, f"validate-base-{n}x{d}", keep=True)
+    walls = {"threads": [], "external": []}
+    bindir = Path(sys.executable).parent
+    with external_cluster(workers, tmp) as sched:
+        for k in range(repeats + 1):  # the first external one warms the workers up
+            for mode in ("threads", "external"):
+                cmd = [bindir / "rifscale", "validate", run, "--experiments", "accuracy", "--n-sizes", "4",
+                       "--overwrite", *(["--scheduler", str(sched)] if mode == "external" else [])]
+                rec = measure(cmd, tmp, f"validate-{mode}-{n}x{d}-{k}")
+                if k:
+                    walls[mode].append(rec["wall_s"])
+            if k:
+                say(f"validate {n:,} x {d}: threads {walls['threads'][-1]:.2f} s, external {walls['external'][-1]:.2f} s")
+    shutil.rmtree(corpus)
+    shutil.rmtree(run)
+    entry.update({"workers": workers, "wall_s": {m: summary(v) for m, v in walls.items()},
+                  "ratio": ratios(walls["external"], walls["threads"])})
+    return entry
+
+
+def run_child_here(kind: str, spec: dict, tmp: Path, label: str) -> dict:
+    """A measured child of this script (``--child KIND SPEC``); returns its report."""
+    spec = {**spec, "out": str(tmp / f"{label}.child.json")}
+    spec_path = tmp / f"{label}.child-spec.json"
+    spec_path.write_text(json.dumps(spec))
+    measure([sys.executable, Path(__file__).resolve(), "--child", kind, spec_path], tmp, label)
+    return json.loads(Path(spec["out"]).read_text())
+
+
 def profile_on(corpus: Path, workers: int, tmp: Path, repeats: int) -> dict:
     """profile_cluster.py in a child against a fresh external cluster of ``workers``: the
     first run warms the workers up and is dropped."""
@@ -235,6 +328,24 @@ def markdown(result: dict) -> str:
                 + " / ".join(_s(e["scores_s"][m]) for m in MODES) + " |")
         out += ["", f"External: `dask scheduler` + {result['modes'][0]['workers']} x `dask worker --nthreads 1` "
                 "on 127.0.0.1, started once per case and warmed up by one unrecorded run.", ""]
+    if result.get("session"):
+        e = result["session"]
+        out += ["## One corpus, two calls: `rifscale.attribute(path)` twice vs one `rifscale.Session`", "",
+                f"n x d = {e['n']:.0e} x {e['d']}, external cluster of {e['workers']} workers; attribute + "
+                "`to_zarr` per call (lam 1, then lam 0.5); MB the workers read (their /proc io, store and sockets).", "",
+                "| | call 1 | call 2 | call 1 / call 2 | MB read, call 1 | MB read, call 2 |",
+                "|---|---:|---:|---:|---:|---:|"]
+        for how in ("path", "session"):
+            a, b = e["seconds"][f"{how}-1"]["median"], e["seconds"][f"{how}-2"]["median"]
+            out.append(f"| {how} | {a:.2f} | {b:.2f} | {a / b:.2f} | {e['read_mb'][f'{how}-1']:.0f} | "
+                       f"{e['read_mb'][f'{how}-2']:.0f} |")
+        out.append("")
+    if result.get("validate"):
+        e = result["validate"]
+        out += ["## `rifscale validate RUN --experiments accuracy --n-sizes 4`", "",
+                f"n x d = {e['n']:.0e} x {e['d']}: threads {_s(e['wall_s']['threads'])} s, external cluster "
+                f"({e['workers']} workers) {_s(e['wall_s']['external'])} s: ratio "
+                f"{e['ratio']['of_medians']:.2f}.", ""]
     for kind, rows in (("Strong scaling", result["strong"]), ("Weak scaling", result["weak"])):
         if not rows:
             continue
@@ -256,7 +367,15 @@ def _case(text: str) -> tuple[int, int]:
     return int(float(n)), int(d)
 
 
+CHILDREN = {"session": session_child}
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        spec = json.loads(Path(argv[2]).read_text())
+        Path(spec["out"]).write_text(json.dumps(CHILDREN[argv[1]](spec), default=str))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", default="2e5x384", help="n x d of the modes table, comma-separated ('none' skips it)")
     ap.add_argument("--strong", default=None, help="n x d of the strong-scaling table (default: the first case; 'none')")
@@ -264,6 +383,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rows-per-worker", type=lambda s: int(float(s)), default=100_000,
                     help="rows per worker of the weak-scaling table (0 skips it)")
     ap.add_argument("--weak-d", type=int, default=384)
+    ap.add_argument("--session", default=None, help="n x d of the session table (default: the first case; 'none')")
+    ap.add_argument("--validate", default="none", help="n x d of the validate table (default 'none'), e.g. 2e5x384")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--oversubscribe", action="store_true", help="allow more workers than cores")
     ap.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine before each timed run")
@@ -277,6 +398,8 @@ def main(argv=None) -> int:
         bench_engine.WAIT_FOR_QUIET = False
     cases = [] if args.cases == "none" else [_case(c) for c in args.cases.split(",")]
     strong = None if args.strong == "none" else (_case(args.strong) if args.strong else (cases[0] if cases else None))
+    session = None if args.session == "none" else (_case(args.session) if args.session else (cases[0] if cases else None))
+    validate = None if args.validate == "none" else _case(args.validate)
     date = _dt.date.today().isoformat()
     out = args.out or HERE / "results" / f"cluster-{date}.json"
     import psutil
@@ -284,11 +407,15 @@ def main(argv=None) -> int:
     result = {"date": date, "repeats": args.repeats, "source": source_info(),
               "machine": {"cpus": cores(), "memory_gib": psutil.virtual_memory().total / 2**30},
               "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-              "modes": [], "strong": [], "weak": []}
+              "modes": [], "strong": [], "weak": [], "session": None, "validate": None}
     with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:
         tmp = Path(tmp)
         for n, d in cases:
             result["modes"].append(bench_modes(n, d, tmp, args.repeats, cores()))
+        if session:
+            result["session"] = bench_session(*session, tmp, args.repeats, cores())
+        if validate:
+            result["validate"] = bench_validate(*validate, tmp, args.repeats, cores())
         if strong:
             result["strong"] = bench_strong(*strong, counts, tmp, args.repeats)
         if args.rows_per_worker:

@@ -137,8 +137,8 @@ def _direction(H: np.ndarray, grad: np.ndarray, *, lam: float, it: int, X=None, 
             raise NotPositiveDefiniteError(
                 f"The Hessian at Newton iteration {it} is not positive definite although lam = {lam} > 0. "
                 "The intercept is not penalised, so this happens when every alpha_i underflows "
-                "(all |eta_i| huge), e.g. from a warm start far from the optimum: start from zeros "
-                "(theta0=None) or rescale X."
+                "(all |eta_i| huge), e.g. from a warm start far from the optimum: run without --warm-start "
+                "(start from zeros) or rescale X."
             ) from None
         raise not_positive_definite(f"at Newton iteration {it}") from None
 

@@ -29,7 +29,7 @@ from ._blocks import persist_rows
 from .cluster import check_worker_profiling, current_client
 from .config import RunConfig
 from .errors import ConfigError, CorpusError
-from .io import Corpus, open_corpus, stored_fingerprint
+from .io import Corpus, corpus_fingerprint, open_corpus
 from .partition import check_device, prepare_split
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class Session:
         if path is None:
             return
         try:
-            now = stored_fingerprint(path)
+            now = corpus_fingerprint(path)
         except Exception as exc:  # the store is gone or no longer a Zarr group
             raise CorpusError(f"The corpus at {path!r} cannot be opened any more ({exc}); close this session.") from None
         if now != self.corpus.fingerprint:

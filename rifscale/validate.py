@@ -59,6 +59,14 @@ def make_sets(source, *, strategies=DEFAULT_STRATEGIES, sizes=None, seed: int = 
     return out
 
 
+def checkpoint_of(run) -> Path:
+    """Where ``validate`` keeps the finished batches of the run at ``run``:
+    ``RUN/.validation.partial``."""
+    from .rundir import run_location
+
+    return run_location(run) / ".validation.partial"
+
+
 #: Removal sets (or poisoned points) retrained together in one batch; each finished batch
 #: is checkpointed, so a killed ``validate`` redoes at most one batch.
 BATCH_SETS = 128
@@ -376,8 +384,8 @@ def run_validation(run_path, *, experiments=("accuracy",), strategies=DEFAULT_ST
            "experiments": list(experiments), "strategies": list(strategies), "n_sizes": n_sizes, "seed": seed,
            "poison_points": poison_points, "top_metric": top_metric, "top_sign": top_sign, "batch": batch_sets,
            **({"n_clusters": n_clusters} if "kmeans_cluster" in strategies else {})}
-    with atomic_dirs(outs, overwrite=overwrite, kind="validate", inputs=[run.corpus.path]) as tmps:
-        checkpoint = Checkpoint(run.path / ".validation.partial", key)
+    with atomic_dirs(outs, overwrite=overwrite, kind="validate", inputs=[run.corpus.path], flag=None) as tmps:
+        checkpoint = Checkpoint(checkpoint_of(run.path), key)
         vgroup = zarr.open_group(str(tmps["validation"]), mode="a")
         if "accuracy" in experiments:
             sizes = default_sizes(run.corpus.n, count=n_sizes)

@@ -100,19 +100,19 @@ def test_close_releases_the_held_blocks_on_the_cluster(client, corpus):
     assert "closed" in repr(s)
 
 
-def test_the_stored_fingerprint_is_the_opened_one_also_for_foreign_stores(corpus, tmp_path):
+def test_the_corpus_fingerprint_is_the_opened_one_also_for_foreign_stores(corpus, tmp_path):
     """The session's check reads metadata only; it must agree with open_corpus, or every
     call on a store rifscale did not write would be refused."""
     import zarr
 
-    from rifscale.io import open_corpus, stored_fingerprint
+    from rifscale.io import open_corpus, corpus_fingerprint
 
     pr, path = corpus
-    assert stored_fingerprint(path) == open_corpus(path).fingerprint
+    assert corpus_fingerprint(path) == open_corpus(path).fingerprint
     foreign = zarr.open_group(str(tmp_path / "foreign.zarr"), mode="w")
     for split, X, y in (("train", pr.X, pr.y), ("test", pr.X_test, pr.y_test)):
         foreign.create_array(f"{split}/X", data=X.astype(np.float32), chunks=(64, 5))
         foreign.create_array(f"{split}/y", data=y.astype(np.int8), chunks=(32,))
-    assert stored_fingerprint(tmp_path / "foreign.zarr") == open_corpus(tmp_path / "foreign.zarr").fingerprint
+    assert corpus_fingerprint(tmp_path / "foreign.zarr") == open_corpus(tmp_path / "foreign.zarr").fingerprint
     with rifscale.Session(tmp_path / "foreign.zarr") as s:
         s.attribute(lam=1.0)
