@@ -43,7 +43,6 @@ import datetime as _dt
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,7 +50,8 @@ from pathlib import Path
 
 import bench_engine  # siblings
 import bench_scale
-from bench_engine import dir_bytes, say, source_info, summary
+import profile_cluster
+from bench_engine import say, source_info, summary
 from bench_scale import LAM, make_corpus, measure, ratios, run_child, run_rifscale
 
 HERE = Path(__file__).resolve().parent
@@ -79,41 +79,15 @@ def check_workers(counts, oversubscribe: bool) -> None:
 
 @contextlib.contextmanager
 def external_cluster(workers: int, tmp: Path):
-    """``dask scheduler`` + ``workers`` x ``dask worker --nthreads 1`` on 127.0.0.1; yields
-    the scheduler file. The workers sample stacks every 100 ms, as deploy/ starts them."""
-    bindir = Path(sys.executable).parent
-    sched = tmp / f"scheduler-{workers}.json"
-    sched.unlink(missing_ok=True)
-    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL": "100ms"}
-    logs = tmp / "logs"
-    logs.mkdir(exist_ok=True)
-    procs = [subprocess.Popen([bindir / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--dashboard-address", "127.0.0.1:0", "--scheduler-file", sched],
-                              stdout=subprocess.DEVNULL, stderr=open(logs / f"scheduler-{workers}.log", "w"), env=env)]
-    try:
-        deadline = time.monotonic() + 60
-        while not (sched.exists() and sched.stat().st_size):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the dask scheduler did not start within 60 s")
-            time.sleep(0.1)
-        for i in range(workers):
-            procs.append(subprocess.Popen(
-                [bindir / "dask", "worker", "--scheduler-file", sched, "--nthreads", "1", "--host", "127.0.0.1",
-                 "--dashboard-address", "127.0.0.1:0", "--name", f"w{i}"],
-                stdout=subprocess.DEVNULL, stderr=open(logs / f"worker-{workers}-{i}.log", "w"), env=env))
-        from distributed import Client
+    """``dask scheduler`` + ``workers`` x ``dask worker --nthreads 1`` on 127.0.0.1, with the
+    stack sampler every 100 ms as deploy/ starts them; yields the scheduler file once every
+    worker is there."""
+    from distributed import Client
 
-        with Client(scheduler_file=str(sched), timeout=60) as client:
+    with profile_cluster.external_cluster(workers, 1, tmp, "auto", "100ms") as sched:
+        with Client(scheduler_file=sched, timeout=60) as client:
             client.wait_for_workers(workers, timeout=120)
-        yield sched
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        yield Path(sched)
 
 
 def mode_args(mode: str, sched: Path | None) -> list[str]:
@@ -153,35 +127,44 @@ def bench_modes(n: int, d: int, tmp: Path, repeats: int, workers: int) -> dict:
 
 
 def session_child(spec: dict) -> dict:
-    """Two attributions (lam 1, then lam 0.5) through one rifscale.Session on the external
-    cluster, each written to a run directory, against the same two calls made on the path;
-    bytes the workers read from the store during each call (their /proc io)."""
+    """Two attributions (lam 1, then lam 0.5) on a copy of the corpus, each written to a run
+    directory: both on the path, then both through one rifscale.Session on the external
+    cluster. Between the session's two calls every chunk file of the copy is overwritten
+    with bytes no codec decodes: the second call succeeds only if it reads no chunk."""
     from distributed import Client
 
     import rifscale
 
-    def worker_read_bytes(client):
-        def read():
-            with open("/proc/self/io") as fh:
-                return dict(line.split(": ") for line in fh.read().splitlines())["rchar"]
-        return sum(int(v) for v in client.run(read).values())
-
     out = Path(spec["tmp"])
+    corpus = out / "session-copy.zarr"
+    shutil.rmtree(corpus, ignore_errors=True)
+    shutil.copytree(spec["corpus"], corpus)
+    calls, spoiled = [], 0
     with Client(scheduler_file=spec["scheduler"]) as client:
-        rifscale.attribute(spec["corpus"], lam=2.0, client=client).to_zarr(out / "warm", overwrite=True)
-        calls = []
+        rifscale.attribute(corpus, lam=2.0, client=client).to_zarr(out / "warm", overwrite=True)
         for how in ("path", "session"):
-            session = rifscale.Session(spec["corpus"], client=client) if how == "session" else None
+            session = rifscale.Session(corpus, client=client) if how == "session" else None
             for k, lam in enumerate((1.0, 0.5)):
-                before = worker_read_bytes(client)
+                if session and k == 1:
+                    spoiled = spoil_chunks(corpus)
                 t = time.perf_counter()
-                res = session.attribute(lam=lam) if session else rifscale.attribute(spec["corpus"], lam=lam, client=client)
+                res = session.attribute(lam=lam) if session else rifscale.attribute(corpus, lam=lam, client=client)
                 res.to_zarr(out / f"{how}-{k}", overwrite=True)
-                calls.append({"how": how, "call": k + 1, "lam": lam, "seconds": time.perf_counter() - t,
-                              "worker_read_bytes": worker_read_bytes(client) - before})
+                calls.append({"how": how, "call": k + 1, "lam": lam, "seconds": time.perf_counter() - t})
             if session:
                 session.close()
-    return {"calls": calls}
+    shutil.rmtree(corpus)
+    return {"calls": calls, "chunk_files_spoiled_before_session_call_2": spoiled}
+
+
+def spoil_chunks(corpus: Path) -> int:
+    """Overwrite every chunk file of a Zarr v3 corpus (its metadata kept); returns how many."""
+    n = 0
+    for f in corpus.rglob("*"):
+        if f.is_file() and "c" in f.relative_to(corpus).parts and f.name != "zarr.json":
+            f.write_bytes(b"not a chunk")
+            n += 1
+    return n
 
 
 def bench_session(n: int, d: int, tmp: Path, repeats: int, workers: int) -> dict:
@@ -191,19 +174,17 @@ def bench_session(n: int, d: int, tmp: Path, repeats: int, workers: int) -> dict
         for k in range(repeats):
             spec = {"corpus": str(corpus), "scheduler": str(sched), "tmp": str(tmp)}
             records.append(run_child_here("session", spec, tmp, f"session-{n}x{d}-{k}"))
-            say(f"session {n:,} x {d}: " + ", ".join(f"{c['how']} call {c['call']} {c['seconds']:.2f} s "
-                                                     f"({c['worker_read_bytes'] / 1e6:.0f} MB read)"
+            say(f"session {n:,} x {d}: " + ", ".join(f"{c['how']} call {c['call']} {c['seconds']:.2f} s"
                                                      for c in records[-1]["calls"]))
     shutil.rmtree(corpus)
     calls = [c for r in records for c in r["calls"]]
 
-    def med(how, call, key="seconds"):
-        return summary([c[key] for c in calls if c["how"] == how and c["call"] == call])
+    def med(how, call):
+        return summary([c["seconds"] for c in calls if c["how"] == how and c["call"] == call])
 
     entry.update({"workers": workers, "records": records,
                   "seconds": {f"{how}-{call}": med(how, call) for how in ("path", "session") for call in (1, 2)},
-                  "read_mb": {f"{how}-{call}": med(how, call, "worker_read_bytes")["median"] / 1e6
-                              for how in ("path", "session") for call in (1, 2)}})
+                  "chunk_files_spoiled": min(r["chunk_files_spoiled_before_session_call_2"] for r in records)})
     return entry
 
 
@@ -332,13 +313,13 @@ def markdown(result: dict) -> str:
         e = result["session"]
         out += ["## One corpus, two calls: `rifscale.attribute(path)` twice vs one `rifscale.Session`", "",
                 f"n x d = {e['n']:.0e} x {e['d']}, external cluster of {e['workers']} workers; attribute + "
-                "`to_zarr` per call (lam 1, then lam 0.5); MB the workers read (their /proc io, store and sockets).", "",
-                "| | call 1 | call 2 | call 1 / call 2 | MB read, call 1 | MB read, call 2 |",
-                "|---|---:|---:|---:|---:|---:|"]
+                "`to_zarr` per call (lam 1, then lam 0.5). Before the session's second call all "
+                f"{e['chunk_files_spoiled']} chunk files of the corpus were overwritten with bytes no codec decodes: "
+                "it read none of them.", "",
+                "| | call 1 | call 2 | call 1 / call 2 |", "|---|---:|---:|---:|"]
         for how in ("path", "session"):
             a, b = e["seconds"][f"{how}-1"]["median"], e["seconds"][f"{how}-2"]["median"]
-            out.append(f"| {how} | {a:.2f} | {b:.2f} | {a / b:.2f} | {e['read_mb'][f'{how}-1']:.0f} | "
-                       f"{e['read_mb'][f'{how}-2']:.0f} |")
+            out.append(f"| {how} | {a:.2f} | {b:.2f} | {a / b:.2f} |")
         out.append("")
     if result.get("validate"):
         e = result["validate"]

@@ -71,10 +71,15 @@ class Traffic:
 
 
 @contextlib.contextmanager
-def external_cluster(workers: int, threads: int, tmp: Path, memory_limit: str):
-    """``dask scheduler`` + ``workers`` × ``dask worker`` processes on 127.0.0.1."""
+def external_cluster(workers: int, threads: int, tmp: Path, memory_limit: str, profile_interval: str | None = None):
+    """``dask scheduler`` + ``workers`` × ``dask worker`` processes on 127.0.0.1 (their stack
+    sampler every ``profile_interval``, or dask's default)."""
     bindir = Path(sys.executable).parent
-    sched_file = tmp / "scheduler.json"
+    sched_file = tmp / f"scheduler-{workers}.json"
+    sched_file.unlink(missing_ok=True)
+    env = dict(os.environ)
+    if profile_interval:
+        env["DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL"] = profile_interval
     procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
                                "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
@@ -87,7 +92,7 @@ def external_cluster(workers: int, threads: int, tmp: Path, memory_limit: str):
             procs.append(subprocess.Popen(
                 [str(bindir / "dask"), "worker", "--scheduler-file", str(sched_file), "--nthreads", str(threads),
                  "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0", "--memory-limit", memory_limit],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
         yield str(sched_file)
     finally:
         for p in reversed(procs):
@@ -163,7 +168,7 @@ def run(args) -> dict:
                 address = cluster.scheduler_address
             else:
                 address = args.scheduler or stack.enter_context(
-                    external_cluster(args.workers, args.threads, tmp, args.memory_limit))
+                    external_cluster(args.workers, args.threads, tmp, args.memory_limit, args.profile_interval))
             client = stack.enter_context(Client(address) if not str(address).endswith(".json")
                                          else Client(scheduler_file=address))
             client.wait_for_workers(args.workers, timeout=120)
@@ -213,6 +218,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="threads per worker")
     ap.add_argument("--scheduler", help="use a running scheduler (address or scheduler file) for --mode external")
     ap.add_argument("--memory-limit", default="auto")
+    ap.add_argument("--profile-interval", help="the started workers' distributed.worker.profile.interval "
+                    "(default: dask's, 10ms)")
     ap.add_argument("--lam", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=2, help="repeats on the same (warm) cluster")
     ap.add_argument("--report", action="store_true", help="dask performance report of the last repeat")
