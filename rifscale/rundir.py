@@ -51,6 +51,7 @@ from .errors import ConfigError, CorpusError, OutputExistsError
 from .factor import Factor
 from .io import Corpus, corpus_fingerprint, local_path, open_corpus
 from .kernels import to_numpy
+from .kernels.scores import SCORE_COLUMNS
 from .metrics import MetricAtOptimum
 from .model import FittedModel
 from .outputs import (atomic_dir, check_inputs, check_output, claim, filesystem, is_url, mark, output_path, publish,
@@ -145,7 +146,16 @@ def _write_model(run_dir: Path, model: FittedModel) -> None:
 
 
 def _write_scores(run_dir: Path, corpus: Corpus, model: FittedModel, scores, *, progress: bool) -> dict:
-    """One pass: store every score column under ``run_dir/scores``; returns the counts."""
+    """One pass: store every score column under ``run_dir/scores``; returns the counts.
+
+    When the row blocks are regular (all of one size but a shorter last one), each score
+    column is chunked like the blocks and one task per block computes the block's scores
+    and writes all its columns, where the block is (a worker of the cluster holding it):
+    nothing moves between workers and no per-column task is made. Otherwise the columns
+    are rechunked to regular chunks and stored column by column."""
+    blocks = corpus.train.X.chunks[0]
+    if len(blocks) > 1 and all(c == blocks[0] for c in blocks[:-1]) and blocks[-1] <= blocks[0]:
+        return _write_scores_by_block(run_dir, corpus, model, scores, progress=progress)
     sources, targets = [], []
     # few, large chunks: each Zarr chunk write has a fixed cost, the columns are small
     rows = min(max(corpus.train.X.chunks[0][0], OUTPUT_CHUNK_ROWS), corpus.n)
@@ -168,6 +178,48 @@ def _write_scores(run_dir: Path, corpus: Corpus, model: FittedModel, scores, *, 
         "max_leverage": float(max_lev),
         "mean_leverage": float(mean_lev),
     }
+
+
+def _write_scores_by_block(run_dir: Path, corpus: Corpus, model: FittedModel, scores, *, progress: bool) -> dict:
+    """:func:`_write_scores` with chunks equal to the row blocks: one task per block."""
+    import dask
+
+    rows = corpus.train.X.chunks[0][0]
+    columns = [("scores/sample", None, str(corpus.train.ids.dtype)), *scores.layout()]
+    targets = {name: _create(run_dir, name, shape=(corpus.n,), chunks=(rows,), dtype=dtype)
+               for name, _, dtype in columns}
+    zarr.open_group(str(run_dir), mode="a").attrs.update({"rifscale_run": FORMAT})  # the run root is a group
+    write = dask.delayed(_store_score_block, pure=False)
+    tasks = [write(table, ids, start, targets=targets, columns=columns, lev=SCORE_LEVERAGE, flag=SCORE_FLAG)
+             for start, table, ids in zip(range(0, corpus.n, rows), scores.table.to_delayed().ravel(),
+                                          corpus.train.ids.to_delayed().ravel())]
+    (stats,) = progress_compute(tasks, label="scores", show=progress or None)
+    stats = np.asarray(stats, dtype=np.float64).reshape(-1, 3)
+    n_flagged = int(stats[:, 0].sum())
+    if n_flagged:
+        log.warning("%d sample(s) have 1 - h < %g: their RIF scores are NaN (see scores/flags)",
+                    n_flagged, model.leverage_threshold)
+    return {
+        "flagged_low_margin": n_flagged,
+        "test_subset": int(model.test_subset.size),
+        "max_leverage": float(stats[:, 1].max()),
+        "mean_leverage": float(stats[:, 2].sum() / corpus.n),
+    }
+
+
+#: Columns of the score table that the per-block writer summarises.
+SCORE_LEVERAGE, SCORE_FLAG = SCORE_COLUMNS.index("leverage"), SCORE_COLUMNS.index("flag")
+
+
+def _store_score_block(table, ids, start: int, *, targets: dict, columns, lev: int, flag: int) -> np.ndarray:
+    """Write one block's rows of every score column (its chunk of each array); returns
+    ``[flagged rows, max leverage, sum of leverages]``."""
+    table = to_numpy(table)
+    stop = start + table.shape[0]
+    for name, col, dtype in columns:
+        values = to_numpy(ids) if col is None else table[:, col]
+        targets[name][start:stop] = (values > 0.5) if dtype == "bool" else values.astype(dtype, copy=False)
+    return np.array([np.count_nonzero(table[:, flag] > 0.5), table[:, lev].max(initial=-np.inf), table[:, lev].sum()])
 
 
 def _manifest(corpus: Corpus, config: RunConfig, model: FittedModel, *, fit: dict, layout: dict,

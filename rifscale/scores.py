@@ -68,6 +68,16 @@ class Scores:
         base = len(SCORE_COLUMNS) + len(self.metrics)
         return {m: self.table[:, base + k] for k, m in enumerate(self.metrics)}
 
+    def layout(self) -> list[tuple[str, int, str]]:
+        """``(run-group name, column of the table, dtype)`` of every stored score column, in
+        the order of :meth:`named` (flags are stored as booleans)."""
+        base = len(SCORE_COLUMNS)
+        out = [(f"scores/{name if name != 'flag' else 'flags'}", k, "bool" if name == "flag" else "float64")
+               for k, name in enumerate(SCORE_COLUMNS)]
+        out += [(f"scores/if_{m}", base + k, "float64") for k, m in enumerate(self.metrics)]
+        out += [(f"scores/rif_{m}", base + len(self.metrics) + k, "float64") for k, m in enumerate(self.metrics)]
+        return out
+
     def named(self) -> dict[str, da.Array]:
         """Every output array by its run-group name (see the README)."""
         out = {
