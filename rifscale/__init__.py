@@ -49,12 +49,41 @@ from .errors import (  # noqa: E402
     OutputExistsError,
     RifscaleError,
 )
-from .io import Corpus, ingest, open_corpus  # noqa: E402
-from .pipeline import Attribution, attribute  # noqa: E402
-from .rundir import list_runs, open_run, run_job, write_run  # noqa: E402
-from .parquet import ingest_parquet  # noqa: E402
-from .groups import GroupEstimate, group_effects  # noqa: E402
-from .exact import retrain_sets as retrain  # noqa: E402
+
+#: The rest of the API and where it lives, imported on first use (SPEC 1's lazy loading):
+#: ``import rifscale`` imports neither NumPy nor dask, so that the command line answers
+#: Ctrl-C with one line from its first moment, and commands that need little start fast.
+_LAZY = {
+    "Corpus": "io.Corpus",
+    "ingest": "io.ingest",
+    "open_corpus": "io.open_corpus",
+    "Attribution": "pipeline.Attribution",
+    "attribute": "pipeline.attribute",
+    "list_runs": "rundir.list_runs",
+    "open_run": "rundir.open_run",
+    "run_job": "rundir.run_job",
+    "write_run": "rundir.write_run",
+    "ingest_parquet": "parquet.ingest_parquet",
+    "GroupEstimate": "groups.GroupEstimate",
+    "group_effects": "groups.group_effects",
+    "retrain": "exact.retrain_sets",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'rifscale' has no attribute {name!r}")
+    import importlib
+
+    module, attr = _LAZY[name].split(".")
+    value = getattr(importlib.import_module(f".{module}", __name__), attr)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Attribution",

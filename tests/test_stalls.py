@@ -219,3 +219,24 @@ def test_the_local_cluster_drops_a_silent_worker_after_the_timeout():
 
 def _worker_ttl(dask_scheduler):
     return dask_scheduler.worker_ttl
+
+
+# ---------------------------------------------------------------------------- Ctrl-C
+
+
+def _mapped(pid: int, library: str) -> bool:
+    return library in Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/maps")
+@pytest.mark.parametrize("command", [["run", "c.zarr", "--out", "r"], ["runs", "."]])
+def test_ctrl_c_during_the_imports_is_one_line_and_exit_130(command, tmp_path):
+    """Ctrl-C while the command still imports NumPy, dask and zarr (about a second)."""
+    with _running(command, cwd=tmp_path) as proc:
+        t0 = time.monotonic()
+        while "_multiarray_umath" not in Path(f"/proc/{proc.pid}/maps").read_text():  # importing NumPy
+            assert proc.poll() is None and time.monotonic() - t0 < 60
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    _one_line_error(err, 130, proc.returncode, "interrupted")
