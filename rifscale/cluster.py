@@ -30,7 +30,7 @@ def local_cluster_size() -> tuple[int, int]:
 
 #: Seconds to wait for a scheduler, for the first worker, for a scheduler that stopped
 #: answering, or for any worker to come back after all of them left, before giving up with
-#: a ClusterError; also the ``worker-ttl`` of the LocalCluster started here.
+#: a ClusterError; also the ``worker-ttl`` of the LocalCluster of worker processes.
 DEFAULT_TIMEOUT = 60.0
 
 
@@ -150,8 +150,8 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
     answering or a connection to it that is lost during the work, or no worker left for
     ``timeout`` seconds, raise :class:`~rifscale.errors.ClusterError`. A worker that stops
     answering (frozen, or its machine gone) is the scheduler's to drop: after its
-    ``distributed.scheduler.worker-ttl`` without a heartbeat (``timeout`` for the
-    LocalCluster started here), and its tasks then run on the other workers.
+    ``distributed.scheduler.worker-ttl`` without a heartbeat (``timeout`` for the worker
+    processes started here), and its tasks then run on the other workers.
     """
     from threadpoolctl import threadpool_limits
 
@@ -205,15 +205,15 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
     from distributed import Client, LocalCluster
 
     if processes:
-        kwargs = dict(n_workers=threads, threads_per_worker=1, processes=True, host="127.0.0.1")
+        # a worker silent for `timeout` seconds is restarted and its tasks run elsewhere
+        # (dask's default worker-ttl, 5 minutes, can leave a frozen worker's tasks waiting 10)
+        kwargs = dict(n_workers=threads, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      scheduler_kwargs={"worker_ttl": timeout})
         blas = contextlib.nullcontext()
     else:  # in-process workers talk over inproc:// (no port at all)
         kwargs = dict(n_workers=1, threads_per_worker=threads, processes=False)
         blas = threadpool_limits(limits=1, user_api="blas")
-    # a worker silent for `timeout` seconds is restarted and its tasks run elsewhere (dask's
-    # default worker-ttl, 5 minutes, can leave a frozen worker's tasks waiting up to 10)
-    with blas, LocalCluster(dashboard_address="127.0.0.1:0", scheduler_kwargs={"worker_ttl": timeout},
-                            **kwargs) as cluster, Client(cluster) as client:
+    with blas, LocalCluster(dashboard_address="127.0.0.1:0", **kwargs) as cluster, Client(cluster) as client:
         log.info(
             "started a LocalCluster: %d %s x %d thread(s); dashboard %s",
             kwargs["n_workers"], "worker process(es)" if processes else "in-process worker",
@@ -258,7 +258,7 @@ def _unreachable(address: str, timeout: float, exc: BaseException | None) -> Clu
     elif isinstance(exc, OSError):
         why = f"{type(exc).__name__}: {exc}"
     else:  # e.g. the "length" of a message that is not dask's: a MemoryError of exbibytes
-        why = f"the answer is not dask's protocol ({type(exc).__name__}: {exc})"
+        why = f"the answer is not dask's protocol: {type(exc).__name__}: {exc}"
     tls = ""
     if address.startswith("tls://"):
         tls = (" A TLS scheduler refuses clients whose certificate is not signed by its CA (and this client "

@@ -81,7 +81,7 @@ def _running(args: list[str], **kw):
 def _peer(kind: str):
     """A listener on 127.0.0.1 that is no dask scheduler; yields its tcp:// address."""
     if kind == "http":
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
