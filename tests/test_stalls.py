@@ -55,6 +55,10 @@ def _last_line_only(err: str, message: str) -> None:
     assert message in last, err
 
 
+def _address(sched_file: Path) -> str:
+    return json.loads(sched_file.read_text())["address"]
+
+
 def _exit_of(args: list[str], timeout: float) -> tuple[subprocess.CompletedProcess, float]:
     """Run ``rifscale ARGS`` (quiet) to its end; its result and how long it took."""
     t0 = time.monotonic()
@@ -72,6 +76,17 @@ def _running(args: list[str], **kw):
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def _signal_mid_fit(args: list[str], target: subprocess.Popen, signum: int, timeout: float):
+    """Run ``rifscale ARGS``, send ``signum`` to ``target`` once the fit has begun, and wait
+    for the command's end: its exit code, stdout, stderr and the seconds since the signal."""
+    with _running(args) as proc:
+        _wait_for_line(proc, "newton iter  0", timeout=120)
+        target.send_signal(signum)
+        t_signal = time.monotonic()
+        out, err = proc.communicate(timeout=timeout + 2 * SLACK)
+        return proc.returncode, out, err, time.monotonic() - t_signal
 
 
 # ---------------------------------------------------------------------------- peers that are not schedulers
@@ -144,21 +159,12 @@ def test_a_scheduler_without_workers_is_an_error_within_the_timeout(corpus, tmp_
 def test_a_frozen_scheduler_is_an_error_within_the_timeout(corpus, tmp_path, dask_processes):
     scheduler, sched_file = dask_processes.scheduler()
     dask_processes.worker(sched_file)
-    with _running(["run", str(corpus), "--out", str(tmp_path / "r"), "--scheduler", str(sched_file),
-                   "--timeout", "5"]) as proc:
-        _wait_for_line(proc, "newton iter  0", timeout=120)
-        scheduler.send_signal(signal.SIGSTOP)
-        t_stop = time.monotonic()
-        _, err = proc.communicate(timeout=5 + 2 * SLACK)
-        took = time.monotonic() - t_stop
-    assert proc.returncode == 2, err
+    code, _, err, took = _signal_mid_fit(["run", str(corpus), "--out", str(tmp_path / "r"), "--scheduler",
+                                          str(sched_file), "--timeout", "5"], scheduler, signal.SIGSTOP, timeout=5)
+    assert code == 2, err
     _last_line_only(err, f"No answer from the dask scheduler at '{_address(sched_file)}' for 5 s")
     assert took < 5 + SLACK
     assert not (tmp_path / "r").exists()
-
-
-def _address(sched_file: Path) -> str:
-    return json.loads(sched_file.read_text())["address"]
 
 
 @pytest.mark.cluster
@@ -168,13 +174,8 @@ def test_a_killed_scheduler_is_one_line_and_the_rerun_on_a_new_one_finishes(how,
     address = _address(sched_file)  # a scheduler stopped by SIGTERM removes its file
     dask_processes.worker(sched_file)
     args = ["run", str(corpus), "--out", str(tmp_path / "r"), "--timeout", "5"]
-    with _running([*args, "--scheduler", str(sched_file)]) as proc:
-        _wait_for_line(proc, "newton iter  0", timeout=120)
-        scheduler.send_signal(how)
-        t_kill = time.monotonic()
-        _, err = proc.communicate(timeout=5 + 2 * SLACK)
-        took = time.monotonic() - t_kill
-    assert proc.returncode == 2, err
+    code, _, err, took = _signal_mid_fit([*args, "--scheduler", str(sched_file)], scheduler, how, timeout=5)
+    assert code == 2, err
     _last_line_only(err, f"Lost the connection to the dask scheduler at '{address}'")
     assert "run the same command again" in err
     assert took < 5 + SLACK
@@ -196,14 +197,9 @@ def test_a_frozen_worker_is_replaced_within_the_schedulers_worker_ttl(corpus, tm
     _, sched_file = dask_processes.scheduler(DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL="3s")
     frozen = dask_processes.worker(sched_file)
     dask_processes.worker(sched_file)
-    with _running(["run", str(corpus), "--out", str(tmp_path / "r"), "--scheduler", str(sched_file),
-                   "--timeout", "5"]) as proc:
-        _wait_for_line(proc, "newton iter  0", timeout=120)
-        frozen.send_signal(signal.SIGSTOP)
-        t_stop = time.monotonic()
-        out, err = proc.communicate(timeout=2 * 5 + 2 * SLACK)
-        took = time.monotonic() - t_stop
-    assert proc.returncode == 0, err
+    code, out, err, took = _signal_mid_fit(["run", str(corpus), "--out", str(tmp_path / "r"), "--scheduler",
+                                            str(sched_file), "--timeout", "5"], frozen, signal.SIGSTOP, timeout=2 * 5)
+    assert code == 0, err
     assert "wrote run" in out
     assert took < 2 * 5 + SLACK
     assert "Worker failed to heartbeat" in (tmp_path / "scheduler-0.log").read_text()  # the stall was real
