@@ -307,11 +307,12 @@ def _close(client) -> None:
 
 
 def _identity(address: str, timeout: float, connection_args: dict) -> dict:
-    """The scheduler's answer to dask's ``identity`` call (without its list of workers), on a
-    connection of its own, all within ``timeout`` seconds: the connection, dask's handshake
-    and the answer (dask bounds the first only, so a peer that accepts connections and never
-    answers, such as a frozen scheduler, would be waited for without end). Runs an event loop
-    of its own: call it from a thread that has none."""
+    """The scheduler's answer to dask's ``identity`` call, on a connection of its own, all
+    within ``timeout`` seconds: the connection, dask's handshake and the answer (dask bounds
+    the first only, so a peer that accepts connections and never answers, such as a frozen
+    scheduler, would be waited for without end). Without arguments, as every distributed
+    version takes it (``n_workers=`` is newer than distributed 2024.8), so it lists every worker.
+    Runs an event loop of its own: call it from a thread that has none."""
     import asyncio
 
     from distributed.comm import connect as open_comm
@@ -320,7 +321,7 @@ def _identity(address: str, timeout: float, connection_args: dict) -> dict:
     async def ask():
         comm = await open_comm(address, timeout=timeout, **connection_args)
         try:
-            return await send_recv(comm, op="identity", n_workers=0)
+            return await send_recv(comm, op="identity")
         finally:
             comm.abort()
 
@@ -371,7 +372,7 @@ def _watch(address: str, timeout: float, connection_args: dict, where: str):
         last_answer = last_worker = None
         while True:
             try:
-                n_workers = _identity(address, timeout, connection_args)["n_workers"]
+                n_workers = len(_identity(address, timeout, connection_args)["workers"])
             except Exception as exc:  # refused, no answer in time, or not dask's protocol
                 probe.error = exc
             else:
