@@ -181,7 +181,10 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
                 raise _unreachable(address, timeout, probe.error)
             with _remote_client(address, timeout, security) as client:
                 probe.client = client  # whose lost connection is watched too
-                yield client
+                try:
+                    yield client
+                finally:  # the work is over: whatever happened, it is this thread's to report
+                    probe.client = None
         return
     if security is not None:
         raise ConfigError(
