@@ -1,21 +1,31 @@
-"""The two graph shapes every stage uses, built with ``dask.array.blockwise``.
+"""The graph shapes every stage uses, and the one order in which row blocks are summed.
 
-* :func:`block_sum`: a kernel maps each row chunk (X rows plus aligned 1-D row arrays) to
-  one packed float64 row; the rows are tree-summed (``sum(axis=0)`` with dask's
-  ``split_every``), so the driver only ever receives the final packed vector.
+* :func:`reduce_blocks` / :func:`block_sum`: a kernel maps each row chunk (X rows plus
+  aligned 1-D row arrays) to one packed float64 row, and the rows are summed in a fixed
+  order: the blocks are cut into :func:`group_ranges` (contiguous runs, one per worker
+  thread), each run is summed in block order, then the runs in run order. The order
+  depends only on the number of blocks and of threads, not on where or when a block
+  ran, so threads, worker processes and an external cluster give the same bits
+  (docs/design.md §8.3). The driver receives one packed row per pass
+  (:func:`reduce_blocks`) or per run (on a cluster, where each run is one task).
 * :func:`row_map`: a kernel maps each row chunk to a (rows, width) block; the result is a
   lazy (n, width) array aligned to the input's row chunks.
+* :func:`persist_rows`: keep aligned row-chunked arrays in worker memory with run g's
+  blocks on the worker of thread slot g, so that a pass is one task per thread that reads
+  only local blocks.
 
-Keyword arguments go to the kernel unchanged; a ``dask.delayed`` value (e.g. a broadcast
-factor) becomes one dependency shared by all tasks rather than a copy per task. Every
-kernel's block result is returned as a host (NumPy) array, so reductions and stores see
-host arrays also when the chunks are CuPy arrays on a GPU.
+Keyword arguments go to the kernel unchanged; a future (e.g. a broadcast factor) becomes
+one dependency shared by all tasks rather than a copy per task. Every kernel's block
+result is returned as a host (NumPy) array, so reductions and stores see host arrays
+also when the chunks are CuPy arrays on a GPU.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 
+import dask
 import dask.array as da
 import numpy as np
 
@@ -55,9 +65,77 @@ def per_block(kernel, X: da.Array, *rows, width: int, **kwargs) -> da.Array:
     )
 
 
-def block_sum(kernel, X: da.Array, *rows, width: int, split_every: int | None = None, **kwargs) -> da.Array:
-    """(width,) array: the kernel's packed rows summed over all row chunks, as a tree."""
-    return per_block(kernel, X, *rows, width=width, **kwargs).sum(axis=0, split_every=split_every)
+def block_sum(kernel, X: da.Array, *rows, width: int, row_start: bool = False, client=None, **kwargs) -> da.Array:
+    """Lazy (width,) array: the kernel's packed rows summed over all row chunks in the
+    order of :func:`group_ranges` (see the module doc). ``row_start=True`` passes each
+    block's first global row number to the kernel as ``row_start``."""
+    groups = group_ranges(X.numblocks[0], thread_slots(client))
+    parts = [a.to_delayed().ravel() if a is not None else itertools.repeat(None) for a in (X, *rows)]
+    starts = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]])
+    call = dask.delayed(_block_row, pure=True)
+    blocks = [call(kernel, width, *args, **({"row_start": int(r)} if row_start else {}), **kwargs)
+              for args, r in zip(zip(*parts), starts)]
+    runs = [functools.reduce(lambda acc, b: dask.delayed(np.add, pure=True)(acc, b), blocks[a + 1:b], blocks[a])
+            for a, b in groups]
+    total = functools.reduce(lambda acc, b: dask.delayed(np.add, pure=True)(acc, b), runs[1:], runs[0])
+    return da.from_delayed(total, shape=(width,), dtype=np.float64, meta=np.empty((0,), np.float64))
+
+
+def reduce_blocks(kernel, X: da.Array, *rows, width: int, row_start: bool = False, client=None,
+                  **kwargs) -> np.ndarray:
+    """:func:`block_sum`, computed. When every input is held in worker memory by
+    :func:`persist_rows` on a distributed client, each run of blocks is one task on the
+    worker that holds it (one packed row per thread comes back); otherwise the graph of
+    :func:`block_sum` runs on the active scheduler. Both sum in the same order."""
+    if client is None:
+        from .cluster import current_client
+
+        client = current_client()
+    held = _held_blocks(X, *rows) if client is not None else None
+    if held is None:
+        return np.asarray(block_sum(kernel, X, *rows, width=width, row_start=row_start, client=client,
+                                    **kwargs).compute())
+    starts = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).tolist() if row_start else None
+    futures = [client.submit(_run_sum, kernel, width, held[a:b], starts[a:b] if starts else None, kwargs,
+                             pure=False)
+               for a, b in group_ranges(X.numblocks[0], thread_slots(client))]
+    return functools.reduce(np.add, client.gather(futures))
+
+
+def _block_row(kernel, width, *args, **kwargs) -> np.ndarray:
+    out = to_numpy(kernel(*args, **kwargs)).reshape(-1)
+    if out.shape != (width,):
+        raise ValueError(f"{getattr(kernel, '__name__', kernel)} returned {out.shape[0]} values; expected {width}")
+    return out
+
+
+def _run_sum(kernel, width, blocks, starts, kwargs) -> np.ndarray:
+    """One run of blocks summed in block order (the arithmetic of :func:`block_sum`)."""
+    acc = None
+    for i, args in enumerate(blocks):
+        extra = {"row_start": starts[i]} if starts is not None else {}
+        out = _block_row(kernel, width, *args, **extra, **kwargs)
+        acc = out if acc is None else np.add(acc, out)
+    return acc
+
+
+def group_ranges(nblocks: int, groups: int) -> list[tuple[int, int]]:
+    """``groups`` contiguous runs ``[a, b)`` covering ``range(nblocks)`` (at most one per
+    block), their lengths differing by at most one."""
+    k = max(1, min(int(groups), nblocks))
+    base, extra = divmod(nblocks, k)
+    edges = [0]
+    for g in range(k):
+        edges.append(edges[-1] + base + (1 if g < extra else 0))
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def thread_slots(client=None) -> int:
+    """The number of runs a pass is cut into: the worker threads of ``client`` (default:
+    the active client), or this process's cores for dask's threaded scheduler."""
+    from .cluster import current_client, total_threads
+
+    return total_threads(client if client is not None else current_client())
 
 
 def row_map(kernel, X: da.Array, *rows, width: int, **kwargs) -> da.Array:
@@ -72,6 +150,70 @@ def row_map(kernel, X: da.Array, *rows, width: int, **kwargs) -> da.Array:
         meta=_META,
         **kwargs,
     )
+
+
+def persist_rows(arrays, client=None) -> list:
+    """Keep aligned row-chunked arrays (same row chunks, one column chunk) in memory for
+    repeated passes. On a distributed client, run g of :func:`group_ranges` goes to the
+    worker of thread slot g (each worker's threads are consecutive slots), so that the
+    blocks are spread evenly and :func:`reduce_blocks` finds every run on one worker; the
+    placement is a preference (``allow_other_workers``), so blocks lost with a worker are
+    recomputed elsewhere. The arrays keep their names and keys, as ``Client.persist``
+    leaves them. Without a client, ``dask.persist``."""
+    arrays = list(arrays)
+    if client is None:
+        return list(dask.persist(*arrays))
+    slots = _slot_workers(client)
+    columns = [arr.to_delayed().ravel() for arr in arrays]  # delayed blocks, keyed as the array's blocks
+    held = [{} for _ in arrays]
+    for (a, b), worker in zip(group_ranges(arrays[0].numblocks[0], len(slots)), slots):
+        run = [(k, d) for k, column in enumerate(columns) for d in column[a:b]]
+        futures = client.compute([d for _, d in run], workers=[worker], allow_other_workers=True)
+        for (k, d), future in zip(run, futures):
+            held[k][d.key] = future
+    return [_from_futures(arr, futures) for arr, futures in zip(arrays, held)]
+
+
+def _slot_workers(client) -> list[str]:
+    """One worker address per thread, sorted by address, a worker's threads consecutive."""
+    info = client.scheduler_info()["workers"]
+    return [addr for addr in sorted(info) for _ in range(max(int(info[addr].get("nthreads", 1)), 1))]
+
+
+def _block_keys(arr: da.Array) -> list:
+    return list(dask.core.flatten(arr.__dask_keys__()))
+
+
+def _from_futures(template: da.Array, futures: dict) -> da.Array:
+    """``template`` with each block replaced by the future of the same key (what
+    ``Client.persist`` returns)."""
+    from dask.highlevelgraph import HighLevelGraph
+
+    layer = {key: futures[key] for key in _block_keys(template)}
+    graph = HighLevelGraph.from_collections(template.name, layer, dependencies=())
+    return da.Array(graph, template.name, chunks=template.chunks, dtype=template.dtype, meta=template._meta)
+
+
+def _held_blocks(X: da.Array, *rows) -> list[tuple] | None:
+    """Per block, the futures of X's block and of each row array's (None stays None), when
+    every input block is a future in worker memory; None otherwise."""
+    from distributed import Future
+
+    if X.ndim != 2 or X.numblocks[1] != 1:
+        return None
+    columns = []
+    for arr in (X, *rows):
+        if arr is None:
+            columns.append([None] * X.numblocks[0])
+            continue
+        if arr.chunks[0] != X.chunks[0]:
+            return None
+        graph = arr.__dask_graph__()
+        futures = [graph.get(key) for key in _block_keys(arr)]
+        if not all(isinstance(f, Future) for f in futures):
+            return None
+        columns.append(futures)
+    return list(zip(*columns))
 
 
 def row_mask(n: int, chunks, indices: np.ndarray) -> da.Array:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 # only light modules here: NumPy, dask and zarr are imported inside main(), where Ctrl-C is
 # one line (they take about a second)
-from . import __version__
+from . import __version__, outputs
 from .cluster import DEFAULT_TIMEOUT
 from .config import METRICS, RunConfig
 from .errors import CorpusError, NotConvergedError, NotPositiveDefiniteError, RifscaleError
@@ -64,7 +64,13 @@ def _ingest(args) -> int:
                 sources[key] = f"{args.npz}:{key}"
     if sources["train_X"] is None or sources["train_y"] is None:
         raise RifscaleError("ingest needs --train-X and --train-y (or --npz FILE holding train_X and train_y).")
-    return _ingested(args.out, ingest(args.out, **common, **sources))
+    # without --overwrite an existing corpus is refused, unless it is this very ingest's, complete
+    done = not args.overwrite and outputs.output_path(args.out, "corpus").exists()
+    corpus = ingest(args.out, **common, **sources)
+    if done:
+        print(f"corpus {args.out} is already complete (same sources and options); nothing to do")
+        return 0
+    return _ingested(args.out, corpus)
 
 
 def _ingested(out, corpus) -> int:
@@ -129,7 +135,7 @@ def _export(args) -> int:
     from .rundir import export
 
     done = export(args.run, args.out, fmt=args.format, top=args.top, by=args.by, columns=args.columns,
-                  overwrite=args.overwrite)
+                  overwrite=args.overwrite, corpus=args.corpus)
     print(f"wrote {done['path']}: {done['rows']} row(s) x {len(done['columns'])} column(s), indexed by id")
     return 0
 
@@ -297,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, metavar="K", help="only the K rows with the largest |--by| value")
     p.add_argument("--by", metavar="COLUMN", help="column ranking --top, e.g. rif_test_loss or leverage")
     p.add_argument("--columns", nargs="+", metavar="COLUMN", help="columns to write (default: all)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--corpus", help="corpus path, if it moved since the run")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only a file rifscale wrote)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("runs", help="list the runs under a directory (status, corpus, lam, n, d, timings)")
@@ -349,6 +356,28 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _after_interrupt(args, finished: list) -> str:
+    """What an interrupted command leaves behind, in a sentence: the outputs it had
+    finished, the checkpoint its rerun resumes from, or nothing."""
+    if finished:
+        return f" after writing {', '.join(repr(str(p)) for p in finished)}, which is complete."
+    try:
+        if args.command == "run":
+            from .rundir import checkpoint_of
+
+            if checkpoint_of(args.out).exists():
+                return ". Run the same command again to resume it."
+        elif args.command == "validate":
+            from .validate import checkpoint_of
+
+            if (kept := checkpoint_of(args.run)).exists():
+                return (f". The finished retrain batches are kept in {str(kept)!r}; run the same command again to "
+                        "resume from them.")
+    except RifscaleError:  # an output the command had refused anyway
+        pass
+    return ". Nothing was written; run the same command again."
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM (e.g. a batch scheduler pre-empting the job), raised in the main thread."""
 
@@ -364,6 +393,7 @@ def main(argv=None) -> int:
     interrupted ``run`` resumes when the same command is run again."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
+    published = len(outputs.published)
     args = None
     try:
         args = build_parser().parse_args(argv)  # imports the commands' modules: NumPy, dask, zarr
@@ -378,10 +408,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as exc:
         warnings.simplefilter("ignore")  # coroutines cut short by the signal: not the user's concern
         what = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
-        command = f"rifscale {args.command}" if args is not None else "rifscale"
-        again = (" Run the same command again to resume it." if command == "rifscale run" else
-                 " Nothing was written; run the same command again.")
-        print(f"{command}: {what}.{again}", file=sys.stderr)
+        if args is None:  # still importing the command's modules
+            print(f"rifscale: {what}. Nothing was written; run the same command again.", file=sys.stderr)
+        else:
+            print(f"rifscale {args.command}: {what}{_after_interrupt(args, outputs.published[published:])}",
+                  file=sys.stderr)
         return 143 if isinstance(exc, _Terminated) else 130
 
 

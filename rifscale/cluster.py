@@ -18,14 +18,65 @@ from .errors import ClusterError, ConfigError
 log = logging.getLogger(__name__)
 
 
+def local_cores() -> int:
+    """This process's cores (its CPU affinity where the OS has one)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def total_threads(client=None) -> int:
+    """The worker threads of ``client``'s cluster; without a client (dask's threaded
+    scheduler) or while the cluster has no worker, dask's ``num_workers`` setting (which
+    :func:`connect` sets) or else :func:`local_cores`."""
+    if client is not None:
+        threads = sum(int(w.get("nthreads", 1)) for w in client.scheduler_info()["workers"].values())
+        if threads:
+            return threads
+    import dask
+
+    return int(dask.config.get("num_workers", None) or local_cores())
+
+
 def local_cluster_size() -> tuple[int, int]:
     """(workers, threads per worker) for this machine: one single-threaded worker per core
-    (BLAS inside a task then uses the core; numbers of cores come from the CPU affinity)."""
+    (BLAS inside a task then uses the core)."""
+    return local_cores(), 1
+
+
+#: dask workers sample the stack of every thread every ``distributed.worker.profile.interval``
+#: (10 ms by default) on their event loop, holding the GIL: measured, that slows rifscale's
+#: kernels by 20-30 % (benchmarks/results/profile-cluster-2026-12-07.md), and every 100 ms
+#: costs nothing measurable while the dashboard keeps its profile. rifscale's own clusters
+#: use this; for other clusters it is logged (see :func:`check_worker_profiling`).
+WORKER_PROFILE_SETTING = "distributed.worker.profile.interval"
+WORKER_PROFILE_INTERVAL = "100ms"
+
+
+def check_worker_profiling(client) -> None:
+    """Log a warning naming the setting when the workers sample their stacks more often
+    than :data:`WORKER_PROFILE_INTERVAL` (their profiler costs the kernels 20-30 % at the
+    default 10 ms)."""
+    import dask
+    from dask.utils import parse_timedelta
+
+    def interval():
+        enabled = dask.config.get("distributed.worker.profile.enabled", True)
+        return parse_timedelta(dask.config.get(WORKER_PROFILE_SETTING, "10ms")) if enabled else None
+
     try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(cores, 1), 1
+        seen = client.run(interval)
+    except Exception as exc:  # a diagnostic only: never fail the run for it
+        log.debug("could not read the workers' profiler settings: %s", exc)
+        return
+    fast = sorted(w for w, s in seen.items() if s is not None and s < parse_timedelta(WORKER_PROFILE_INTERVAL))
+    if fast:
+        log.warning(
+            "%d of %d workers sample their threads' stacks every %g ms (dask's %s), which slows rifscale's "
+            "kernels by 20-30 %%; start workers with DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL=%s "
+            "(deploy/README.md)", len(fast), len(seen), 1000 * seen[fast[0]], WORKER_PROFILE_SETTING,
+            WORKER_PROFILE_INTERVAL)
 
 
 #: Seconds to wait for a scheduler, for the first worker, for a scheduler that stopped
@@ -181,6 +232,7 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
                 raise _unreachable(address, timeout, probe.error)
             with _remote_client(address, timeout, security) as client:
                 probe.client = client  # whose lost connection is watched too
+                check_worker_profiling(client)
                 try:
                     yield client
                 finally:  # the work is over: whatever happened, it is this thread's to report
@@ -205,6 +257,7 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
             log.info("running on dask's threaded scheduler with %d thread(s)", threads)
             yield None
         return
+    import dask
     from distributed import Client, LocalCluster
 
     if processes:
@@ -216,7 +269,8 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
     else:  # in-process workers talk over inproc:// (no port at all)
         kwargs = dict(n_workers=1, threads_per_worker=threads, processes=False)
         blas = threadpool_limits(limits=1, user_api="blas")
-    with blas, LocalCluster(dashboard_address="127.0.0.1:0", **kwargs) as cluster, Client(cluster) as client:
+    with blas, dask.config.set({WORKER_PROFILE_SETTING: WORKER_PROFILE_INTERVAL}), \
+            LocalCluster(dashboard_address="127.0.0.1:0", **kwargs) as cluster, Client(cluster) as client:
         log.info(
             "started a LocalCluster: %d %s x %d thread(s); dashboard %s",
             kwargs["n_workers"], "worker process(es)" if processes else "in-process worker",

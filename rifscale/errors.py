@@ -26,6 +26,10 @@ class OutputBusyError(RifscaleError):
     """Another rifscale job holds the lock on the same output."""
 
 
+class OutputWriteError(RifscaleError, OSError):
+    """The file system refuses the output (full, read-only, permission denied)."""
+
+
 class ClusterError(RifscaleError, RuntimeError):
     """The dask scheduler cannot be reached, or it has no workers (left)."""
 

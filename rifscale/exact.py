@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import kernels, progress
-from ._blocks import block_sum
+from ._blocks import reduce_blocks
 from .factor import broadcast
 from .groups import SetStatistics, set_statistics
 from .newton import EPS, MIN_STEP, ROUNDING_FACTOR, accept, newton_direction, penalised, penalised_hessian, stop_reason
@@ -182,7 +182,6 @@ def _added_terms(s: _State, theta: np.ndarray, want_hessian: bool):
 def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, safeguard, client) -> None:
     """Advance every problem until certified, stuck, or out of passes; all share each pass."""
     p = model.p
-    row_ids = _row_ids(train)
     all_sets = broadcast([s.rows for s in states], client=client)
     budget = max(1, HESSIAN_BUDGET // (p * p))
     npass = 0
@@ -203,10 +202,11 @@ def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, 
             slot = {j: i for i, j in enumerate(newton)}
             thetas = np.stack([s.trial for s in active], axis=1)
             K = len(active)
-            packed = kernels.to_numpy(block_sum(
-                _retrain_active, train.X, train.y, row_ids, width=2 * K + p * K + len(newton) * p * p,
+            packed = reduce_blocks(
+                _retrain_active, train.X, train.y, width=2 * K + p * K + len(newton) * p * p, row_start=True,
                 thetas=thetas, all_sets=all_sets, active=pos, newton=newton, fit_intercept=model.fit_intercept,
-            ).compute())
+                client=client,
+            )
             loss, grads, floors = penalised(thetas, packed[:K], packed[2 * K : 2 * K + p * K].reshape(p, K),
                                             packed[K : 2 * K], lam=model.lam, fit_intercept=model.fit_intercept)
             hess = packed[2 * K + p * K :].reshape(len(newton), p, p)
@@ -224,13 +224,8 @@ def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, 
              sum(s.stopped_at is not None for s in states), len(states), npass)
 
 
-def _row_ids(train):
-    import dask.array as da
-
-    return da.arange(train.n, chunks=train.X.chunks[0], dtype=np.int64)
-
-
-def _retrain_active(x, y, rows, *, thetas, all_sets, active, newton, fit_intercept):
+def _retrain_active(x, y, *, row_start, thetas, all_sets, active, newton, fit_intercept):
+    rows = np.arange(row_start, row_start + x.shape[0], dtype=np.int64)
     return kernels.retrain_block(x, y, rows, thetas=thetas, sets=[all_sets[k] for k in active],
                                  newton=newton, fit_intercept=fit_intercept)
 

@@ -15,7 +15,6 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-import dask
 import numpy as np
 import scipy.linalg
 
@@ -222,11 +221,11 @@ def factor_hessian(H: np.ndarray, *, client=None, resource: str = "GPU", require
 def broadcast(value, *, client=None):
     """Send ``value`` to every worker once; returns something usable as a kernel kwarg.
 
-    With a distributed client this scatters with ``broadcast=True`` and wraps the future
-    in ``dask.delayed`` so every chunk task depends on the one replicated key. Without a
-    client the value itself is returned (threads share memory).
+    With a distributed client this scatters with ``broadcast=True`` and returns the
+    future: every task that gets it as an argument (in a dask graph or through
+    ``Client.submit``) depends on the one replicated key instead of carrying a copy.
+    Without a client the value itself is returned (threads share memory).
     """
     if client is None:
         return value
-    future = client.scatter(value, broadcast=True, hash=False)
-    return dask.delayed(future)
+    return client.scatter(value, broadcast=True, hash=False)

@@ -38,7 +38,7 @@ import dask.array as da
 import numpy as np
 
 from . import kernels
-from ._blocks import per_block
+from ._blocks import per_block, persist_rows
 from .cluster import current_client
 from .errors import ConfigError, CorpusError, NotConvergedError, NotPositiveDefiniteError, not_positive_definite
 from .hessian import objectives
@@ -137,8 +137,8 @@ def _direction(H: np.ndarray, grad: np.ndarray, *, lam: float, it: int, X=None, 
             raise NotPositiveDefiniteError(
                 f"The Hessian at Newton iteration {it} is not positive definite although lam = {lam} > 0. "
                 "The intercept is not penalised, so this happens when every alpha_i underflows "
-                "(all |eta_i| huge), e.g. from a warm start far from the optimum: start from zeros "
-                "(theta0=None) or rescale X."
+                "(all |eta_i| huge), e.g. from a warm start far from the optimum: run without --warm-start "
+                "(start from zeros) or rescale X."
             ) from None
         raise not_positive_definite(f"at Newton iteration {it}") from None
 
@@ -172,9 +172,9 @@ def subsample_start(X: da.Array, y: da.Array, weights=None, *, lam: float, fit_i
 
 
 def _persist(*arrays):
-    """Keep small derived arrays in (worker) memory: on the active client if any."""
-    client = current_client()
-    return client.persist(list(arrays)) if client is not None else dask.persist(*arrays)
+    """Keep small derived arrays in (worker) memory: on the active client if any, placed
+    as :func:`rifscale._blocks.persist_rows` places the training rows."""
+    return persist_rows(arrays, current_client())
 
 
 def fit(

@@ -9,8 +9,11 @@ r"""Group (leave-k-out) estimates for named removal sets T (docs/design.md §2.4
 NS uses Woodbury when ``|T| < p``: with ``H = L Lᵀ``, ``W = L⁻¹ Z_Tᵀ A_T^{1/2}`` (p×k)
 and ``c = L⁻¹ Σ g_i``, ``Δθ_NS = L⁻ᵀ (c + W (I − WᵀW)⁻¹ Wᵀ c)``, a k×k system. Otherwise
 the p×p matrix ``Σ_T α z zᵀ`` is summed over the row chunks and the system solved
-directly. Both need ``H_{−T}`` positive definite; when removing T leaves a direction
-unpinned, NS is NaN and ``ns_singular`` is set.
+directly. Both need ``H_{−T}`` positive definite. Its curvature relative to H is
+``λ_min(L⁻¹ H_{−T} L⁻ᵀ) = λ_min(I − WᵀW)``, the group's ``1 − h``: below the leverage
+threshold (as for a flagged sample) removing T leaves a direction of θ unpinned (e.g. the
+intercept, when T holds every row), so NS is NaN, ``ns_singular`` is set and a warning
+names the sets.
 
 Each Δθ becomes a metric change in two named forms: *linear* ``∇f(θ̂)ᵀΔθ`` and *plug-in*
 ``f(θ̂ + Δθ) − f(θ̂)``, for each test metric and for ``self_loss = Σ_{i∈T} ℓ_i``.
@@ -21,6 +24,7 @@ all sets share one pass over the data per stage.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +38,8 @@ from .errors import ConfigError
 from .factor import broadcast
 from .metrics import metric_values, rows_of_ids, validate_indices
 from .model import FittedModel
+
+log = logging.getLogger(__name__)
 
 METHODS = ("if", "rif", "ns")
 
@@ -124,24 +130,36 @@ class LeaveOutHessian:
 
     Woodbury (``|T| < p``): with ``W = L⁻¹ Z_Tᵀ A_T^{1/2}`` and ``M = I − WᵀW`` (k×k),
     ``H_{−T}⁻¹ v = L⁻ᵀ (c + W M⁻¹ Wᵀ c)``, ``c = L⁻¹ v``. Direct otherwise: the Cholesky
-    factor of the p×p matrix. :meth:`build` returns None when ``H_{−T}`` is not positive
-    definite (removing T leaves a direction of θ unpinned).
+    factor of the p×p matrix. Both constructors return None when ``H_{−T}`` is singular
+    relative to H: the smallest eigenvalue of ``M`` (direct: of ``L⁻¹ H_{−T} L⁻ᵀ``, the
+    same non-unit spectrum) below ``threshold`` (removing T leaves a direction of θ
+    unpinned; in rounding, ``H_{−T}`` may still have a Cholesky factor).
     """
 
     def __init__(self, method: str, linv: np.ndarray, factor):
         self.method, self._linv, self._factor = method, linv, factor
 
+    @staticmethod
+    def _pinned(relative: np.ndarray, threshold: float) -> bool:
+        """Whether the relative curvature ``relative`` (symmetric) has λ_min >= threshold."""
+        return relative.size == 0 or scipy.linalg.eigvalsh(relative, subset_by_index=[0, 0])[0] >= threshold
+
     @classmethod
-    def woodbury(cls, linv, z, alpha) -> "LeaveOutHessian | None":
+    def woodbury(cls, linv, z, alpha, *, threshold: float) -> "LeaveOutHessian | None":
         W = linv @ (z * np.sqrt(alpha)[:, None]).T
+        M = np.eye(W.shape[1]) - W.T @ W
+        if not cls._pinned(M, threshold):
+            return None
         try:
-            c = scipy.linalg.cho_factor(np.eye(W.shape[1]) - W.T @ W, lower=True)
+            c = scipy.linalg.cho_factor(M, lower=True)
         except np.linalg.LinAlgError:
             return None
         return cls("woodbury", linv, (W, c))
 
     @classmethod
-    def direct(cls, H, gram) -> "LeaveOutHessian | None":
+    def direct(cls, H, gram, linv, *, threshold: float) -> "LeaveOutHessian | None":
+        if not cls._pinned(np.eye(H.shape[0]) - linv @ gram @ linv.T, threshold):
+            return None
         try:
             return cls("direct", None, scipy.linalg.cho_factor(H - gram, lower=True))
         except np.linalg.LinAlgError:
@@ -192,10 +210,13 @@ def _deltas(train, model: FittedModel, sets, *, client):
             stats = kernels.set_stats_block(x, y, linv=linv, gram=False, **kw)[0]
             z = kernels.design(x, fit_intercept=model.fit_intercept)
             _, alpha = kernels.sigmoid_and_weight(z @ model.theta)
-            hess, method = LeaveOutHessian.woodbury(linv, z, alpha), "woodbury"
+            hess = LeaveOutHessian.woodbury(linv, z, alpha, threshold=model.leverage_threshold)
+            method = "woodbury"
         else:
             stats = kernels.to_numpy(reduced[name])
-            hess, method = LeaveOutHessian.direct(model.factor.hessian, stats[2 * p + 1 :].reshape(p, p)), "direct"
+            hess = LeaveOutHessian.direct(model.factor.hessian, stats[2 * p + 1 :].reshape(p, p), linv,
+                                          threshold=model.leverage_threshold)
+            method = "direct"
         ns = hess.solve(stats[:p]) if hess is not None else None
         n_flagged = int(round(stats[2 * p]))
         nan = np.full(p, np.nan)
@@ -254,6 +275,11 @@ def group_effects(source, sets, *, client=None, extra: dict | None = None) -> di
     stats = sets if isinstance(sets, SetStatistics) else set_statistics(source, sets, client=client)
     sets, deltas, gathered, masks = stats.sets, stats.deltas, stats.gathered, stats.masks
     delta = {k: {**deltas[k].delta, **(extra or {}).get(k, {})} for k in sets}
+    singular = [k for k, d in deltas.items() if d.singular]
+    if singular:
+        log.warning("NS is NaN for removal set(s) %s: without their rows the Hessian is singular (1 - group leverage "
+                    "< %g: a direction of theta, e.g. the intercept when every row goes, is no longer pinned)",
+                    singular[:10] + (["..."] if len(singular) > 10 else []), model.leverage_threshold)
     linear, plugin = _metric_changes(corpus, model, sets, delta, {k: d.G for k, d in deltas.items()}, gathered, masks)
     return {
         k: GroupEstimate(name=k, indices=sets[k], ns_method=d.method, n_flagged=d.n_flagged,
@@ -310,7 +336,7 @@ def write_groups(run_path, estimates: dict[str, GroupEstimate], *, overwrite: bo
     from .outputs import atomic_dir, output_path
 
     out = output_path(run_path, "groups") / "groups"
-    with atomic_dir(out, overwrite=overwrite, kind="groups") as tmp:
+    with atomic_dir(out, overwrite=overwrite, kind="groups", flag=None) as tmp:
         _store_groups(tmp, estimates)
     return out
 
@@ -326,7 +352,8 @@ def run_groups(run_path, sets, *, corpus=None, overwrite: bool = False, client=N
 
     run = run_path if isinstance(run_path, Run) else open_run(run_path, corpus=corpus)
     sets = normalise_sets(sets, run.corpus.n, ids=run.ids, by_id=by_id)
-    with atomic_dir(run.path / "groups", overwrite=overwrite, kind="groups", inputs=[run.corpus.path]) as tmp:
+    with atomic_dir(run.path / "groups", overwrite=overwrite, kind="groups", inputs=[run.corpus.path],
+                    flag=None) as tmp:
         estimates = group_effects(run, sets, client=client)
         _store_groups(tmp, estimates)
     return estimates

@@ -8,7 +8,8 @@ r"""Blockwise objective, gradient and Hessian of the L2-regularised logistic reg
 
 One pass over the row chunks returns the row sums from
 :func:`rifscale.kernels.newton_block` (float64 sums; the Hessian products in float64,
-in float32, or skipped), tree-summed; the penalty is added once, by the Newton core
+in float32, or skipped) at one or several points, summed in the fixed order of
+:func:`rifscale._blocks.reduce_blocks`; the penalty is added once, by the Newton core
 (:mod:`rifscale.newton`). Weights ``w`` are 1 unless rows are removed.
 """
 
@@ -16,12 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import dask
 import dask.array as da
 import numpy as np
 
 from . import kernels
-from ._blocks import block_sum
+from ._blocks import block_sum, reduce_blocks
 from .newton import penalised, penalised_hessian
 
 
@@ -41,20 +41,23 @@ class Objective:
         return float(np.linalg.norm(self.grad))
 
 
+def _width(p: int, hessian: str | None) -> int:
+    return 2 + p + (p * p if hessian else 0)
+
+
+def newton_points_block(x, y, w=None, *, points, fit_intercept: bool):
+    """:func:`rifscale.kernels.newton_block` at several ``(theta, hessian)`` points from one
+    read of the block, the packed rows side by side."""
+    return np.concatenate([kernels.to_numpy(kernels.newton_block(x, y, w, theta=th, fit_intercept=fit_intercept,
+                                                                 hessian=h)).reshape(-1) for th, h in points])
+
+
 def newton_terms(X: da.Array, y: da.Array, theta, *, fit_intercept: bool, weights=None,
                  hessian: str | None = "float64") -> da.Array:
     """Lazy packed ``[Σ w ℓ, Σ w |r|‖z‖, Σ w r z (, Σ w α z zᵀ)]`` (no penalty) at ``theta``."""
-    p = theta.shape[0]
-    return block_sum(
-        kernels.newton_block,
-        X,
-        y,
-        weights,
-        width=2 + p + (p * p if hessian else 0),
-        theta=np.asarray(theta, dtype=np.float64),
-        fit_intercept=fit_intercept,
-        hessian=hessian,
-    )
+    theta = np.asarray(theta, dtype=np.float64)
+    return block_sum(newton_points_block, X, y, weights, width=_width(theta.shape[0], hessian),
+                     points=[(theta, hessian)], fit_intercept=fit_intercept)
 
 
 def unpack(packed: np.ndarray, theta: np.ndarray, *, lam: float, fit_intercept: bool,
@@ -74,10 +77,12 @@ def objectives(X: da.Array, y: da.Array, points, *, lam: float, fit_intercept: b
                weights=None) -> list[Objective]:
     """One pass over the data for several ``(theta, hessian)`` points at once."""
     points = [(np.asarray(th, dtype=np.float64), h) for th, h in points]
-    graphs = [newton_terms(X, y, th, fit_intercept=fit_intercept, weights=weights, hessian=h) for th, h in points]
-    packed = dask.compute(*graphs)
-    return [unpack(kernels.to_numpy(pk), th, lam=lam, fit_intercept=fit_intercept, hessian=h)
-            for pk, (th, h) in zip(packed, points)]
+    widths = [_width(th.shape[0], h) for th, h in points]
+    packed = reduce_blocks(newton_points_block, X, y, weights, width=sum(widths), points=points,
+                           fit_intercept=fit_intercept)
+    edges = np.cumsum([0, *widths])
+    return [unpack(packed[a:b], th, lam=lam, fit_intercept=fit_intercept, hessian=h)
+            for a, b, (th, h) in zip(edges[:-1], edges[1:], points)]
 
 
 def objective(X: da.Array, y: da.Array, theta, *, lam: float, fit_intercept: bool, weights=None,

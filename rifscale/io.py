@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ import zarr
 from .errors import CorpusError
 from . import progress
 from .cluster import current_client, small_compute
-from .outputs import atomic_dir, is_url, local_path, output_path
+from .outputs import atomic_dir, claim, filesystem, is_url, local_path, output_path
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,27 @@ def open_corpus(path: str | os.PathLike) -> Corpus:
     Raises :class:`~rifscale.errors.CorpusError` naming the array and the fix when the
     store does not follow the layout.
     """
+    path, root = _open_root(path)
+    attrs = root.attrs.asdict()
+    foreign = attrs.get("rifscale_format") is None
+    train = _open_split(root, "train", path, required=True, foreign=foreign)
+    test = _open_split(root, "test", path, required=False, foreign=foreign)
+    _check_same_d(train, test)
+    if foreign:
+        log.info("%s: a Zarr group not made by `rifscale ingest`, used in place (no chunk digests; "
+                 "fingerprint from its file listing)", path)
+    return Corpus(train=train, test=test, path=path if is_url(path) else os.path.abspath(path), attrs=attrs,
+                  fingerprint=_fingerprint(path, root))
+
+
+def corpus_fingerprint(path: str | os.PathLike) -> str:
+    """The fingerprint :func:`open_corpus` gives the corpus at ``path`` now, from its
+    metadata alone (no chunk is read): a job compares it with the one it started on."""
+    return _fingerprint(*_open_root(path))
+
+
+def _open_root(path) -> tuple[str, zarr.Group]:
+    """``(path, root group)`` of a corpus of a layout version this rifscale reads."""
     path = local_path(path)
     if not _exists(path):
         raise CorpusError(
@@ -208,36 +230,50 @@ def open_corpus(path: str | os.PathLike) -> Corpus:
         root = zarr.open_group(path, mode="r")
     except Exception as exc:  # zarr raises several types for "not a group"
         raise CorpusError(f"{path!r} is not a Zarr group ({exc}).") from exc
-    attrs = root.attrs.asdict()
-    version = attrs.get("rifscale_format")
-    foreign = version is None
-    if not foreign and version != FORMAT_VERSION:
+    version = root.attrs.get("rifscale_format")
+    if version is not None and version != FORMAT_VERSION:
         raise CorpusError(
             f"{path!r} has rifscale_format = {version!r}; this rifscale reads layout version "
             f"{FORMAT_VERSION}. Re-create the corpus with `rifscale ingest`."
         )
-    train = _open_split(root, "train", path, required=True, foreign=foreign)
-    test = _open_split(root, "test", path, required=False, foreign=foreign)
-    _check_same_d(train, test)
-    meta = {
-        "format": version,
-        "content": _listing_signature(path) if foreign else attrs.get("content_sha256"),
-        "train": _split_meta(train),
-        "test": _split_meta(test) if test else None,
-    }
-    if foreign:
-        log.info("%s: a Zarr group not made by `rifscale ingest`, used in place (no chunk digests; "
-                 "fingerprint from its file listing)", path)
-    return Corpus(train=train, test=test, path=path if is_url(path) else os.path.abspath(path), attrs=attrs,
-                  fingerprint=_hash_json(meta))
+    return path, root
+
+
+def _fingerprint(path: str, root: zarr.Group) -> str:
+    """sha256 (16 hex digits) of the layout version, the content (the digest recorded at
+    ingest; for a group another tool wrote, its file listing) and each split's X shape,
+    dtype and first row chunk."""
+    version = root.attrs.get("rifscale_format")
+    meta = {"format": version, "content": _listing_signature(path) if version is None else
+            root.attrs.get("content_sha256")}
+    for name in ("train", "test"):
+        group = _member(root, name, path)
+        X = _member(group, "X", path) if group is not None else None
+        meta[name] = None if X is None else {"shape": list(X.shape), "dtype": str(X.dtype),
+                                             "chunks": [min(X.chunks[0], X.shape[0])]}
+    return _hash_json(meta)
+
+
+def _member(group: zarr.Group, key: str, path: str):
+    """``group[key]`` (an array or group), or None when absent; metadata that cannot be
+    read is a :class:`CorpusError` naming its file."""
+    try:
+        return group[key]
+    except KeyError:
+        return None
+    except Exception as exc:  # zarr parses the member's metadata here: JSON and schema errors
+        name = f"{group.path}/{key}".lstrip("/")
+        meta = f"{path.rstrip('/')}/{name}/{'zarr.json' if group.metadata.zarr_format == 3 else '.zarray'}"
+        raise CorpusError(
+            f"{path!r}: cannot read the metadata of {name} ({meta!r}: {type(exc).__name__}: {exc}). The file is "
+            "damaged (truncated or overwritten); re-ingest the corpus from its sources."
+        ) from None
 
 
 def _listing_signature(path: str) -> str:
     """sha256 of every stored file's name, size and modification time (or ETag): what
     identifies the content of a store rifscale did not write, without reading it."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(path)
+    fs, root = filesystem(path)
     entries = fs.find(root, detail=True)
     h = hashlib.sha256()
     for name in sorted(entries):
@@ -248,15 +284,16 @@ def _listing_signature(path: str) -> str:
 
 
 def _open_split(root, name: str, path: str, *, required: bool, foreign: bool = False) -> Split | None:
-    if name not in root:
+    group = _member(root, name, path)
+    if group is None:
         if required:
             raise CorpusError(f"{path!r} has no '{name}' group; a corpus needs {name}/X and {name}/y.")
         return None
-    group = root[name]
+    arrays = {key: _member(group, key, path) for key in ("X", "y", "ids")}
     for key in ("X", "y"):
-        if key not in group:
+        if arrays[key] is None:
             raise CorpusError(f"{path!r} has no array '{name}/{key}'.")
-    arrays = {key: group[key] for key in ("X", "y", "ids") if key in group}
+    arrays = {key: arr for key, arr in arrays.items() if arr is not None}
     for key, arr in arrays.items():
         check_chunks_present(arr, f"{name}/{key}", path, written_by_rifscale=not foreign)
     X = read_array(arrays["X"], f"{name}/X", path)
@@ -310,12 +347,7 @@ def check_chunks_present(arr: zarr.Array, label: str, path: str, *, written_by_r
     For arrays another tool wrote, the message also names the benign cause and its fixes."""
     if arr.nchunks_initialized == arr.nchunks:
         return
-    from zarr.core.sync import sync
-
-    missing = [
-        coords for coords in np.ndindex(*arr.cdata_shape)
-        if not sync(arr.store.exists(f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}".lstrip("/")))
-    ]
+    missing = [coords for coords in np.ndindex(*arr.cdata_shape) if not _chunk_file_exists(arr, coords)]
     rows = arr.chunks[0]
     first = missing[0][0] if missing else 0
     row_chunks = sorted({c[0] for c in missing})
@@ -328,25 +360,55 @@ def check_chunks_present(arr: zarr.Array, label: str, path: str, *, written_by_r
     )
 
 
+def _chunk_span(index, chunk: int, size: int):
+    """Chunk coordinates along one dimension that ``index`` (a slice, an integer or an
+    integer array) touches."""
+    if isinstance(index, slice):
+        start, stop, _ = index.indices(size)
+        return range(start // chunk, -(-stop // chunk))
+    return np.unique(np.asarray(index) % size // chunk).tolist()
+
+
+def _chunk_file_exists(arr: zarr.Array, coords: tuple) -> bool:
+    """Whether the stored file (object) of chunk ``coords`` of ``arr`` exists."""
+    from zarr.core.sync import sync
+
+    return sync(arr.store.exists(f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}".lstrip("/")))
+
+
 class _GuardedRows:
     """A Zarr array whose reads name the array, the chunk and the likely cause on failure
-    (instead of a codec traceback)."""
+    (instead of a codec traceback), and refuse a chunk file that went missing after the
+    corpus was opened (zarr would read it as zeros): one existence check per chunk read,
+    after the read, so a file lost before or during it is caught."""
 
     def __init__(self, arr: zarr.Array, label: str, path: str):
         self.arr, self.label, self.path = arr, label, path
         self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
 
     def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        key += (slice(None),) * (self.ndim - len(key))
+        grid = self.arr.shards or self.arr.chunks  # the chunks that are files (shards, when sharded)
+        spans = [_chunk_span(k, c, n) for k, c, n in zip(key, grid, self.shape)]
         try:
-            return self.arr[key]
+            block = self.arr[key]
         except Exception as exc:
-            rows = key[0] if isinstance(key, tuple) else key
-            start = (rows.start or 0) if isinstance(rows, slice) else 0
-            chunk = start // self.arr.chunks[0]
+            chunk = next(iter(spans[0]), 0)
             raise CorpusError(
                 f"{self.path!r}: cannot read {self.label} row chunk {chunk} ({type(exc).__name__}: {exc}). "
                 + DAMAGED_HINT.format(path=self.path)
             ) from None
+        lost = next((c for c in itertools.product(*spans) if not _chunk_file_exists(self.arr, c)), None)
+        if lost is not None:
+            rows = grid[0]
+            raise CorpusError(
+                f"{self.path!r}: {self.label} row chunk {lost[0]} (rows {lost[0] * rows}-"
+                f"{min((lost[0] + 1) * rows, self.shape[0]) - 1}): its chunk file is missing (deleted or lost after "
+                "the corpus was opened); zarr would read it as zeros, so rifscale stops. Restore the file, or "
+                "re-ingest the corpus from its sources; then run the same command again."
+            )
+        return block
 
 
 def read_array(arr: zarr.Array, label: str, path: str) -> da.Array:
@@ -421,7 +483,10 @@ def default_chunk_rows(n: int, row_bytes: int) -> int:
 
 
 def _read_npy_header(fh, label: str):
-    major, _ = np.lib.format.read_magic(fh)
+    try:
+        major, _ = np.lib.format.read_magic(fh)
+    except (EOFError, ValueError) as exc:
+        raise CorpusError(f"{label} is empty or not a .npy file ({exc}); save it with numpy.save.") from None
     readers = {1: np.lib.format.read_array_header_1_0, 2: np.lib.format.read_array_header_2_0}
     if major not in readers:
         raise CorpusError(f"{label} uses .npy format version {major}; save it with numpy's default format.")
@@ -510,9 +575,7 @@ def _source(label: str, spec, rows: int, *, check: bool = True) -> da.Array:
 
 def _exists(location: str) -> bool:
     if is_url(location):
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(location)
+        fs, path = filesystem(location)
         return fs.exists(path)
     return Path(location).exists()
 
@@ -520,9 +583,8 @@ def _exists(location: str) -> bool:
 def _open(location: str):
     """A binary, seekable file object for a local path or a URL."""
     if is_url(location):
-        import fsspec
-
-        return fsspec.open(location, "rb").open()
+        fs, path = filesystem(location)
+        return fs.open(path, "rb")
     return open(location, "rb")
 
 
@@ -568,6 +630,9 @@ def _source_path(label: str, spec: str, rows: int, *, check: bool = True) -> da.
             return _npy_url(label, file, rows)
         try:
             arr = np.load(file, mmap_mode="r")
+        except EOFError as exc:  # 0 bytes, or cut short inside the header
+            raise CorpusError(f"{label}: {spec!r} is empty or cut short ({exc}), not a whole .npy array; save it "
+                              "again with numpy.save.") from None
         except ValueError as exc:  # e.g. object dtype: cannot be memory-mapped (and would need pickle)
             raise CorpusError(f"{label}: cannot read {spec!r} as a numeric .npy array ({exc}). Save it with a "
                               "numeric dtype, e.g. np.save(path, X.astype(np.float32)).") from None
@@ -592,18 +657,35 @@ def _x_dtype(label: str, X: da.Array, dtype) -> np.dtype:
         raise CorpusError(f"--dtype must be float32 or float64; got {out}.")
     if not (np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_):
         raise CorpusError(f"{label} has non-numeric dtype {X.dtype}.")
+    _check_real(label, X)
     return out
 
 
+def _check_real(label: str, a: da.Array) -> None:
+    """Refuse complex values: casting them to float would drop the imaginary part."""
+    if np.issubdtype(a.dtype, np.complexfloating):
+        raise CorpusError(f"{label} is complex ({a.dtype}); rifscale fits real features and labels and will not drop "
+                          "the imaginary part. Pass the real part, or real and imaginary parts as separate columns.")
+
+
 def _checked_x(x, *, label: str, out_dtype, rows: int, block_info=None):
-    """The chunk cast to the corpus dtype; a CorpusError naming the row if not finite."""
-    x = np.asarray(x).astype(out_dtype, copy=False)
+    """The chunk cast to the corpus dtype; a CorpusError naming the row if not finite, or
+    if a finite value does not fit the corpus dtype."""
+    source = np.asarray(x)
+    with np.errstate(over="ignore"):  # an overflowing cast is reported below, by row
+        x = source.astype(out_dtype, copy=False)
     finite = np.isfinite(x).all(axis=1)
     if not finite.all():
         start = block_info[0]["array-location"][0][0]
+        i = int(np.flatnonzero(~finite)[0])
+        if np.isfinite(source[i]).all():
+            j = int(np.flatnonzero(~np.isfinite(x[i]))[0])
+            raise CorpusError(
+                f"{label} row {start + i} holds {source[i, j].item():.4g}, which {out_dtype} cannot hold (row chunk "
+                f"{start // rows}). Ingest with --dtype float64, or rescale X (e.g. standardise each column)."
+            )
         raise CorpusError(
-            f"{label} holds NaN or Inf at row {start + int(np.flatnonzero(~finite)[0])} "
-            f"(row chunk {start // rows}). Clean or impute those rows first."
+            f"{label} holds NaN or Inf at row {start + i} (row chunk {start // rows}). Clean or impute those rows first."
         )
     return x
 
@@ -644,8 +726,9 @@ def verify_corpus(corpus: Corpus) -> dict:
     bad, hasher = [], hashlib.sha256()
     for (name, sp), got in zip(splits, digests):
         hasher.update(np.ascontiguousarray(got).tobytes())
-        if DIGESTS in root[name]:
-            want = np.asarray(root[name][DIGESTS][...])
+        stored = _member(_member(root, name, corpus.path), DIGESTS, corpus.path)
+        if stored is not None:
+            want = np.asarray(stored[...])
             if want.shape != got.shape:
                 raise CorpusError(f"{corpus.path!r}: {name}/{DIGESTS} has shape {want.shape}, expected {got.shape}; "
                                   "the corpus was changed after ingest. Re-ingest it.")
@@ -704,6 +787,7 @@ def _plan_split(name: str, X, y, ids, rows: int, dtype) -> _PlannedSplit:
     n, d = sx.shape
     if sy.shape != (n,):
         raise CorpusError(f"{name}/y has shape {sy.shape}; expected ({n},) to match {name}/X with n = {n} rows.")
+    _check_real(f"{name}/y", sy)
     if ids is not None:
         sid = _source(f"{name}/ids", ids, rows)
         if sid.shape != (n,):
@@ -812,6 +896,34 @@ def _compute_local(*collections, label: str = "ingest"):
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _ingest_key(sources: dict, options: dict) -> dict | None:
+    """What makes two ingests the same job: every source file's location, size and
+    modification time (of each stored file, for a Zarr source) and the options. None
+    when a source is an array in memory: a rerun then has nothing to compare with."""
+    stamps = {}
+    for name, spec in sources.items():
+        if spec is None:
+            continue
+        if not isinstance(spec, (str, os.PathLike)):
+            return None
+        location = local_path(str(spec))
+        stamps[name] = {"source": location if is_url(location) else os.path.abspath(location),
+                        "files": _listing_signature(_source_file(location))}
+    return json.loads(json.dumps({"sources": stamps, "options": options}, default=str))
+
+
+def _ingested_before(out: Path, key: dict) -> Corpus | None:
+    """The corpus at ``out`` if this very ingest (:func:`_ingest_key`) wrote it, else None."""
+    if not out.is_dir():
+        return None
+    with claim(out):  # not while another job replaces it
+        try:
+            same = zarr.open_group(str(out), mode="r").attrs.get("ingest_job") == key
+        except Exception:  # not a Zarr group: ingest refuses it as an existing output
+            return None
+        return open_corpus(out) if same else None
+
+
 def ingest(
     out: str | os.PathLike,
     *,
@@ -861,19 +973,27 @@ def ingest(
     if compressor not in COMPRESSORS:
         raise CorpusError(f"compressor must be one of {COMPRESSORS}; got {compressor!r}.")
     if (test_X is None) != (test_y is None):
-        raise CorpusError("Pass both test_X and test_y, or neither.")
+        raise CorpusError("Give both --test-X and --test-y, or neither.")
     if test_ids is not None and test_X is None:
         raise CorpusError("test_ids was given without test_X and test_y; pass the whole test split.")
     split_record = None
     if split is not None and (test_X is not None or test_fraction is not None):
-        raise CorpusError("Pass one of a test split (test_X, test_y), split or test_fraction.")
+        raise CorpusError("Give the test split one way only: --test-X and --test-y, --split-column, or "
+                          "--test-fraction.")
     if test_fraction is not None:
         if test_X is not None:
-            raise CorpusError("Pass either a test split (test_X, test_y) or test_fraction, not both.")
+            raise CorpusError("Give the test split one way only: --test-X and --test-y, or --test-fraction.")
         if isinstance(test_fraction, bool) or not (0 < float(test_fraction) < 1):
             raise CorpusError(f"test_fraction must be in (0, 1); got {test_fraction!r}.")
         if isinstance(seed, bool) or int(seed) != seed or seed < 0:
             raise CorpusError(f"seed must be an integer >= 0; got {seed!r}.")
+    named = dict(train_X=train_X, train_y=train_y, test_X=test_X, test_y=test_y, train_ids=train_ids,
+                 test_ids=test_ids, split=split)
+    key = _ingest_key(named, dict(chunk_rows=chunk_rows, dtype=dtype and str(np.dtype(dtype)), compressor=compressor,
+                                  test_fraction=test_fraction, seed=seed, provenance=provenance))
+    if key is not None and not overwrite and (done := _ingested_before(out, key)) is not None:
+        log.info("%s is already complete (same sources and options): nothing to do", out)
+        return done
     sources = (train_X, train_y, test_X, test_y, train_ids, test_ids)
     inputs = [_source_file(v) for v in sources if isinstance(v, (str, os.PathLike))] + [local_path(p) for p in inputs]
     inputs = [p for p in inputs if not is_url(p)]
@@ -920,6 +1040,7 @@ def ingest(
                 "n_train": splits[0].n,
                 "n_test": splits[1].n if len(splits) > 1 else 0,
                 **({"test_split": split_record} if split_record else {}),
+                **({"ingest_job": key} if key is not None else {}),
                 **(provenance or {}),
             }
         )

@@ -9,6 +9,7 @@ from one masked pass over the test row chunks.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,7 @@ def read_index_file(path: str, n_test: int, ids=None) -> np.ndarray:
     """Test row indices from ``.npy``, ``.json`` (a list, or ``{"ids": [...]}`` naming
     test ids, mapped through ``ids``) or text (one per line)."""
     p = Path(path)
+    what = f"The --test-subset file {path!r}"
     try:
         if p.suffix == ".npy":
             idx = np.load(p, allow_pickle=False)
@@ -78,18 +80,25 @@ def read_index_file(path: str, n_test: int, ids=None) -> np.ndarray:
             doc = json.loads(p.read_text())
             if isinstance(doc, dict) and set(doc) == {"ids"}:
                 if ids is None:
-                    raise ConfigError(f"The test subset file {path!r} names ids, but no test ids are at hand.")
-                idx = rows_of_ids(ids, doc["ids"], f"The test subset file {path!r}")
+                    raise ConfigError(f"{what} names ids, but no test ids are at hand.")
+                idx = rows_of_ids(ids, doc["ids"], what)
             else:
                 idx = np.asarray(doc)
         else:
-            idx = np.loadtxt(p, dtype=np.int64, ndmin=1)
+            with warnings.catch_warnings():  # an empty file is named below, not warned about
+                warnings.filterwarnings("ignore", "loadtxt: input contained no data")
+                idx = np.loadtxt(p, dtype=np.int64, ndmin=1)
+            if idx.size == 0:
+                raise ConfigError(f"{what} is empty; list one test row index per line in it, or pass "
+                                  "--test-subset paper or all.")
+    except ConfigError:
+        raise
     except (OSError, ValueError) as exc:
         raise ConfigError(
             f"Cannot read the test subset file {path!r} ({type(exc).__name__}: {exc}); expected test row indices "
             "as a .npy array, a .json list, or text with one integer per line."
         ) from None
-    return validate_indices(idx, n_test, f"test subset file {path!r}", "test")
+    return validate_indices(idx, n_test, f"--test-subset file {path!r}", "test")
 
 
 def validate_indices(idx, n: int, what: str, split: str = "train") -> np.ndarray:

@@ -39,10 +39,9 @@ class _Piece:
 
 
 def _filesystem(url: str):
-    import fsspec
+    from .outputs import filesystem
 
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs, path
+    return filesystem(url)
 
 
 def _files(fs, path: str, url: str) -> list[str]:

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import replace
 
-import dask
 import numpy as np
 
+from ._blocks import persist_rows
+from .cluster import total_threads
 from .errors import ConfigError
 from .io import Split
 
@@ -45,11 +45,7 @@ def cluster_resources(client=None) -> tuple[int, int, int]:
             if all(mem):
                 return threads, min(mem), sum(mem)
             return threads, *_machine_memory()
-    try:
-        threads = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        threads = os.cpu_count() or 1
-    return threads, *_machine_memory()
+    return total_threads(None), *_machine_memory()
 
 
 def _machine_memory() -> tuple[int, int]:
@@ -131,7 +127,7 @@ def prepare_split(split: Split, *, client=None, persist: str = "auto", device: s
     nbytes = int(split.X.nbytes + split.y.nbytes)
     keep = persist == "always" or (persist == "auto" and nbytes <= PERSIST_FRACTION * total_mem)
     if keep:
-        X, y = (client.persist([split.X, split.y]) if client is not None else dask.persist(split.X, split.y))
+        X, y = persist_rows([split.X, split.y], client)
         split = replace(split, X=X, y=y)
     if device == "gpu":
         split = replace(split, X=split.X.map_blocks(_to_device, dtype=split.X.dtype,

@@ -95,7 +95,7 @@ class Attribution:
 
 
 def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = None, *, client=None,
-              theta0: np.ndarray | None = None, **overrides) -> Attribution:
+              theta0: np.ndarray | None = None, _layout: dict | None = None, **overrides) -> Attribution:
     """Fit, factor and build the (lazy) IF/RIF scores of every training sample.
 
     Parameters
@@ -109,10 +109,15 @@ def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = Non
         workers and the factorisation pinned to a ``GPU`` worker when one exists.
     theta0 : (p,) array, optional
         Start the Newton fit here (e.g. a previous run's θ̂) instead of from a subsample fit.
+
+    Several calls on one corpus read it once when made through a :class:`rifscale.Session`.
     """
     corpus, config, client = _setup(corpus, config, client, overrides)
-    train, layout = prepare_split(corpus.train, client=client, persist=config.persist, device=config.device)
-    corpus = replace(corpus, train=train)
+    if _layout is None:
+        train, layout = prepare_split(corpus.train, client=client, persist=config.persist, device=config.device)
+        corpus = replace(corpus, train=train)
+    else:  # laid out and held by a rifscale.Session
+        train, layout = corpus.train, dict(_layout)
     timings = {}
     t = time.perf_counter()
     check_objective(train, config)

@@ -49,12 +49,12 @@ from . import __version__
 from .config import RunConfig
 from .errors import ConfigError, CorpusError, OutputExistsError
 from .factor import Factor
-from .io import Corpus, local_path, open_corpus
+from .io import Corpus, corpus_fingerprint, local_path, open_corpus
 from .kernels import to_numpy
 from .metrics import MetricAtOptimum
 from .model import FittedModel
-from .outputs import (atomic_dir, check_inputs, check_output, claim, mark, output_path, publish, remove,
-                      remove_within)
+from .outputs import (atomic_dir, check_inputs, check_output, claim, filesystem, is_url, mark, output_path, publish,
+                      remove, remove_within)
 from .progress import compute as progress_compute
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,8 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 #: Run layout version: 2 = a root Zarr group, named dimensions, flat score names, ids.
 FORMAT = 2
-#: Rows per chunk of the stored per-sample arrays (2 MiB of float64), at least a block.
+#: Rows per chunk of the stored per-sample arrays (2 MiB of float64), at least a block and
+#: at most n (Zarr stores whole chunks: a 3 000-row run must not take 2 MiB per column).
 OUTPUT_CHUNK_ROWS = 2**18
 MODEL_ARRAYS = ("theta", "cholesky", "cholesky_inverse", "test_subset", "metric_gradients", "metric_values")
 
@@ -147,7 +148,7 @@ def _write_scores(run_dir: Path, corpus: Corpus, model: FittedModel, scores, *, 
     """One pass: store every score column under ``run_dir/scores``; returns the counts."""
     sources, targets = [], []
     # few, large chunks: each Zarr chunk write has a fixed cost, the columns are small
-    rows = max(corpus.train.X.chunks[0][0], OUTPUT_CHUNK_ROWS)
+    rows = min(max(corpus.train.X.chunks[0][0], OUTPUT_CHUNK_ROWS), corpus.n)
     columns = {"scores/sample": corpus.train.ids, **scores.named()}  # the ids: the sample coordinate
     for name, arr in columns.items():
         arr = _regular(arr, rows).map_blocks(to_numpy, dtype=arr.dtype, meta=np.empty((0,), dtype=arr.dtype))
@@ -246,7 +247,11 @@ def run_location(path):
     and ``file://`` URLs, a ``UPath`` over fsspec for other URLs (read-only use)."""
     from upath import UPath
 
-    return path if isinstance(path, UPath) else UPath(local_path(path))
+    if isinstance(path, UPath):
+        return path
+    if is_url(path):
+        filesystem(path)  # a missing fsspec backend: one error naming the package
+    return UPath(local_path(path))
 
 
 def read_manifest(path) -> dict:
@@ -254,9 +259,28 @@ def read_manifest(path) -> dict:
     if not mpath.is_file():
         raise ConfigError(f"{str(path)!r} is not a rifscale run (no {MANIFEST}); create one with `rifscale run`.")
     try:
-        return json.loads(mpath.read_text())
+        manifest = json.loads(mpath.read_text())
     except ValueError as exc:
         raise ConfigError(f"{str(mpath)!r} is not valid JSON ({exc}); the run is damaged: rerun it.") from None
+    if not isinstance(manifest, dict):
+        raise ConfigError(f"{str(mpath)!r} is not a JSON object (it holds a {type(manifest).__name__}); the run is "
+                          "damaged: rerun it.")
+    return manifest
+
+
+def _manifest_or_none(path: Path) -> dict | None:
+    """The manifest at ``path`` if it is a readable JSON object, else None."""
+    try:
+        doc = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def checkpoint_of(out) -> Path:
+    """Where ``rifscale run`` checkpoints the stages of ``out``: ``.OUT.partial`` beside it."""
+    out = output_path(out, "run")
+    return out.with_name(f".{out.name}.partial")
 
 
 def _read_theta(path) -> np.ndarray:
@@ -309,7 +333,7 @@ class Job:
         check_inputs(self.out, [self.corpus.path, warm_start])
         self.theta0 = warm_start_theta(warm_start, self.corpus, self.config) if warm_start is not None else None
         self.key = job_key(self.corpus, self.config, warm_start=warm_start)
-        self.partial = self.out.with_name(f".{self.out.name}.partial")
+        self.partial = checkpoint_of(self.out)
         self.done = self._existing()
 
     def _existing(self) -> dict | None:
@@ -331,9 +355,7 @@ class Job:
         return None
 
     def run(self, *, client=None, progress: bool = False) -> dict:
-        from .pipeline import attribute, rescore
-
-        out, partial, key, config = self.out, self.partial, self.key, self.config
+        out, partial, key = self.out, self.partial, self.key
         with claim(out):
             done = self._existing()  # again, under the lock: another job may have finished meanwhile
             if done is not None:
@@ -351,60 +373,89 @@ class Job:
                 mark(partial, "run")
                 state = {"rifscale_run": FORMAT, "status": "partial", "job": key, "stages": {}}
                 _write_json(partial / MANIFEST, state)
-            resumed = None
-            if "model" in state["stages"]:
-                stage = state["stages"]["model"]
-                model = _read_model(partial, stage["config"])
-                corpus, scores, layout = rescore(self.corpus, config, model, client=client)
-                fit_record, timings = stage["fit"], dict(stage["timings"])
-                resumed = "model"
-                log.info("resuming %s: reusing the finished fit (model stage) of an interrupted run", out)
-            else:
-                result = attribute(self.corpus, config, client=client, theta0=self.theta0)
-                corpus, model, scores, layout = result.corpus, result.model, result.scores, result.layout
-                fit_record, timings = result.fit.record(), dict(result.timings)
-                remove_within(partial, ".model.partial")
-                staging = partial / ".model.partial"
-                staging.mkdir()
-                _write_model(staging, model)
-                os.replace(staging / "model", partial / "model")  # the stage appears whole or not at all
-                remove_within(partial, ".model.partial")
-                state["stages"]["model"] = {"fit": fit_record, "timings": timings, "layout": layout,
-                                            "config": config.to_dict(),
-                                            "factor": {"backend": model.factor.backend, "worker": model.factor.worker}}
-                _write_json(partial / MANIFEST, state)
-            remove_within(partial, "scores")  # a killed scores pass: recompute it all
-            t = time.perf_counter()
-            counts = _write_scores(partial, corpus, model, scores, progress=progress)
-            timings["scores"] = time.perf_counter() - t
-            manifest = _manifest(corpus, config, model, fit=fit_record, layout=layout, timings=timings,
-                                 status="complete", job=key)
-            manifest["counts"] = counts
-            if self.warm_start is not None:
-                manifest["warm_start"] = {"run": os.path.abspath(self.warm_start), **key["warm_start"]}
-            if resumed:
-                manifest["resumed"] = resumed
-                manifest["factor"] = state["stages"]["model"]["factor"]
+            try:
+                manifest = self._stages(state, client=client, progress=progress)
+                self._check_corpus_unchanged()
+            except Exception:
+                if not state["stages"]:  # nothing worth resuming: a failed run leaves nothing
+                    remove(partial)
+                raise
             _write_json(partial / MANIFEST, manifest)
             publish(partial, out, overwrite=self.overwrite)
         return manifest
 
+    def _stages(self, state: dict, *, client, progress: bool) -> dict:
+        """Compute (or reuse from ``state``) the stages in ``self.partial``; the manifest."""
+        from .pipeline import attribute, rescore
+
+        out, partial, key, config = self.out, self.partial, self.key, self.config
+        resumed = None
+        if "model" in state["stages"]:
+            stage = state["stages"]["model"]
+            model = _read_model(partial, stage["config"])
+            corpus, scores, layout = rescore(self.corpus, config, model, client=client)
+            fit_record, timings = stage["fit"], dict(stage["timings"])
+            resumed = "model"
+            log.info("resuming %s: reusing the finished fit (model stage) of an interrupted run", out)
+        else:
+            result = attribute(self.corpus, config, client=client, theta0=self.theta0)
+            corpus, model, scores, layout = result.corpus, result.model, result.scores, result.layout
+            fit_record, timings = result.fit.record(), dict(result.timings)
+            # a model directory the manifest does not list (killed between its move and the
+            # manifest update) is discarded: the stage is recorded only once it is whole
+            remove_within(partial, "model")
+            remove_within(partial, ".model.partial")
+            staging = partial / ".model.partial"
+            staging.mkdir()
+            _write_model(staging, model)
+            os.replace(staging / "model", partial / "model")  # the stage appears whole or not at all
+            remove_within(partial, ".model.partial")
+            state["stages"]["model"] = {"fit": fit_record, "timings": timings, "layout": layout,
+                                        "config": config.to_dict(),
+                                        "factor": {"backend": model.factor.backend, "worker": model.factor.worker}}
+            _write_json(partial / MANIFEST, state)
+        remove_within(partial, "scores")  # a killed scores pass: recompute it all
+        t = time.perf_counter()
+        counts = _write_scores(partial, corpus, model, scores, progress=progress)
+        timings["scores"] = time.perf_counter() - t
+        manifest = _manifest(corpus, config, model, fit=fit_record, layout=layout, timings=timings,
+                             status="complete", job=key)
+        manifest["counts"] = counts
+        if self.warm_start is not None:
+            manifest["warm_start"] = {"run": os.path.abspath(self.warm_start), **key["warm_start"]}
+        if resumed:
+            manifest["resumed"] = resumed
+            manifest["factor"] = state["stages"]["model"]["factor"]
+        return manifest
+
+    def _check_corpus_unchanged(self) -> None:
+        """Refuse to publish when the corpus is no longer the one the job started on (e.g.
+        re-ingested with --overwrite while a streaming run read it): the rows read may mix
+        both versions. The checkpoint goes too, since its stages may have read either."""
+        if self.corpus.path is None:
+            return
+        try:
+            now = corpus_fingerprint(self.corpus.path)
+        except CorpusError as exc:
+            now = f"unreadable: {exc}"
+        if now != self.key["corpus_fingerprint"]:
+            remove(self.partial)
+            raise CorpusError(
+                f"The corpus {self.corpus.path!r} changed while this run read it (fingerprint "
+                f"{self.key['corpus_fingerprint']} -> {now}): its rows may mix two versions, so nothing was written. "
+                "Run the same command again to compute on the corpus as it is now."
+            )
+
 
 def _complete_manifest(path: Path) -> dict | None:
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    return manifest if manifest.get("status") == "complete" else None
+    manifest = _manifest_or_none(path)
+    return manifest if manifest is not None and manifest.get("status") == "complete" else None
 
 
 def _partial_state(partial: Path, key: dict) -> dict | None:
     """The checkpoint of an interrupted run of the same job, or None."""
-    try:
-        state = json.loads((partial / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    if state.get("status") != "partial" or state.get("job") != key:
+    state = _manifest_or_none(partial)
+    if state is None or state.get("status") != "partial" or state.get("job") != key:
         return None
     if "model" in state.get("stages", {}) and not (partial / "model").is_dir():
         return None
@@ -541,6 +592,11 @@ def open_run(path, *, corpus: Corpus | str | os.PathLike | None = None) -> Run:
             f"The run at {str(path)!r} was made from in-memory arrays, not a corpus on disk; "
             "pass the same data again: open_run(path, corpus=Corpus.from_arrays(...))."
         )
+    if corpus is None and not is_url(corpus_path) and not os.path.exists(corpus_path):
+        raise CorpusError(
+            f"The corpus the run at {str(path)!r} was made from, {corpus_path!r}, is not there any more (moved or "
+            "deleted); pass --corpus with its new path (Python: open_run(path, corpus=...))."
+        )
     c = corpus_path if isinstance(corpus_path, Corpus) else open_corpus(corpus_path)
     if c.fingerprint != manifest["corpus"]["fingerprint"]:
         raise CorpusError(
@@ -570,6 +626,9 @@ def list_runs(root) -> list[dict]:
         except (OSError, ValueError):
             rows.append({"path": str(run), "status": "unreadable manifest"})
             continue
+        if not isinstance(m, dict):
+            rows.append({"path": str(run), "status": "damaged manifest (not a JSON object)"})
+            continue
         if "rifscale_run" not in m:
             continue
         cfg = m.get("config") or (m.get("job") or {}).get("config") or {}
@@ -593,15 +652,17 @@ EXPORT_FORMATS = ("parquet", "csv")
 
 
 def export(run, out, *, fmt: str | None = None, top: int | None = None, by: str | None = None,
-           columns=None, overwrite: bool = False) -> dict:
+           columns=None, overwrite: bool = False, corpus=None) -> dict:
     """Write a run's per-sample scores to a Parquet or CSV file, indexed by the corpus ids.
 
     ``top`` keeps the ``top`` rows with the largest ``|by|`` (NaN last), e.g.
-    ``top=100, by="rif_test_loss"``; ``fmt`` defaults from the file name. Written beside
-    and moved into place. Returns ``{"rows", "columns", "path"}``."""
+    ``top=100, by="rif_test_loss"``; ``fmt`` defaults from the file name; ``corpus``: its
+    path if it moved since the run (:func:`open_run`). Written beside and moved into
+    place; ``overwrite`` replaces only a file rifscale wrote. Returns ``{"rows",
+    "columns", "path"}``."""
     from .outputs import atomic_file
 
-    run = run if isinstance(run, Run) else open_run(run)
+    run = run if isinstance(run, Run) else open_run(run, corpus=corpus)
     out = output_path(out, "export")
     fmt = fmt or out.suffix.lstrip(".").lower()
     if fmt not in EXPORT_FORMATS:
@@ -618,7 +679,7 @@ def export(run, out, *, fmt: str | None = None, top: int | None = None, by: str 
     if top is not None:
         frame = top_rows(frame, by, top)
     frame = frame[columns]
-    with atomic_file(out, overwrite=overwrite, inputs=[run.path, run.corpus.path]) as tmp:
+    with atomic_file(out, overwrite=overwrite, kind="export", inputs=[run.path, run.corpus.path]) as tmp:
         if fmt == "parquet":
             frame.to_parquet(tmp, engine="pyarrow")
         else:

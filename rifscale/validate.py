@@ -59,6 +59,14 @@ def make_sets(source, *, strategies=DEFAULT_STRATEGIES, sizes=None, seed: int = 
     return out
 
 
+def checkpoint_of(run) -> Path:
+    """Where ``validate`` keeps the finished batches of the run at ``run``:
+    ``RUN/.validation.partial``."""
+    from .rundir import run_location
+
+    return run_location(run) / ".validation.partial"
+
+
 #: Removal sets (or poisoned points) retrained together in one batch; each finished batch
 #: is checkpointed, so a killed ``validate`` redoes at most one batch.
 BATCH_SETS = 128
@@ -322,6 +330,21 @@ EXPERIMENTS = ("accuracy", "sweeps", "poisoning")
 SUMMARY_COLUMNS = ["strategy", "metric", "form", "method", "count", "pearson", "slope", "median_rel_err"]
 
 
+def _held(run, client):
+    """The run with its training rows laid out and kept in (worker) memory as ``rifscale
+    run`` keeps them (its ``persist`` and ``device``), for the many passes of the retrains:
+    otherwise every pass would read the rows from the store again."""
+    import dataclasses
+
+    from .cluster import current_client
+    from .partition import prepare_split
+
+    config = run.manifest.get("config", {})
+    train, _ = prepare_split(run.corpus.train, client=client if client is not None else current_client(),
+                             persist=config.get("persist", "auto"), device=config.get("device", "cpu"))
+    return dataclasses.replace(run, corpus=dataclasses.replace(run.corpus, train=train))
+
+
 def run_validation(run_path, *, experiments=("accuracy",), strategies=DEFAULT_STRATEGIES, n_sizes: int = 40,
                    seed: int = 0, poison_points: int = 100, top_metric: str = "test_loss", top_sign: int = 1,
                    overwrite: bool = False, corpus=None, client=None, batch_sets: int = BATCH_SETS,
@@ -348,7 +371,7 @@ def run_validation(run_path, *, experiments=("accuracy",), strategies=DEFAULT_ST
         raise ConfigError(f"n_sizes must be >= 1; got {n_sizes}.")
     if "poisoning" in experiments and poison_points < 1:
         raise ConfigError(f"--poison-points must be >= 1 (test points of the poisoning experiment); got {poison_points}.")
-    run = open_run(run_path, corpus=corpus)
+    run = _held(open_run(run_path, corpus=corpus), client)
     if "top_influence" in strategies and top_metric not in run.model.metrics:
         raise ConfigError(
             f"top_influence ranks by the IF scores of {top_metric!r}, which this run did not compute "
@@ -361,8 +384,8 @@ def run_validation(run_path, *, experiments=("accuracy",), strategies=DEFAULT_ST
            "experiments": list(experiments), "strategies": list(strategies), "n_sizes": n_sizes, "seed": seed,
            "poison_points": poison_points, "top_metric": top_metric, "top_sign": top_sign, "batch": batch_sets,
            **({"n_clusters": n_clusters} if "kmeans_cluster" in strategies else {})}
-    with atomic_dirs(outs, overwrite=overwrite, kind="validate", inputs=[run.corpus.path]) as tmps:
-        checkpoint = Checkpoint(run.path / ".validation.partial", key)
+    with atomic_dirs(outs, overwrite=overwrite, kind="validate", inputs=[run.corpus.path], flag=None) as tmps:
+        checkpoint = Checkpoint(checkpoint_of(run.path), key)
         vgroup = zarr.open_group(str(tmps["validation"]), mode="a")
         if "accuracy" in experiments:
             sizes = default_sizes(run.corpus.n, count=n_sizes)

@@ -79,6 +79,40 @@ def _start(args, **kw):
                             preexec_fn=_sigint_default, **kw)
 
 
+#: ``python -c`` program: the CLI, with a signal sent to itself at an exact point
+#: (argv: "module:function" or "module:Class.method", signal name, call number, "before" or
+#: "after", then the command line).
+_PLANTED = """\
+import importlib, os, signal, sys
+where, sig, call, when, *argv = sys.argv[1:]
+module, _, attr = where.partition(":")
+owner = importlib.import_module(module)
+*path, name = attr.split(".")
+for part in path:
+    owner = getattr(owner, part)
+real, calls = getattr(owner, name), []
+def planted(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == int(call) and when == "before":
+        os.kill(os.getpid(), getattr(signal, sig))
+    out = real(*args, **kwargs)
+    if len(calls) == int(call) and when == "after":
+        os.kill(os.getpid(), getattr(signal, sig))
+    return out
+setattr(owner, name, planted)
+sys.argv = ["rifscale", *argv]
+from rifscale.cli import console_main
+console_main()
+"""
+
+
+def _planted(where: str, sig: str, args, *, call: int = 1, before: bool = False) -> subprocess.CompletedProcess:
+    """Run the CLI with ``sig`` sent to itself just before or after the ``call``-th call of
+    ``where`` (e.g. "rifscale.outputs:publish"): a kill at an exact point, no race."""
+    return subprocess.run([sys.executable, "-c", _PLANTED, where, sig, str(call), "before" if before else "after",
+                           *map(str, args)], capture_output=True, text=True, preexec_fn=_sigint_default, timeout=120)
+
+
 def _wait_for_line(proc, needle: str, timeout: float = 60) -> list[str]:
     """Read the child's stderr until a line holds ``needle``; returns the lines read."""
     lines, t0 = [], time.monotonic()

@@ -48,3 +48,35 @@ def test_worker_memory_benchmark_runs_on_tiny_corpora(tmp_path):
         assert min(r["worker_peak_bytes"]) > max(r["worker_idle_bytes"]) > 0
     text = out.with_suffix(".md").read_text()
     assert "| 6,000 | 16 | float32 | 2,000 | 2,000 | streamed |" in text and str(tmp_path) not in text
+
+
+def test_cluster_benchmark_refuses_more_workers_than_cores_naming_them(tmp_path):
+    """Timing 3 single-threaded workers on 2 cores would report contention as scale-out."""
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_cluster.py"), "--cases", "none",
+                           "--workers", f"1,{cores + 1}", "--out", str(tmp_path / "c.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and not (tmp_path / "c.json").exists()
+    assert f"asks for {cores + 1} single-threaded workers on a machine with {cores} cores" in proc.stderr
+    assert "--oversubscribe" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow  # about 80 s: it starts three clusters and a LocalCluster per mode
+def test_cluster_benchmark_runs_every_table_on_tiny_sizes(tmp_path):
+    out = tmp_path / "cluster.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_cluster.py"), "--cases", "3000x8",
+                           "--workers", "1", "--rows-per-worker", "3000", "--weak-d", "8", "--repeats", "1",
+                           "--no-wait", "--tmpdir", str(tmp_path), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert set(res["modes"][0]["wall_s"]) == {"threads", "processes", "external"}
+    assert res["strong"][0]["speedup"] == 1.0 and res["weak"][0]["efficiency"] == 1.0
+    assert res["session"]["chunk_files_spoiled"] > 0  # and the session's second call still ran
+    # the client's traffic per pass stays within 4 W p² 8 bytes, plus small messages (task
+    # reports, the workers' list): at p = 9 those are most of it
+    for row in res["strong"] + res["weak"]:
+        assert row["traffic"]["received_max"] <= row["bound_bytes"] + 64 * 1024
+    assert "## Strong scaling" in out.with_suffix(".md").read_text()

@@ -95,8 +95,10 @@ def test_cpu_job_script_from_the_sample_config():
     lines = script.splitlines()
     body = [ln for ln in lines[:i] if ln and not ln.startswith("#")]
     assert body[0] == "set -e"
-    assert body[1:3] == ["module load python/3.12", "source /shared/envs/rifscale/bin/activate"]
-    assert body[3].startswith("DASK_WORKER_HOST=$(python -c ")
+    # the workers' stack sampler at 100 ms unless the user's prologue says otherwise (it costs the kernels)
+    assert body[1] == "export DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL=${DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL:-100ms}"
+    assert body[2:4] == ["module load python/3.12", "source /shared/envs/rifscale/bin/activate"]
+    assert body[4].startswith("DASK_WORKER_HOST=$(python -c ")
 
 
 def test_the_worker_address_line_finds_the_address_that_routes_to_the_scheduler():

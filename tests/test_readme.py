@@ -1,4 +1,4 @@
-"""The README's examples work when copied: its Python block runs as is, and its
+"""The README's examples work when copied: its Python blocks run as they are, and its
 command-line block runs in a folder holding the .npy files it names."""
 
 import os
@@ -19,7 +19,7 @@ def _blocks(lang: str) -> list[str]:
 
 
 def test_python_example_runs(tmp_path, monkeypatch, capsys):
-    (code,) = _blocks("python")
+    code, _ = _blocks("python")
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
@@ -100,3 +100,17 @@ def test_the_crontab_line_parses_and_is_quiet(tmp_path, capsys):
                  for a in argv]) == 0
     assert "newton iter" not in capsys.readouterr().err and (tmp_path / "runs" / "2026-11-30").is_dir()
     assert build_parser().parse_args(["run", "c.zarr", "--out", "r"]).quiet is False  # the default stays
+
+
+def test_session_example_runs_and_matches_fresh_calls(tmp_path, monkeypatch, capsys):
+    import rifscale
+
+    _, code = _blocks("python")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "'rif'" in out
+    fresh = rifscale.attribute(tmp_path / "session-corpus.zarr", lam=10.0)
+    assert namespace["runs"][10.0].theta.tobytes() == fresh.theta.tobytes()
+    assert namespace["exact"]["top10"].converged

@@ -77,7 +77,8 @@ def test_export_top_k_by_magnitude_to_parquet_and_csv(run, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["export", str(r.path), "--out", str(tmp_path / "x.parquet"), "--by", "nope", "--top", "3"]) == 2
     assert "Unknown column(s) ['nope']" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv", "top.parquet"]  # no temporaries, no locks
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # each file with its marker; no temporaries, no locks
+        ".s.csv.rifscale-output", ".top.parquet.rifscale-output", "s.csv", "top.parquet"]
 
 
 def test_sets_and_test_subsets_by_id_and_group_results_as_a_frame(run, tmp_path, capsys):

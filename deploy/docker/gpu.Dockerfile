@@ -8,8 +8,11 @@
 #   docker build -f deploy/docker/gpu.Dockerfile -t registry.example.com/rifscale-gpu:0.1.0 .
 FROM nvidia/cuda:12.6.3-runtime-ubuntu24.04
 
+# DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL: dask workers sample every thread's stack
+# every 10 ms by default, which costs rifscale's kernels 20-30 % (deploy/README.md)
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL=100ms \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/rifscale \

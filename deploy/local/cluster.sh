@@ -29,6 +29,9 @@
 # wrote it on this host and its scheduler process is gone; otherwise start refuses.
 # Exit codes: 0 done, 1 failed (message on stderr), 2 usage error.
 set -euo pipefail
+# dask workers sample every thread's stack every 10 ms by default, which costs rifscale's
+# kernels 20-30 %; every 100 ms keeps the dashboard's profile at a tenth of that (deploy/README.md)
+export DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL=${DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL:-100ms}
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; exit 2; }
 die() { echo "cluster.sh: $*" >&2; exit 1; }

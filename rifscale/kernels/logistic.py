@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._namespace import array_namespace
+from ._scratch import rows_as, scratch
 
 
 def design(x, *, fit_intercept: bool):
@@ -89,8 +90,11 @@ def _gram_accumulate(b, out):
     A plain GEMM: OpenBLAS's symmetric rank-k update (``syrk``, half the flops) measured
     no faster than GEMM on these shapes (benchmarks/README.md), so it buys nothing.
     """
-    g = b.T @ b
-    out += g if g.dtype == out.dtype else g.astype(out.dtype)
+    if array_namespace(b) is np:
+        g = np.matmul(b.T, b, out=scratch("gram", (b.shape[1], b.shape[1]), b.dtype))
+    else:
+        g = b.T @ b
+    out += g
 
 
 def newton_block(x, y, w=None, *, theta, fit_intercept: bool, hessian: str | None = "float64"):
@@ -136,7 +140,7 @@ def newton_block(x, y, w=None, *, theta, fit_intercept: bool, hessian: str | Non
     h11 = 0.0
     step = SUB_ROWS if xp is np else max(m, 1)
     for s in range(0, m, step):
-        xb = xp.asarray(x[s : s + step], dtype=xp.float64)
+        xb = rows_as(x[s : s + step], np.float64, "rows64") if xp is np else xp.asarray(x[s : s + step], dtype=xp.float64)
         yb = y[s : s + step]
         eta = xb @ tw + t0
         _, alpha = sigmoid_and_weight(eta)
@@ -162,9 +166,12 @@ def newton_block(x, y, w=None, *, theta, fit_intercept: bool, hessian: str | Non
             continue
         root = xp.sqrt(alpha)
         if hessian == "float32":
-            b = xp.asarray(xs, dtype=xp.float32) * root.astype(xp.float32)[:, None]
+            root = root.astype(xp.float32)[:, None]
+            b = xp.multiply(xs, root, out=scratch("scaled32", xs.shape, np.float32)) if xp is np else \
+                xp.asarray(xs, dtype=xp.float32) * root
         else:
-            b = xb * root[:, None]
+            b = xp.multiply(xb, root[:, None], out=scratch("scaled64", xb.shape, np.float64)) if xp is np else \
+                xb * root[:, None]
         _gram_accumulate(b, H)
     parts = [xp.stack([xp.asarray(loss, dtype=xp.float64), xp.asarray(scale, dtype=xp.float64)]), grad]
     if hessian is not None:

@@ -25,6 +25,7 @@ SUB_ROWS = 2048
 TRIANGLE_BANDS = 4
 
 from ._namespace import array_namespace
+from ._scratch import rows_as, scratch
 from .logistic import design, log_loss, residual, sigmoid_and_weight
 
 #: Columns of :func:`score_block` before the per-metric IF and RIF columns.
@@ -41,8 +42,10 @@ def _design_products(x, linv, W, *, fit_intercept: bool):
     ``trmm`` wrapper does not, so threads would not run it in parallel).
     """
     xp = array_namespace(x)
-    linv = xp.asarray(linv, dtype=xp.float64)
-    W = xp.asarray(W, dtype=xp.float64)
+    if xp is np:  # every operand at the same alignment in every run (see rows_as)
+        linv, W = rows_as(linv, np.float64, "linv"), rows_as(W, np.float64, "products")
+    else:
+        linv, W = xp.asarray(linv, dtype=xp.float64), xp.asarray(W, dtype=xp.float64)
     m, d = x.shape
     p = linv.shape[0]
     step = SUB_ROWS if xp is np else max(m, 1)
@@ -51,14 +54,17 @@ def _design_products(x, linv, W, *, fit_intercept: bool):
     q = xp.empty(m, dtype=xp.float64)
     zw = xp.empty((m, W.shape[1]), dtype=xp.float64)
     for s in range(0, m, step):
-        xb = xp.asarray(x[s : s + step], dtype=xp.float64)
+        on_host = xp is np
+        xb = rows_as(x[s : s + step], np.float64, "rows64") if on_host else xp.asarray(x[s : s + step], dtype=xp.float64)
         k = xb.shape[0]
         zw[s : s + k] = xb @ W[:d] + (W[d] if fit_intercept else 0.0)
         acc = xp.zeros(k, dtype=xp.float64)
         start = 0
         for stop in edges:
             cols = min(stop, d)  # columns of x that band [start, stop) of v depends on
-            v = xb[:, :cols] @ linv[start:stop, :cols].T
+            band = linv[start:stop, :cols].T
+            v = np.matmul(xb[:, :cols], band, out=scratch("band", (k, stop - start), np.float64)) if on_host \
+                else xb[:, :cols] @ band
             if fit_intercept and stop > d:
                 v += linv[start:stop, d]
             acc += xp.einsum("ij,ij->i", v, v)

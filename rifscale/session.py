@@ -1,0 +1,172 @@
+"""A corpus held in (worker) memory for several attributions: the notebook-on-a-cluster case.
+
+A user in Jupyter calls :func:`~rifscale.attribute` several times on one corpus — other
+λ, other test subsets, other metrics — and then :func:`~rifscale.group_effects` and
+:func:`~rifscale.retrain` on the results. Each call on a path reads the corpus from the
+store again. A :class:`Session` reads it once: the training rows (laid out and placed as
+:func:`rifscale.partition.prepare_split` does for a run), their ids and the test split
+stay in the workers' memory until :meth:`Session.close` (or the end of a ``with``
+block), and every call made through the session reads nothing from the store but the
+corpus's metadata, to check that it has not changed.
+
+    with rifscale.Session("corpus.zarr", client=client) as s:
+        a = s.attribute(lam=1.0)
+        b = s.attribute(lam=0.1, metrics=("test_loss",))
+        est = s.group_effects(a, {"first": [0, 1, 2]})
+        fits = s.retrain(a, {"first": [0, 1, 2]})
+
+Results keep referring to the held rows: compute or write what you need from them
+(``.to_zarr``, ``.to_dataframe``) before the session is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+
+from ._blocks import persist_rows
+from .cluster import check_worker_profiling, current_client
+from .config import RunConfig
+from .errors import ConfigError, CorpusError
+from .io import Corpus, corpus_fingerprint, open_corpus
+from .partition import check_device, prepare_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A result's model with the session's held corpus (what group_effects and retrain read)."""
+
+    corpus: Corpus
+    model: object
+
+
+class Session:
+    """A corpus read once and held in memory for several calls with one client.
+
+    Parameters
+    ----------
+    corpus : path of a Zarr corpus (or a :class:`~rifscale.io.Corpus`)
+    client : distributed.Client, optional
+        Defaults to the active client; without one the rows are held in this process
+        (dask's threaded scheduler).
+    device : "cpu" or "gpu"
+        Where the chunk kernels of every call run (as ``RunConfig.device``).
+
+    Examples
+    --------
+    >>> with rifscale.Session("corpus.zarr") as s:          # doctest: +SKIP
+    ...     runs = {lam: s.attribute(lam=lam) for lam in (0.1, 1.0, 10.0)}
+    """
+
+    def __init__(self, corpus: Corpus | str | os.PathLike, *, client=None, device: str = "cpu"):
+        self._source = corpus if isinstance(corpus, Corpus) else open_corpus(corpus)
+        self.client = client if client is not None else current_client()
+        check_device(device, self.client)
+        if self.client is not None:
+            check_worker_profiling(self.client)
+        self.device = device
+        train, self.layout = prepare_split(self._source.train, client=self.client, persist="always", device=device)
+        ids, = persist_rows([train.ids], self.client)
+        test = self._source.test
+        if test is not None:
+            tX, ty, tids = persist_rows([test.X, test.y, test.ids], self.client)
+            test = replace(test, X=tX, y=ty, ids=tids)
+        self.corpus = replace(self._source, train=replace(train, ids=ids), test=test)
+        self._closed = False
+        log.info("session: corpus %s held in %s (%d row blocks)", self.corpus.path or "in memory",
+                 "worker memory" if self.client is not None else "this process", self.layout["blocks"])
+
+    # ------------------------------------------------------------------ the calls
+    def attribute(self, config: RunConfig | None = None, *, theta0=None, **overrides):
+        """:func:`rifscale.attribute` on the held corpus (same parameters; ``persist``
+        and ``device`` are the session's)."""
+        from .pipeline import attribute
+
+        self._check()
+        return attribute(self.corpus, config, client=self.client, theta0=theta0, _layout=self.layout,
+                         **self._overrides(overrides))
+
+    def group_effects(self, source, sets, **kwargs):
+        """:func:`rifscale.group_effects` for a result (an Attribution or a run of this
+        corpus), reading the held rows."""
+        from .groups import group_effects
+
+        return group_effects(self._held(source), sets, client=self.client, **kwargs)
+
+    def retrain(self, source, sets, **kwargs):
+        """:func:`rifscale.retrain` (exact leave-set-out refits) on the held rows."""
+        from .exact import retrain_sets
+
+        return retrain_sets(self._held(source), sets, client=self.client, **kwargs)
+
+    # ------------------------------------------------------------------ lifetime
+    def close(self) -> None:
+        """Release the held rows on the workers (also those results still refer to)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.client is not None:
+            from distributed import futures_of
+
+            held = [self.corpus.train.X, self.corpus.train.y, self.corpus.train.ids]
+            if self.corpus.test is not None:
+                held += [self.corpus.test.X, self.corpus.test.y, self.corpus.test.ids]
+            futures = [f for a in held for f in futures_of(a)]
+            if futures and self.client.status == "running":
+                self.client.cancel(futures, force=True)
+        self.corpus = self._source = None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return "Session(closed)"
+        c = self.corpus
+        return (f"Session({c.path or 'in memory'}: n = {c.n}, d = {c.d}, {self.layout['blocks']} row blocks held "
+                f"in {'worker memory' if self.client is not None else 'this process'})")
+
+    # ------------------------------------------------------------------ checks
+    def _check(self) -> None:
+        if self._closed:
+            raise ConfigError("This rifscale Session is closed; open a new one (rifscale.Session(corpus)).")
+        path = self.corpus.path
+        if path is None:
+            return
+        try:
+            now = corpus_fingerprint(path)
+        except Exception as exc:  # the store is gone or no longer a Zarr group
+            raise CorpusError(f"The corpus at {path!r} cannot be opened any more ({exc}); close this session.") from None
+        if now != self.corpus.fingerprint:
+            raise CorpusError(
+                f"The corpus at {path!r} changed since this session read it (fingerprint "
+                f"{self.corpus.fingerprint[:12]} -> {now[:12]}): the rows held in memory are stale. Close the "
+                "session and open a new one on the corpus as it is now."
+            )
+
+    def _overrides(self, overrides: dict) -> dict:
+        device = overrides.pop("device", self.device)
+        if device != self.device:
+            raise ConfigError(f"This session runs its kernels on device={self.device!r}; open another session "
+                              f"for device={device!r}.")
+        overrides.pop("persist", None)  # the session holds the rows
+        return {**overrides, "device": self.device, "persist": "always"}
+
+    def _held(self, source):
+        self._check()
+        fingerprint = getattr(getattr(source, "corpus", None), "fingerprint", None)
+        manifest = getattr(source, "manifest", None)
+        if manifest is not None:  # a run read back from disk
+            fingerprint = manifest.get("corpus", {}).get("fingerprint")
+        if fingerprint != self.corpus.fingerprint:
+            raise CorpusError(
+                "This result was computed on another corpus (or another version of it) than the one this "
+                f"session holds (fingerprint {str(fingerprint)[:12]} vs {self.corpus.fingerprint[:12]})."
+            )
+        return _Held(corpus=self.corpus, model=source.model)

@@ -1,0 +1,181 @@
+"""Passes over row blocks on real workers: every block summed exactly once, in one fixed
+order, one task per worker thread on held blocks, the same bits in every execution mode."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import dask
+import dask.array as da
+import dask.threaded
+import numpy as np
+import pytest
+
+import rifscale
+from rifscale._blocks import _held_blocks, block_sum, group_ranges, persist_rows, reduce_blocks
+from rifscale.testing import Reference, make_problem
+
+from .conftest import rel_err
+
+pytestmark = pytest.mark.cluster
+
+#: 7 blocks of uneven sizes: they do not divide evenly among 2 workers
+CHUNKS = (13, 20, 20, 7, 20, 20, 11)
+
+
+def _count_block(x, y, *, row_start, scale):
+    """[1, row_start, rows, scale * Σx, Σy]: sums to [blocks, Σ starts, n, scale Σ X, Σ y]."""
+    return np.array([[1.0, row_start, x.shape[0], scale * x.sum(), y.sum()]])
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((sum(CHUNKS), 3))
+    y = rng.integers(0, 2, sum(CHUNKS)).astype(float)
+    return X, y
+
+
+def _expected(X, y, scale):
+    starts = np.concatenate([[0], np.cumsum(CHUNKS)[:-1]])
+    return np.array([len(CHUNKS), starts.sum(), X.shape[0], scale * X.sum(), y.sum()])
+
+
+def test_group_ranges_cover_every_block_once():
+    for nblocks in range(1, 12):
+        for groups in range(1, 6):
+            ranges = group_ranges(nblocks, groups)
+            covered = [i for a, b in ranges for i in range(a, b)]
+            assert covered == list(range(nblocks))
+            sizes = [b - a for a, b in ranges]
+            assert len(ranges) == min(groups, nblocks) and max(sizes) - min(sizes) <= 1
+
+
+def test_every_block_is_summed_once_in_every_mode(client, arrays):
+    X, y = arrays
+    Xd, yd = da.from_array(X, chunks=(CHUNKS, 3)), da.from_array(y, chunks=(CHUNKS,))
+    want = _expected(X, y, 2.0)
+    kw = dict(width=5, row_start=True, scale=2.0)
+    with dask.config.set(scheduler="threads", num_workers=2):
+        threads = reduce_blocks(_count_block, Xd, yd, client=None, **kw)
+    lazy = reduce_blocks(_count_block, Xd, yd, client=client, **kw)
+    Xh, yh = persist_rows([Xd, yd], client)
+    assert _held_blocks(Xh, yh) is not None
+    held = reduce_blocks(_count_block, Xh, yh, client=client, **kw)
+    for got in (threads, lazy, held):
+        np.testing.assert_allclose(got, want, rtol=1e-13)
+    assert block_sum(_count_block, Xh, yh, client=client, **kw).compute().tolist() == held.tolist()
+
+
+def test_held_blocks_are_placed_in_contiguous_runs_and_a_pass_is_one_task_per_thread(client, arrays):
+    from distributed import get_task_stream, wait
+
+    X, y = arrays
+    Xh, yh = persist_rows([da.from_array(X, chunks=(CHUNKS, 3)), da.from_array(y, chunks=(CHUNKS,))], client)
+    held = _held_blocks(Xh, yh)
+    wait([f for blocks in held for f in blocks])
+    where = client.who_has([f for blocks in held for f in blocks])
+    owner = [where[blocks[0].key] for blocks in held]
+    assert all(where[blocks[1].key] == owner[i] for i, blocks in enumerate(held))  # y beside its X
+    workers = sorted(client.scheduler_info()["workers"])
+    runs = group_ranges(len(CHUNKS), len(workers))
+    for (a, b), w in zip(runs, workers):
+        assert all(owner[i] == (w,) for i in range(a, b))
+    with get_task_stream(client) as ts:
+        reduce_blocks(_count_block, Xh, yh, width=5, row_start=True, scale=1.0, client=client)
+    tasks = [t for t in ts.data if "_run_sum" in str(t["key"])]
+    assert len(tasks) == len(workers) == len(ts.data)
+    assert sorted(t["worker"] for t in tasks) == workers  # each run where its blocks are: no transfer
+    assert not any(s["action"] == "transfer" for t in ts.data for s in t["startstops"])
+
+
+@pytest.fixture(scope="module")
+def uneven_corpus(tmp_path_factory):
+    pr = make_problem(sum(CHUNKS) * 2, 40, n_test=60, seed=8)
+    path = tmp_path_factory.mktemp("uneven") / "c.zarr"
+    rifscale.ingest(path, train_X=pr.X, train_y=pr.y, test_X=pr.X_test, test_y=pr.y_test, chunk_rows=20)
+    return pr, Reference(pr.X, pr.y, lam=0.7), path
+
+
+def _run_cli(path, out, *extra):
+    done = subprocess.run([sys.executable, "-m", "rifscale.cli", "run", str(path), "--out", str(out), "--lam", "0.7",
+                           "--test-subset", "all", "-q", *extra], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return rifscale.open_run(out)
+
+
+SCORES = ("leverage", "alpha", "self_rif", "if_test_loss", "rif_test_loss")
+
+
+def test_held_run_matches_the_dense_reference_and_threads_bit_for_bit(cluster, uneven_corpus, tmp_path):
+    """A Hessian sum that dropped or doubled a block would miss the reference; a summation
+    order that depended on where blocks ran would differ from the threaded run in the last
+    bits. Same corpus, same number of threads (2): threads, worker processes."""
+    pr, ref, path = uneven_corpus
+    on_cluster = _run_cli(path, tmp_path / "cluster", "--scheduler", cluster.scheduler_address)
+    assert on_cluster.manifest["layout"]["persisted"] and on_cluster.manifest["layout"]["blocks"] == 12
+    assert rel_err(on_cluster.model.theta, ref.theta) <= 1e-8
+    assert rel_err(on_cluster.array("scores/leverage")[:], ref.h) <= 1e-8
+    _, s_rif = ref.scores("test_loss", pr.X_test, pr.y_test)
+    assert rel_err(on_cluster.array("scores/rif_test_loss")[:], s_rif) <= 1e-8
+    threads = _run_cli(path, tmp_path / "threads", "--workers", str(len(cluster.scheduler_info["workers"])))
+    processes = _run_cli(path, tmp_path / "processes", "--processes",
+                         "--workers", str(len(cluster.scheduler_info["workers"])))
+    for other in (threads, processes):
+        assert other.manifest["layout"]["blocks"] == on_cluster.manifest["layout"]["blocks"]
+        assert other.model.theta.tobytes() == on_cluster.model.theta.tobytes()
+        for name in SCORES:
+            assert other.array(f"scores/{name}")[:].tobytes() == on_cluster.array(f"scores/{name}")[:].tobytes(), name
+
+
+def test_clusters_rifscale_starts_sample_stacks_rarely_and_others_are_named(cluster, caplog):
+    """dask's default 10 ms stack sampling costs the kernels 20-30 %: rifscale's own
+    LocalCluster uses 100 ms; a cluster at the default gets a warning naming the setting."""
+    from distributed import Client
+
+    from rifscale.cluster import WORKER_PROFILE_SETTING, check_worker_profiling, connect
+
+    with connect(processes=True, n_workers=1) as own:
+        seen = own.run(lambda: dask.config.get(WORKER_PROFILE_SETTING))
+        assert set(seen.values()) == {"100ms"}
+        with caplog.at_level(logging.WARNING, logger="rifscale"):
+            check_worker_profiling(own)
+        assert "PROFILE__INTERVAL" not in caplog.text
+    with Client(cluster) as other, caplog.at_level(logging.WARNING, logger="rifscale"):
+        check_worker_profiling(other)
+    assert "2 of 2 workers sample their threads' stacks every 10 ms" in caplog.text
+    assert "DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL=100ms" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def wide_corpus(tmp_path_factory):
+    """Big enough for the scores pass to be killed in, wide enough for BLAS's blocked paths."""
+    from .test_batch_jobs import _data
+
+    root = tmp_path_factory.mktemp("wide")
+    X, y, Xt, yt = _data(200_000, 64)
+    rifscale.ingest(root / "c.zarr", train_X=X, train_y=y, test_X=Xt, test_y=yt, chunk_rows=10_000)
+    return root / "c.zarr"
+
+
+def test_a_run_resumed_after_its_fit_equals_an_uninterrupted_one_with_two_threads(wide_corpus, tmp_path):
+    """Killed once the fit is checkpointed, the rerun computes the scores on blocks laid out
+    anew in memory (another allocation, another thread per block): the same bits."""
+    from .test_batch_jobs import CLI, _arrays, _start, _wait_for_path
+
+    args = ["run", str(wide_corpus), "--out", str(tmp_path / "r"), "--workers", "2"]
+    ref = subprocess.run(CLI + ["run", str(wide_corpus), "--out", str(tmp_path / "ref"), "--workers", "2"],
+                         capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    proc = _start(args)
+    _wait_for_path(tmp_path / ".r.partial" / "scores", proc)
+    proc.kill()
+    proc.communicate()
+    done = subprocess.run(CLI + args, capture_output=True, text=True)
+    assert done.returncode == 0 and "resumed from the finished fit" in done.stdout, done.stderr
+    resumed, uninterrupted = _arrays(tmp_path / "r"), _arrays(tmp_path / "ref")
+    assert resumed.keys() == uninterrupted.keys()
+    differ = [k for k in resumed if resumed[k] != uninterrupted[k]]
+    assert differ == []
