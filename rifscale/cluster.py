@@ -428,21 +428,24 @@ def _watch(address: str, timeout: float, connection_args: dict, where: str):
     def watch():
         last_answer = last_worker = None
         while True:
-            try:
-                n_workers = len(_identity(address, timeout, connection_args)["workers"])
-            except Exception as exc:  # refused, no answer in time, or not dask's protocol
-                probe.error = exc
-            else:
-                last_answer = time.monotonic()
-                last_worker = last_answer if n_workers else last_worker
-                probe.answered.set()
-            now = time.monotonic()
+            # before asking: a scheduler that died refuses connections, which dask retries
+            # for `timeout` seconds, as long as the client's own attempts to reconnect
             if probe.client is not None and probe.client.status == "connecting":
                 fired.append(("lost", 0.0))
-            elif last_answer is not None and now - last_answer >= timeout:
-                fired.append(("silent", now - last_answer))
-            elif last_worker is not None and now - last_worker >= timeout:
-                fired.append(("workers", now - last_worker))
+            else:
+                try:
+                    n_workers = len(_identity(address, timeout, connection_args)["workers"])
+                except Exception as exc:  # refused, no answer in time, or not dask's protocol
+                    probe.error = exc
+                else:
+                    last_answer = time.monotonic()
+                    last_worker = last_answer if n_workers else last_worker
+                    probe.answered.set()
+                now = time.monotonic()
+                if last_answer is not None and now - last_answer >= timeout:
+                    fired.append(("silent", now - last_answer))
+                elif last_worker is not None and now - last_worker >= timeout:
+                    fired.append(("workers", now - last_worker))
             if fired and main and not stop.is_set():
                 signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
                 return
