@@ -102,7 +102,7 @@ class DaskProcesses:
 
 
 @pytest.fixture
-def dask_processes(tmp_path):
+def dask_procs(tmp_path):
     procs = DaskProcesses(tmp_path)
     try:
         yield procs

@@ -416,10 +416,10 @@ def test_train_and_test_of_different_width_leave_nothing_behind(tmp_path, capsys
 # ---------------------------------------------------------------------------- workers
 
 
-def test_all_workers_killed_mid_run_is_an_error_within_the_timeout(big, tmp_path, dask_processes):
+def test_all_workers_killed_mid_run_is_an_error_within_the_timeout(big, tmp_path, dask_procs):
     corpus, _ = big
-    _, sched_file = dask_processes.scheduler()
-    worker = dask_processes.worker(sched_file)
+    _, sched_file = dask_procs.scheduler()
+    worker = dask_procs.worker(sched_file)
     proc = _start(["run", str(corpus), "--out", str(tmp_path / "r"), "--scheduler", str(sched_file),
                    "--timeout", "3", "--persist", "never"])
     try:

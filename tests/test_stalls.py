@@ -147,8 +147,8 @@ def test_a_peer_that_is_not_a_scheduler_is_an_error_within_the_timeout(kind, cor
 
 
 @pytest.mark.cluster
-def test_a_scheduler_without_workers_is_an_error_within_the_timeout(corpus, tmp_path, dask_processes):
-    _, sched_file = dask_processes.scheduler()
+def test_a_scheduler_without_workers_is_an_error_within_the_timeout(corpus, tmp_path, dask_procs):
+    _, sched_file = dask_procs.scheduler()
     done, took = _exit_of(["run", str(corpus), "--out", str(tmp_path / "r"), "--scheduler", str(sched_file),
                            "--timeout", "3"], timeout=3)
     _one_line_error(done.stderr, 2, done.returncode, "has no workers, and none joined within 3 s")
@@ -156,9 +156,9 @@ def test_a_scheduler_without_workers_is_an_error_within_the_timeout(corpus, tmp_
 
 
 @pytest.mark.cluster
-def test_a_frozen_scheduler_is_an_error_within_the_timeout(corpus, tmp_path, dask_processes):
-    scheduler, sched_file = dask_processes.scheduler()
-    dask_processes.worker(sched_file)
+def test_a_frozen_scheduler_is_an_error_within_the_timeout(corpus, tmp_path, dask_procs):
+    scheduler, sched_file = dask_procs.scheduler()
+    dask_procs.worker(sched_file)
     code, _, err, took = _signal_mid_fit(["run", str(corpus), "--out", str(tmp_path / "r"), "--scheduler",
                                           str(sched_file), "--timeout", "5"], scheduler, signal.SIGSTOP, timeout=5)
     assert code == 2, err
@@ -169,18 +169,18 @@ def test_a_frozen_scheduler_is_an_error_within_the_timeout(corpus, tmp_path, das
 
 @pytest.mark.cluster
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
-def test_a_killed_scheduler_is_one_line_and_the_rerun_on_a_new_one_finishes(how, corpus, tmp_path, dask_processes):
-    scheduler, sched_file = dask_processes.scheduler()
+def test_a_killed_scheduler_is_one_line_and_the_rerun_on_a_new_one_finishes(how, corpus, tmp_path, dask_procs):
+    scheduler, sched_file = dask_procs.scheduler()
     address = _address(sched_file)  # a scheduler stopped by SIGTERM removes its file
-    dask_processes.worker(sched_file)
+    dask_procs.worker(sched_file)
     args = ["run", str(corpus), "--out", str(tmp_path / "r"), "--timeout", "5"]
     code, _, err, took = _signal_mid_fit([*args, "--scheduler", str(sched_file)], scheduler, how, timeout=5)
     assert code == 2, err
     _last_line_only(err, f"Lost the connection to the dask scheduler at '{address}'")
     assert "run the same command again" in err
     assert took < 5 + SLACK
-    _, new_file = dask_processes.scheduler()
-    dask_processes.worker(new_file)
+    _, new_file = dask_procs.scheduler()
+    dask_procs.worker(new_file)
     done, _ = _exit_of([*args, "--scheduler", str(new_file)], timeout=120)
     assert done.returncode == 0, done.stderr
     assert "wrote run" in done.stdout
@@ -190,13 +190,13 @@ def test_a_killed_scheduler_is_one_line_and_the_rerun_on_a_new_one_finishes(how,
 
 
 @pytest.mark.cluster
-def test_a_frozen_worker_is_replaced_within_the_schedulers_worker_ttl(corpus, tmp_path, dask_processes):
+def test_a_frozen_worker_is_replaced_within_the_schedulers_worker_ttl(corpus, tmp_path, dask_procs):
     """dask's ``distributed.scheduler.worker-ttl`` (a setting of the scheduler) bounds the
     stall: the scheduler drops a worker that has not sent a heartbeat for that long (at
     least 5 s; it looks every worker-ttl) and runs its tasks on the others."""
-    _, sched_file = dask_processes.scheduler(DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL="3s")
-    frozen = dask_processes.worker(sched_file)
-    dask_processes.worker(sched_file)
+    _, sched_file = dask_procs.scheduler(DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL="3s")
+    frozen = dask_procs.worker(sched_file)
+    dask_procs.worker(sched_file)
     code, out, err, took = _signal_mid_fit(["run", str(corpus), "--out", str(tmp_path / "r"), "--scheduler",
                                             str(sched_file), "--timeout", "5"], frozen, signal.SIGSTOP, timeout=2 * 5)
     assert code == 0, err
