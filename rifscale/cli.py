@@ -22,10 +22,11 @@ import signal
 import sys
 import threading
 import warnings
-import zipfile
 from pathlib import Path
 
-from . import __version__, outputs, progress
+# only light modules here: NumPy, dask and zarr are imported inside main(), where Ctrl-C is
+# one line (they take about a second)
+from . import __version__, outputs
 from .cluster import DEFAULT_TIMEOUT
 from .config import METRICS, RunConfig
 from .errors import CorpusError, NotConvergedError, NotPositiveDefiniteError, RifscaleError
@@ -34,6 +35,8 @@ log = logging.getLogger("rifscale")
 
 
 def _ingest(args) -> int:
+    import zipfile
+
     from .io import ingest
 
     common = dict(chunk_rows=args.chunk_rows, dtype=args.dtype, compressor=args.compressor,
@@ -202,8 +205,9 @@ def _add_cluster(p) -> None:
     p.add_argument("--dashboard", action="store_true", help="without --scheduler: run the threads as an in-process "
                    "LocalCluster and log its dashboard address")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                   help="give up (exit 2) when the scheduler cannot be reached, no worker joins, or every worker "
-                   f"has been gone, for this long (default {DEFAULT_TIMEOUT:g})")
+                   help="give up (exit 2) when the scheduler cannot be reached, no worker joins, the scheduler "
+                   "stops answering, or every worker has been gone, for this long; also the worker-ttl of the "
+                   f"--processes LocalCluster (default {DEFAULT_TIMEOUT:g})")
     p.add_argument("--tls-ca-file", metavar="PEM", help="with --scheduler tls://...: the CA that signed the cluster's "
                    "certificates (default: dask's distributed.comm.tls.ca-file)")
     p.add_argument("--tls-cert", metavar="PEM", help="with --scheduler tls://...: this client's certificate "
@@ -387,19 +391,13 @@ def main(argv=None) -> int:
     (nothing was written), 3 the model cannot be fitted as asked (no convergence, Hessian
     not positive definite), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). An
     interrupted ``run`` resumes when the same command is run again."""
-    args = build_parser().parse_args(argv)
-    for h in [h for h in log.handlers if getattr(h, "rifscale_cli", False)]:
-        log.removeHandler(h)  # main() called again in one process (tests, notebooks)
-    handler = progress.LogHandler(sys.stderr)
-    handler.rifscale_cli = True
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
-    log.addHandler(handler)
-    log.setLevel(logging.WARNING if args.quiet else logging.INFO)
-    progress.enable(not args.quiet, stream=sys.stderr)  # bars when stderr is a terminal, never in logs
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     published = len(outputs.published)
+    args = None
     try:
+        args = build_parser().parse_args(argv)  # imports the commands' modules: NumPy, dask, zarr
+        _log_to_stderr(quiet=args.quiet)
         return args.func(args)
     except (NotConvergedError, NotPositiveDefiniteError) as exc:
         print(f"rifscale {args.command}: error: {exc}", file=sys.stderr)
@@ -410,9 +408,27 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as exc:
         warnings.simplefilter("ignore")  # coroutines cut short by the signal: not the user's concern
         what = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
-        print(f"rifscale {args.command}: {what}{_after_interrupt(args, outputs.published[published:])}",
-              file=sys.stderr)
+        if args is None:  # still importing the command's modules
+            print(f"rifscale: {what}. Nothing was written; run the same command again.", file=sys.stderr)
+        else:
+            print(f"rifscale {args.command}: {what}{_after_interrupt(args, outputs.published[published:])}",
+                  file=sys.stderr)
         return 143 if isinstance(exc, _Terminated) else 130
+
+
+def _log_to_stderr(*, quiet: bool) -> None:
+    """rifscale's log lines (and, on a terminal, progress bars) on stderr; warnings and
+    errors only when ``quiet``."""
+    from . import progress
+
+    for h in [h for h in log.handlers if getattr(h, "rifscale_cli", False)]:
+        log.removeHandler(h)  # main() called again in one process (tests, notebooks)
+    handler = progress.LogHandler(sys.stderr)
+    handler.rifscale_cli = True
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    progress.enable(not quiet, stream=sys.stderr)  # bars when stderr is a terminal, never in logs
 
 
 def console_main() -> None:

@@ -10,6 +10,8 @@ import signal
 import sys
 import threading
 import time
+import types
+from concurrent.futures import CancelledError
 
 from .errors import ClusterError, ConfigError
 
@@ -77,8 +79,9 @@ def check_worker_profiling(client) -> None:
             WORKER_PROFILE_INTERVAL)
 
 
-#: Seconds to wait for a scheduler, for the first worker, or for any worker to come back
-#: after all of them left, before giving up with a ClusterError.
+#: Seconds to wait for a scheduler, for the first worker, for a scheduler that stopped
+#: answering, or for any worker to come back after all of them left, before giving up with
+#: a ClusterError; also the ``worker-ttl`` of the LocalCluster of worker processes.
 DEFAULT_TIMEOUT = 60.0
 
 
@@ -193,9 +196,13 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
     * ``processes=True``: a LocalCluster of ``n_workers`` single-threaded worker
       processes on 127.0.0.1 (slower to start; isolates the workers).
 
-    Nothing waits forever: a scheduler that cannot be reached, no worker within
-    ``timeout`` seconds, or no worker left for ``timeout`` seconds during the work raise
-    :class:`~rifscale.errors.ClusterError`.
+    Nothing waits forever: a scheduler that does not answer dask's handshake within
+    ``timeout`` seconds, no worker within ``timeout`` seconds, a scheduler that stops
+    answering or a connection to it that is lost during the work, or no worker left for
+    ``timeout`` seconds, raise :class:`~rifscale.errors.ClusterError`. A worker that stops
+    answering (frozen, or its machine gone) is the scheduler's to drop: after its
+    ``distributed.scheduler.worker-ttl`` without a heartbeat (``timeout`` for the worker
+    processes started here), and its tasks then run on the other workers.
     """
     from threadpoolctl import threadpool_limits
 
@@ -212,10 +219,24 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
         if scheduler:
             log.info("using the scheduler from dask's config (DASK_SCHEDULER_ADDRESS): %s", scheduler)
     if scheduler:
-        with _remote_client(scheduler, timeout, security) as client:
-            check_worker_profiling(client)
-            with _watch_workers(client, timeout, scheduler):
-                yield client
+        from distributed.security import Security
+        from distributed.utils import silence_logging_cmgr
+
+        address = _scheduler_address(scheduler, security)
+        connection_args = (security or Security()).get_connection_args("client")
+        # dask's info lines are not shown (as LocalCluster does by default): a lost connection
+        # would print its traceback at that level
+        with silence_logging_cmgr(logging.WARNING), \
+                _watch(address, timeout, connection_args, f"the dask scheduler at {address!r}") as probe:
+            if not probe.answered.wait(timeout):
+                raise _unreachable(address, timeout, probe.error)
+            with _remote_client(address, timeout, security) as client:
+                probe.client = client  # whose lost connection is watched too
+                check_worker_profiling(client)
+                try:
+                    yield client
+                finally:  # the work is over: whatever happened, it is this thread's to report
+                    probe.client = None
         return
     if security is not None:
         raise ConfigError(
@@ -240,7 +261,10 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
     from distributed import Client, LocalCluster
 
     if processes:
-        kwargs = dict(n_workers=threads, threads_per_worker=1, processes=True, host="127.0.0.1")
+        # a worker silent for `timeout` seconds is restarted and its tasks run elsewhere
+        # (dask's default worker-ttl, 5 minutes, can leave a frozen worker's tasks waiting 10)
+        kwargs = dict(n_workers=threads, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      scheduler_kwargs={"worker_ttl": timeout})
         blas = contextlib.nullcontext()
     else:  # in-process workers talk over inproc:// (no port at all)
         kwargs = dict(n_workers=1, threads_per_worker=threads, processes=False)
@@ -252,14 +276,13 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
             kwargs["n_workers"], "worker process(es)" if processes else "in-process worker",
             kwargs["threads_per_worker"], local_dashboard_link(client),
         )
-        with _watch_workers(client, timeout, "the LocalCluster"):
+        with _watch(cluster.scheduler_address, timeout, client.connection_args, "the LocalCluster"):
             yield client
 
 
-@contextlib.contextmanager
-def _remote_client(scheduler: str, timeout: float, security=None):
-    from distributed import Client
-
+def _scheduler_address(scheduler: str, security=None) -> str:
+    """The address of ``--scheduler`` (read from it when it is a scheduler file), its TLS
+    settings checked."""
     if scheduler.endswith(".json"):
         if not os.path.isfile(scheduler):
             raise ClusterError(
@@ -268,30 +291,51 @@ def _remote_client(scheduler: str, timeout: float, security=None):
             )
         try:
             with open(scheduler) as fh:
-                address = json.load(fh)["address"]
+                address = str(json.load(fh)["address"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ClusterError(f"The scheduler file {scheduler!r} is not a dask scheduler file ({exc}).") from None
     else:
         address = scheduler
     if security is None:
-        _config_security(str(address))
-    elif not str(address).startswith("tls://"):
+        _config_security(address)
+    elif not address.startswith("tls://"):
         raise ConfigError(
             f"TLS options were given, but the scheduler address {address!r} is not a tls:// address; a scheduler "
             "started with TLS has one (see its scheduler file or log)."
         )
+    return address
+
+
+def _unreachable(address: str, timeout: float, exc: BaseException | None) -> ClusterError:
+    """The error of a scheduler that did not answer within ``timeout`` (``exc``: the last
+    failure, if any)."""
+    if exc is None or isinstance(exc, TimeoutError):
+        why = ("nothing answered dask's handshake: a scheduler that is down or frozen, a firewall, or another "
+               "service on that port")
+    elif isinstance(exc, OSError):
+        why = f"{type(exc).__name__}: {exc}"
+    else:  # e.g. the "length" of a message that is not dask's: a MemoryError of exbibytes
+        why = f"the answer is not dask's protocol: {type(exc).__name__}: {exc}"
+    tls = ""
+    if address.startswith("tls://"):
+        tls = (" A TLS scheduler refuses clients whose certificate is not signed by its CA (and this client "
+               "refuses a scheduler whose certificate is not signed by --tls-ca-file): check the TLS files.")
+    return ClusterError(
+        f"Cannot reach the dask scheduler at {address!r} within {timeout:g} s ({why}).{tls} Check that it is "
+        "running and that this machine can reach it (address, port, TLS), or run without --scheduler to use "
+        "this machine's cores."
+    )
+
+
+@contextlib.contextmanager
+def _remote_client(address: str, timeout: float, security=None):
+    """A Client of the scheduler at ``address`` (which has just answered), once it has a worker."""
+    from distributed import Client
+
     try:
         client = Client(address, timeout=timeout, security=security)
     except (OSError, TimeoutError, ValueError, RuntimeError) as exc:
-        tls = ""
-        if str(address).startswith("tls://"):
-            tls = (" A TLS scheduler refuses clients whose certificate is not signed by its CA (and this client "
-                   "refuses a scheduler whose certificate is not signed by --tls-ca-file): check the TLS files.")
-        raise ClusterError(
-            f"Cannot reach the dask scheduler at {address!r} within {timeout:g} s ({type(exc).__name__}: {exc})."
-            f"{tls} Check that it is running and that this machine can reach it (address, port, TLS), or run "
-            "without --scheduler to use this machine's cores."
-        ) from None
+        raise _unreachable(address, timeout, exc) from None
     try:
         try:
             client.wait_for_workers(1, timeout=timeout)
@@ -302,62 +346,128 @@ def _remote_client(scheduler: str, timeout: float, security=None):
             ) from None
         log.info("connected to scheduler %s (%d workers)", address, len(client.scheduler_info()["workers"]))
         yield client
+    except (CancelledError, OSError):  # dask cancels the work of a client that lost its scheduler
+        if client.status == "running":
+            raise
+        raise _gave_up("lost", f"the dask scheduler at {address!r}", timeout) from None
     finally:
+        _close(client)
+
+
+def _close(client) -> None:
+    """Close ``client``; when its scheduler is gone, without dask's log of the reconnection
+    it then gives up (an error with the traceback of the cancelled attempt)."""
+    from distributed.utils import silence_logging_cmgr
+
+    with contextlib.nullcontext() if client.status == "running" else silence_logging_cmgr(logging.CRITICAL):
         client.close()
 
 
-class _WorkersLost(BaseException):
-    """Raised in the main thread by the worker watcher (a BaseException, like
+def _identity(address: str, timeout: float, connection_args: dict) -> dict:
+    """The scheduler's answer to dask's ``identity`` call, on a connection of its own, all
+    within ``timeout`` seconds: the connection, dask's handshake and the answer (dask bounds
+    the first only, so a peer that accepts connections and never answers, such as a frozen
+    scheduler, would be waited for without end). Without arguments, as every distributed
+    version takes it (``n_workers=`` is newer than distributed 2024.8), so it lists every worker.
+    Runs an event loop of its own: call it from a thread that has none."""
+    import asyncio
+
+    from distributed.comm import connect as open_comm
+    from distributed.core import send_recv
+
+    async def ask():
+        comm = await open_comm(address, timeout=timeout, **connection_args)
+        try:
+            return await send_recv(comm, op="identity")
+        finally:
+            comm.abort()
+
+    return asyncio.run(asyncio.wait_for(ask(), timeout))
+
+
+class _Stalled(BaseException):
+    """Raised in the main thread by the cluster watcher (a BaseException, like
     KeyboardInterrupt, so that no ``except Exception`` on the way swallows it)."""
 
 
+def _gave_up(what: str, where: str, timeout: float, seconds: float = 0.0) -> ClusterError:
+    """The error of a cluster that cannot go on: the connection to its scheduler ``"lost"``,
+    the scheduler ``"silent"`` for ``timeout`` seconds, or its ``"workers"`` gone for
+    ``seconds``."""
+    if what == "lost":
+        cause, fix = (f"Lost the connection to {where} (it stopped or was killed, or its machine became "
+                      "unreachable)", "start a scheduler and workers")
+    elif what == "silent":
+        cause, fix = (f"No answer from {where} for {timeout:g} s (frozen, overloaded, or its machine unreachable)",
+                      "check the scheduler (its log; `kill -CONT PID` if it was stopped) or start another with workers")
+    else:
+        cause, fix = (f"Every worker of {where} has been gone for {seconds:.0f} s (killed, or lost their "
+                      "connection)", "restart the workers")
+    return ClusterError(f"{cause}, so the work cannot go on. Nothing was written as complete; {fix}, and run the "
+                        "same command again (a run resumes from its last finished stage).")
+
+
 @contextlib.contextmanager
-def _watch_workers(client, timeout: float, where: str):
-    """Turn "every worker is gone" (for ``timeout`` seconds) into a ClusterError instead of
-    a wait without end: a watcher thread signals the main thread (SIGUSR1, whose handler
-    raises there, interrupting any wait), which then raises the ClusterError."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def _watch(address: str, timeout: float, connection_args: dict, where: str):
+    """Watch the scheduler at ``address`` from a thread that asks it for its ``identity``
+    every second, on connections of its own (:func:`_identity`). Yields the probe's state:
+    ``answered`` (a ``threading.Event`` set at the first answer), ``error`` (the last
+    failure to answer) and ``client`` (None; the caller may set its client there).
+
+    After that first answer, a scheduler that stops answering, or that has had no worker,
+    for ``timeout`` seconds, or a client that lost its connection to it (dask cancelled its
+    work, and may leave new work waiting until it gives up reconnecting), becomes a
+    ClusterError instead of a wait without end: the thread signals the main thread
+    (SIGUSR1, whose handler raises there, interrupting whatever dask call waits), which then
+    raises the ClusterError. Outside the main thread the probe's state is all there is."""
+    probe = types.SimpleNamespace(answered=threading.Event(), error=None, client=None)
     stop = threading.Event()
-    fired = []
-
-    def lost(signum, frame):  # runs in the main thread, wherever it waits
-        if fired and not stop.is_set():
-            raise _WorkersLost()
-
-    # a signal of its own (not SIGINT, which a background job may inherit as ignored)
-    previous = signal.signal(signal.SIGUSR1, lost)
+    main = threading.current_thread() is threading.main_thread()
+    fired = []  # (what, seconds) once the watcher gave up
 
     def watch():
-        since = None
-        while not stop.wait(1.0):
-            try:
-                alive = len(client.scheduler_info()["workers"]) if client.status == "running" else 0
-            except Exception:  # the scheduler itself is unreachable
-                alive = 0
-            if alive:
-                since = None
-                continue
-            since = since or time.monotonic()
-            if time.monotonic() - since >= timeout and not stop.is_set():
-                fired.append(time.monotonic() - since)
+        last_answer = last_worker = None
+        while True:
+            # before asking: a scheduler that died refuses connections, which dask retries
+            # for `timeout` seconds, as long as the client's own attempts to reconnect
+            if probe.client is not None and probe.client.status == "connecting":
+                fired.append(("lost", 0.0))
+            else:
+                try:
+                    n_workers = len(_identity(address, timeout, connection_args)["workers"])
+                except Exception as exc:  # refused, no answer in time, or not dask's protocol
+                    probe.error = exc
+                else:
+                    last_answer = time.monotonic()
+                    last_worker = last_answer if n_workers else last_worker
+                    probe.answered.set()
+                now = time.monotonic()
+                if last_answer is not None and now - last_answer >= timeout:
+                    fired.append(("silent", now - last_answer))
+                elif last_worker is not None and now - last_worker >= timeout:
+                    fired.append(("workers", now - last_worker))
+            if fired and main and not stop.is_set():
                 signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
                 return
+            if stop.wait(1.0):
+                return
 
-    watcher = threading.Thread(target=watch, name="rifscale-worker-watch", daemon=True)
-    watcher.start()
+    def stalled(signum, frame):  # runs in the main thread, wherever it waits
+        if fired and not stop.is_set():
+            raise _Stalled()
+
+    # a signal of its own (not SIGINT, which a background job may inherit as ignored)
+    previous = signal.signal(signal.SIGUSR1, stalled) if main else None
+    threading.Thread(target=watch, name="rifscale-cluster-watch", daemon=True).start()
     try:
-        yield
-    except _WorkersLost:
-        raise ClusterError(
-            f"Every worker of {where} has been gone for {fired[0]:.0f} s (killed, or lost their "
-            "connection), so the work cannot go on. Nothing was written as complete; restart the "
-            "workers and run the same command again (a run resumes from its last finished stage)."
-        ) from None
+        yield probe
+    except _Stalled:
+        what, seconds = fired[0]
+        raise _gave_up(what, where, timeout, seconds) from None
     finally:
         stop.set()
-        signal.signal(signal.SIGUSR1, previous)
+        if main:
+            signal.signal(signal.SIGUSR1, previous)
 
 
 def local_dashboard_link(client) -> str:

@@ -1,6 +1,14 @@
-"""Shared fixtures: seeded problems, their dense references, and one real LocalCluster."""
+"""Shared fixtures: seeded problems, their dense references, one real LocalCluster, and
+`dask scheduler` / `dask worker` processes that a test may freeze or kill."""
 
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import dask
 import numpy as np
@@ -48,3 +56,55 @@ def small_problem():
 
 def corpus_of(pr, chunk_rows):
     return rifscale.Corpus.from_arrays(pr.X, pr.y, pr.X_test, pr.y_test, chunk_rows=chunk_rows)
+
+
+class DaskProcesses:
+    """``dask scheduler`` and ``dask worker`` processes on 127.0.0.1, started by one test,
+    which may freeze (SIGSTOP) or kill them; the fixture continues and kills every one."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.started: list[subprocess.Popen] = []
+
+    def _start(self, args: list[str], name: str, env: dict[str, str]) -> subprocess.Popen:
+        env = dict(os.environ, DASK_DISTRIBUTED__WORKER__DAEMON="False", **env)
+        with open(self.root / f"{name}.log", "w") as log:
+            proc = subprocess.Popen([str(Path(sys.executable).parent / "dask"), *args], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=log)
+        self.started.append(proc)
+        return proc
+
+    def scheduler(self, **env: str) -> tuple[subprocess.Popen, Path]:
+        """A scheduler (``env``: dask settings of its own, e.g.
+        ``DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL="3s"``) and its scheduler file, once written;
+        its log is ``scheduler-N.log`` beside the file."""
+        name = f"scheduler-{len(self.started)}"
+        file = self.root / f"{name}.json"
+        proc = self._start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                            "--scheduler-file", str(file)], name, env)
+        t0 = time.monotonic()
+        while not file.exists():
+            assert proc.poll() is None and time.monotonic() - t0 < 60, f"{name} did not start"
+            time.sleep(0.05)
+        return proc, file
+
+    def worker(self, scheduler_file: Path) -> subprocess.Popen:
+        """A single-threaded worker without a nanny (what is frozen or killed is the worker)."""
+        return self._start(["worker", "--scheduler-file", str(scheduler_file), "--host", "127.0.0.1", "--no-nanny",
+                            "--nthreads", "1", "--no-dashboard"], f"worker-{len(self.started)}", {})
+
+    def stop(self) -> None:
+        for proc in self.started:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)  # a stopped process is killed too, but never left stopped
+                proc.kill()
+            proc.wait(timeout=60)
+
+
+@pytest.fixture
+def dask_procs(tmp_path):
+    procs = DaskProcesses(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.stop()

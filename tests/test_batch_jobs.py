@@ -416,39 +416,25 @@ def test_train_and_test_of_different_width_leave_nothing_behind(tmp_path, capsys
 # ---------------------------------------------------------------------------- workers
 
 
-def test_all_workers_killed_mid_run_is_an_error_within_the_timeout(big, tmp_path):
+def test_all_workers_killed_mid_run_is_an_error_within_the_timeout(big, tmp_path, dask_procs):
     corpus, _ = big
-    sched_file = tmp_path / "scheduler.json"
-    env = dict(os.environ, DASK_DISTRIBUTED__WORKER__DAEMON="False")
-    bin_dir = Path(sys.executable).parent
-    scheduler = subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                                  "--no-dashboard", "--scheduler-file", str(sched_file)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    worker = proc = None
+    _, sched_file = dask_procs.scheduler()
+    worker = dask_procs.worker(sched_file)
+    proc = _start(["run", str(corpus), "--out", str(tmp_path / "r"), "--scheduler", str(sched_file),
+                   "--timeout", "3", "--persist", "never"])
     try:
-        t0 = time.monotonic()
-        while not sched_file.exists():
-            assert time.monotonic() - t0 < 60
-            time.sleep(0.05)
-        worker = subprocess.Popen([str(bin_dir / "dask"), "worker", "--scheduler-file", str(sched_file),
-                                   "--host", "127.0.0.1", "--no-nanny", "--nthreads", "1", "--no-dashboard"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        proc = _start(["run", str(corpus), "--out", str(tmp_path / "r"), "--scheduler", str(sched_file),
-                       "--timeout", "3", "--persist", "never"])
         _wait_for_line(proc, "newton iter  0", timeout=120)
         worker.kill()
         t_kill = time.monotonic()
         _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 2, err
-        assert "Every worker of" in err and "has been gone for" in err and "run the same command again" in err
-        assert time.monotonic() - t_kill < 30
-        assert not (tmp_path / "r").exists()
     finally:
-        for p in (proc, worker, scheduler):
-            if p is not None and p.poll() is None:
-                p.kill()
-            if p is not None:
-                p.communicate()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2, err
+    assert "Every worker of" in err and "has been gone for" in err and "run the same command again" in err
+    assert time.monotonic() - t_kill < 30
+    assert not (tmp_path / "r").exists()
 
 
 # ---------------------------------------------------------------------------- scheduled runs

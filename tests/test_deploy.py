@@ -112,6 +112,16 @@ def test_cli_on_dask_scheduler_and_worker_processes(dask_processes, corpus, tmp_
         assert rel_err(rifscale.open_run(out).array("scores/leverage")[:], ref.h) <= 1e-8
 
 
+def test_the_recipes_scheduler_drops_a_silent_worker_after_60_s(dask_processes):
+    """A frozen worker costs at most two worker-ttls (deploy/README.md): 2 minutes here, not
+    the 10 of dask's default."""
+    from distributed import Client
+
+    with Client(scheduler_file=str(dask_processes["scheduler_file"]), timeout=30) as c:
+        # a lambda travels by value: the scheduler cannot import this test module
+        assert c.run_on_scheduler(lambda dask_scheduler: dask_scheduler.worker_ttl) == 60
+
+
 def test_gpu_worker_without_a_device_warns_or_fails_with_require_gpu(dask_processes, corpus, tmp_path, caplog, capsys):
     """A worker that advertises GPU=1 but has no CUDA device/CuPy (this machine): a warning
     naming it, and with --require-gpu exit 2 before anything is written."""

@@ -9,10 +9,13 @@
 FROM nvidia/cuda:12.6.3-runtime-ubuntu24.04
 
 # DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL: dask workers sample every thread's stack
-# every 10 ms by default, which costs rifscale's kernels 20-30 % (deploy/README.md)
+# every 10 ms by default, which costs rifscale's kernels 20-30 % (deploy/README.md);
+# DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL: the scheduler drops a worker without heartbeats
+# for this long (a frozen one) and reruns its tasks; dask's default, 5 minutes, can stall 10
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL=100ms \
+    DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL=60s \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/rifscale \

@@ -32,6 +32,9 @@ set -euo pipefail
 # dask workers sample every thread's stack every 10 ms by default, which costs rifscale's
 # kernels 20-30 %; every 100 ms keeps the dashboard's profile at a tenth of that (deploy/README.md)
 export DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL=${DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL:-100ms}
+# the scheduler drops a worker without heartbeats for this long (a frozen one) and reruns its
+# tasks; dask's default, 5 minutes, can stall a run for 10 (deploy/README.md)
+export DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL=${DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL:-60s}
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; exit 2; }
 die() { echo "cluster.sh: $*" >&2; exit 1; }

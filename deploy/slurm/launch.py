@@ -358,7 +358,10 @@ def launch(cfg, commands) -> int:
     from distributed import Client
 
     host = scheduler_host(cfg)
-    scheduler_options = {"dashboard_address": cfg["dashboard_address"]}
+    # the scheduler (here) drops a worker without heartbeats for this long (a frozen one) and
+    # reruns its tasks; dask's default, 5 minutes, can stall a run for 10 (deploy/README.md)
+    scheduler_options = {"dashboard_address": cfg["dashboard_address"],
+                         "worker_ttl": os.environ.get("DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL", "60s")}
     if cfg["interface"]:
         scheduler_options["interface"] = cfg["interface"]
     else:
