@@ -176,7 +176,9 @@ def persist_rows(arrays, client=None) -> list:
 
 def _slot_workers(client) -> list[str]:
     """One worker address per thread, sorted by address, a worker's threads consecutive."""
-    info = client.scheduler_info()["workers"]
+    from .cluster import workers_info
+
+    info = workers_info(client)
     return [addr for addr in sorted(info) for _ in range(max(int(info[addr].get("nthreads", 1)), 1))]
 
 

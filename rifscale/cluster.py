@@ -26,12 +26,22 @@ def local_cores() -> int:
         return os.cpu_count() or 1
 
 
+def workers_info(client) -> dict:
+    """Every worker's entry of ``client.scheduler_info()`` (address -> info). distributed
+    2025.4 to 2026.6 list at most 5 workers unless asked for all (``n_workers=-1``, a
+    parameter older versions do not take)."""
+    try:
+        return client.scheduler_info(n_workers=-1)["workers"]
+    except TypeError:
+        return client.scheduler_info()["workers"]
+
+
 def total_threads(client=None) -> int:
     """The worker threads of ``client``'s cluster; without a client (dask's threaded
     scheduler) or while the cluster has no worker, dask's ``num_workers`` setting (which
     :func:`connect` sets) or else :func:`local_cores`."""
     if client is not None:
-        threads = sum(int(w.get("nthreads", 1)) for w in client.scheduler_info()["workers"].values())
+        threads = sum(int(w.get("nthreads", 1)) for w in workers_info(client).values())
         if threads:
             return threads
     import dask
@@ -344,7 +354,7 @@ def _remote_client(address: str, timeout: float, security=None):
                 f"The scheduler at {address!r} has no workers, and none joined within {timeout:g} s. Start "
                 f"workers with `dask worker {address}` (or raise --timeout)."
             ) from None
-        log.info("connected to scheduler %s (%d workers)", address, len(client.scheduler_info()["workers"]))
+        log.info("connected to scheduler %s (%d workers)", address, len(workers_info(client)))
         yield client
     except (CancelledError, OSError):  # dask cancels the work of a client that lost its scheduler
         if client.status == "running":
@@ -505,5 +515,5 @@ def small_compute(*collections):
 
 def workers_with_resource(client, resource: str) -> list[str]:
     """Addresses of the workers that advertise ``resource`` (e.g. ``GPU``)."""
-    info = client.scheduler_info()["workers"]
+    info = workers_info(client)
     return [addr for addr, w in info.items() if w.get("resources", {}).get(resource, 0) > 0]

@@ -126,7 +126,9 @@ def gpu_policy(*, require: bool):
 
 def _describe(client, addresses) -> str:
     """Workers by name and address: ``gpu-node1-1 (tcp://10.0.0.5:40123)``."""
-    info = client.scheduler_info()["workers"]
+    from .cluster import workers_info
+
+    info = workers_info(client)
     named = []
     for a in addresses:
         name = info.get(a, {}).get("name")

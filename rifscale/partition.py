@@ -22,7 +22,7 @@ from dataclasses import replace
 import numpy as np
 
 from ._blocks import persist_rows
-from .cluster import total_threads
+from .cluster import total_threads, workers_info
 from .errors import ConfigError
 from .io import Split
 
@@ -38,7 +38,7 @@ def cluster_resources(client=None) -> tuple[int, int, int]:
     """(threads, smallest worker memory, total memory) in bytes, of the client's workers,
     or of this machine for dask's local threaded scheduler."""
     if client is not None:
-        workers = client.scheduler_info()["workers"].values()
+        workers = workers_info(client).values()
         if workers:
             threads = sum(int(w.get("nthreads", 1)) for w in workers)
             mem = [int(w.get("memory_limit") or 0) for w in workers]

@@ -179,3 +179,22 @@ def test_a_run_resumed_after_its_fit_equals_an_uninterrupted_one_with_two_thread
     assert resumed.keys() == uninterrupted.keys()
     differ = [k for k in resumed if resumed[k] != uninterrupted[k]]
     assert differ == []
+
+
+def test_every_worker_is_counted_also_where_dask_lists_five_by_default():
+    """distributed 2025.4-2026.6 list 5 workers unless asked for all; 2024.8 takes no
+    n_workers: the thread count (and so the runs of every pass) must see all of them."""
+    from rifscale.cluster import total_threads, workers_info
+
+    workers = {f"tcp://10.0.0.{i}:1": {"nthreads": 2} for i in range(8)}
+
+    class Capped:
+        def scheduler_info(self, n_workers=5):
+            return {"workers": dict(list(workers.items())[: None if n_workers == -1 else n_workers])}
+
+    class Old:
+        def scheduler_info(self):
+            return {"workers": workers}
+
+    for client in (Capped(), Old()):
+        assert len(workers_info(client)) == 8 and total_threads(client) == 16
