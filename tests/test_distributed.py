@@ -198,3 +198,21 @@ def test_every_worker_is_counted_also_where_dask_lists_five_by_default():
 
     for client in (Capped(), Old()):
         assert len(workers_info(client)) == 8 and total_threads(client) == 16
+
+
+def test_scores_of_irregular_blocks_are_stored_column_by_column_and_right(tmp_path):
+    """Blocks of several sizes cannot be Zarr chunks: the writer falls back to regular
+    chunks; both writers must store the same numbers."""
+    pr = make_problem(sum(CHUNKS), 6, n_test=30, seed=2)
+    Xd = da.from_array(pr.X, chunks=(CHUNKS, 6))
+    yd = da.from_array(pr.y, chunks=(CHUNKS,))
+    irregular = rifscale.Corpus.from_arrays(Xd, yd, pr.X_test, pr.y_test)
+    assert len(set(irregular.train.X.chunks[0][:-1])) > 1
+    res = rifscale.attribute(irregular, lam=0.9, test_subset="all")
+    res.to_zarr(tmp_path / "run")
+    run = rifscale.open_run(tmp_path / "run", corpus=irregular)
+    ref = Reference(pr.X, pr.y, lam=0.9)
+    assert rel_err(run.array("scores/leverage")[:], ref.h) <= 1e-8
+    _, s_rif = ref.scores("test_loss", pr.X_test, pr.y_test)
+    assert rel_err(run.array("scores/rif_test_loss")[:], s_rif) <= 1e-8
+    np.testing.assert_array_equal(run.array("scores/sample")[:], np.arange(sum(CHUNKS)))
