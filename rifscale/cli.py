@@ -93,6 +93,7 @@ def config_from_args(args) -> RunConfig:
 
 def _run(args) -> int:
     from .factor import check_gpu, gpu_policy
+    from .fit import describe
     from .io import open_corpus, verify_corpus
     from .rundir import Job
 
@@ -113,8 +114,7 @@ def _run(args) -> int:
     resumed = " (resumed from the finished fit of an interrupted run)" if manifest.get("resumed") else ""
     print(
         f"wrote run {args.out}{resumed}: n = {manifest['n']}, p = {manifest['p']}, fit converged in "
-        f"{manifest['fit']['n_iter']} iterations (rel grad {manifest['fit']['rel_grad_norm']:.1e}), "
-        f"{manifest['counts']['flagged_low_margin']} flagged sample(s)"
+        f"{describe(manifest['fit'])}, {manifest['counts']['flagged_low_margin']} flagged sample(s)"
     )
     return 0
 

@@ -50,6 +50,9 @@ from .model import FittedModel
 
 log = logging.getLogger(__name__)
 
+#: Default tolerance: a retrain is certified when the proven bound on the error of its Δθ
+#: is at most this times ‖Δθ‖.
+TOL = 1e-8
 SLOW = 0.5  # a chord step that shrinks ‖∇L‖ by less than this switches the set to Newton
 #: Most Hessian entries (p² per Newton problem) one pass may return per chunk; Newton
 #: problems beyond it take turns, so memory per task stays bounded whatever K and p are.
@@ -123,7 +126,7 @@ def retrain(
     source,
     sets,
     *,
-    tol: float = 1e-8,
+    tol: float = TOL,
     max_passes: int = 100,
     safeguard: bool = True,
     client=None,
@@ -155,7 +158,7 @@ def retrain(
     return {s.name: _result(s, model) for s in states}
 
 
-def retrain_sets(source, sets, *, tol: float = 1e-8, client=None) -> dict[str, Retrain]:
+def retrain_sets(source, sets, *, tol: float = TOL, client=None) -> dict[str, Retrain]:
     """Exact retrains without each set, with the change of every test metric.
 
     This is ``rifscale.retrain``: ``rifscale.retrain(result, {"top10": rows})["top10"]``
@@ -322,7 +325,7 @@ def _advance(s: _State, loss: float, grad: np.ndarray, floor: float, H, *, tol: 
                  and np.linalg.norm(s.step) <= tol * np.linalg.norm(s.trial - model.theta))
 
 
-def poisoned_fits(source, x: np.ndarray, y: np.ndarray, *, tol: float = 1e-8, max_passes: int = 60,
+def poisoned_fits(source, x: np.ndarray, y: np.ndarray, *, tol: float = TOL, max_passes: int = 60,
                   client=None) -> tuple[list[Retrain], list[np.ndarray | None]]:
     """Exact fits of the training objective plus one added row each: problem j adds the
     row ``x[j]`` with label ``y[j]``, warm-started at θ̂, by exact Newton steps.

@@ -121,6 +121,16 @@ class FitResult:
         }
 
 
+def describe(record: dict) -> str:
+    """One line on a fit's convergence record (a run's manifest ``fit``): iterations and
+    the error bound on θ̂ relative to ‖θ̂‖ (runs made before certificates have none)."""
+    head = f"{record.get('n_iter')} iterations ({record.get('n_passes')} passes)"
+    if "rel_error_bound" not in record:
+        return f"{head}, rel grad {record.get('rel_grad_norm', float('nan')):.1e}"
+    how = "certified" if record.get("certified") else record.get("stopped_at")
+    return f"{head}, error bound {record['rel_error_bound']:.1e} x |theta| ({how})"
+
+
 def _check_not_separated(X, y, theta, *, fit_intercept, weights) -> None:
     """With λ = 0 a 'converged' θ that classifies every row correctly is an artefact: the
     classes are separable, the loss tends to 0 as ‖θ‖ → ∞ and no minimiser exists."""
