@@ -20,7 +20,7 @@ one in a pass (least recently evaluated first), so task memory stays bounded. A 
 ``max_passes`` counts the passes that evaluated it.
 
 A set is certified when a proven bound on the error of its θ (:func:`rifscale.newton.certify`;
-docs/design.md §8.3) is ``≤ tol · ‖θ − θ̂‖``: a relative bound on the error of Δθ itself.
+docs/design.md §8.9) is ``≤ tol · ‖θ − θ̂‖``: a relative bound on the error of Δθ itself.
 The bound is of the returned θ: ∇L_{−T} there, and a lower bound μ₀ on the smallest
 eigenvalue of H_{−T} there — computed from the Hessian at θ (Newton problems bring one
 every pass), or carried by self-concordance from the last point that had one: a chord set

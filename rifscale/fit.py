@@ -18,7 +18,7 @@ Only the final answer has to be exact, so the passes before it are made cheap:
 Steps are safeguarded by a backtracking line search (:func:`rifscale.newton.accept`);
 after the first rejected trial the fit falls back to plain Newton with fresh float64
 Hessians. Convergence is certified (:func:`rifscale.newton.certify`, docs/design.md
-§8.3): θ̂ is returned when a proven bound on ``‖θ̂ − θ*‖``, from ∇L and the float64 H at
+§8.9): θ̂ is returned when a proven bound on ``‖θ̂ − θ*‖``, from ∇L and the float64 H at
 θ̂, is ``≤ tol · ‖θ̂‖``, or when ‖∇L(θ̂)‖ is at its rounding floor (``stopped_at`` says
 which; the record holds the bound either way). The bound with the Hessian at hand
 (float32 or an earlier point's) only says when to try: the proof is always made at the

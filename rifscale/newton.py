@@ -15,7 +15,7 @@ the rules that must not differ between the places that minimise
   loss is at its rounding floor — a lower gradient norm);
 * :func:`certify`, :func:`curvature`, :func:`carry_curvature`: a proven bound on the
   distance from θ to the minimiser, from ∇L at θ and a lower bound on the smallest
-  eigenvalue of H there (docs/design.md §8.3, "The certificate");
+  eigenvalue of H there (docs/design.md §8.9);
 * :func:`stop_reason`: the stopping test (certified to the tolerance, or rounding floor);
 * :func:`newton_direction`: ``−H⁻¹ g`` by Cholesky, with the errors that say why not.
 """
@@ -116,7 +116,7 @@ def curvature(hessian: np.ndarray) -> float:
 
 def carry_curvature(mu: float, *, distance: float, radius: float) -> float:
     """μ₀ at a point ``distance`` away from the one whose Hessian gave ``mu``: by
-    self-concordance ``H(θ′) ⪰ e^{−R‖θ′−θ‖} H(θ)``, so ``e^{−R d} μ`` (docs/design.md §8.3)."""
+    self-concordance ``H(θ′) ⪰ e^{−R‖θ′−θ‖} H(θ)``, so ``e^{−R d} μ`` (docs/design.md §8.9)."""
     return mu * math.exp(-radius * distance) if mu > 0 else mu
 
 
@@ -131,7 +131,7 @@ def certify(mu: float, gnorm: float, floor: float, *, radius: float, lam: float,
       ``α_i(θ′) ≥ e^{−R‖θ′−θ‖} α_i(θ)`` and ``H(θ′) ⪰ e^{−R‖θ′−θ‖} H(θ)`` (the penalty only
       helps); integrating along ``[θ*, θ]`` gives ``g ≥ μ₀ (1 − e^{−Rδ}) / R`` for
       ``δ = ‖θ − θ*‖``, hence ``δ ≤ −log(1 − R g/μ₀) / R`` (≈ g/μ₀) when ``R g < μ₀``;
-      θ* then exists (docs/design.md §8.3 has the proof);
+      θ* then exists (docs/design.md §8.9 has the proof);
     * without an intercept, ``H ⪰ λ I`` everywhere, so also ``δ ≤ g / λ``.
 
     The bound is the smaller of the two; inf when neither applies (μ₀ ≤ 0 or R g ≥ μ₀,

@@ -430,7 +430,7 @@ def run_validation(run_path, *, experiments=("accuracy",), strategies=DEFAULT_ST
                 "heading": "Accuracy: predicted vs actual (exact retrains)",
                 "text": (f"{len(acc.sets)} removal sets ({', '.join(strategies)}; {len(sizes)} sizes from "
                          f"{sizes[0]} to {sizes[-1]} rows), each retrained exactly, at most {total['max_passes']} "
-                         f"passes. Each retrained Δθ carries a proven bound on its error (docs/design.md §8.3): "
+                         f"passes. Each retrained Δθ carries a proven bound on its error (docs/design.md §8.9): "
                          f"{total['certified']} certified to within {TOL:g} · |Δθ|, {total['rounding_floor']} "
                          f"stopped at the float64 rounding floor, {total['not_converged']} not converged; the "
                          f"largest bound is {total['max_rel_error_bound']:.1e} · |Δθ| (table below; per set in "

@@ -1,4 +1,4 @@
-"""Error-bounding certificates (docs/design.md §8.3): the bound is proven, so it must hold
+"""Error-bounding certificates (docs/design.md §8.9): the bound is proven, so it must hold
 at every point — off the optimum, in the weakest direction, far away — and it must be
 the bound of the θ that is returned.
 
