@@ -327,7 +327,9 @@ def fit(
                 stopped_at = stop_reason(bound, 0.0 if at_floor else gnorm, ref=size, floor=cur.grad_floor, tol=tol)
                 history[-1]["error_bound"] = bound
                 if stopped_at:
-                    bar.update(fraction=1.0)
+                    final = bound / size if size > 0 else np.inf
+                    bar.update(fraction=1.0, text=f"Newton iteration {it}, relative error bound {final:.1e} "
+                                                  f"({'certified' if stopped_at == 'tolerance' else stopped_at})")
                     if lam == 0 and final_hessian:
                         _check_not_separated(X, y, cur.theta, fit_intercept=fit_intercept, weights=weights)
                         _check_unpenalised_hessian(cur.hessian)
@@ -382,6 +384,8 @@ def fit(
             history[-1]["step"] = t
             ratio = trial.grad_norm / gnorm if gnorm > 0 else 0.0
             cur = trial
+        if lam == 0:  # the usual cause: no minimiser, so no bound can certify θ; name it if so
+            _check_not_separated(X, y, cur.theta, fit_intercept=fit_intercept, weights=weights)
         hint = (
             " With lam = 0 this usually means the classes are separable and theta diverges; use lam > 0."
             if lam == 0
