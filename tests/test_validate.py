@@ -99,6 +99,7 @@ def test_validate_cli_writes_tables_sets_and_figures(validated_run):
     table = json.loads((report / "retrains.json").read_text())
     assert table[-1]["strategy"] == "all" and table[-1]["certified"] == 16
     assert table[-1]["max_rel_error_bound"] == max(r["rel_error_bound"] for r in records)
+    assert table[-1]["max_rel_bound_with_fit"] > table[-1]["max_rel_error_bound"]  # the fit's bound added
     assert g.attrs["records"]["accuracy"]["certified"] == 16
     page = (report / "index.html").read_text()
     assert "16 certified to within 1e-08 · |Δθ|" in page and "max_rel_error_bound" in page
