@@ -266,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--lam", type=float, default=defaults.lam, help=f"L2 penalty λ (default {defaults.lam})")
     p.add_argument("--no-intercept", action="store_true", help="fit without an (unpenalised) intercept")
-    p.add_argument("--tol", type=float, default=defaults.tol, help=f"Newton stops when a proven bound on the error of theta is <= TOL x |theta| (default {defaults.tol})")
+    p.add_argument("--tol", type=float, default=defaults.tol,
+                   help=f"Newton stops when a proven bound on the error of theta is <= TOL x |theta| "
+                        f"(default {defaults.tol})")
     p.add_argument("--max-iter", type=int, default=defaults.max_iter)
     p.add_argument("--test-subset", default=defaults.test_subset, metavar="paper|all|FILE")
     p.add_argument("--metrics", nargs="+", default=list(defaults.metrics), choices=METRICS)

@@ -113,13 +113,14 @@ class _State:
     last: int = 0  # the pass that last evaluated this problem
     reeval: bool = True  # the next pass re-evaluates an accepted point: nothing to test
     done: bool = False
-
-    @property
-    def wants_hessian(self) -> bool:
-        return self.method == "newton" or self.certify
     stopped_at: str | None = None
     started: float = field(default_factory=time.perf_counter)
     ended: float = 0.0
+
+    @property
+    def wants_hessian(self) -> bool:
+        """Whether the next pass brings this problem's Hessian at its trial point."""
+        return self.method == "newton" or self.certify
 
 
 def retrain(

@@ -95,8 +95,9 @@ class FitResult:
 
     @property
     def certified(self) -> bool:
-        """Whether the proven bound met the tolerance (else the fit stopped at the rounding floor)."""
-        return self.stopped_at == "tolerance"
+        """Whether the proven bound met the tolerance (else the fit stopped at the rounding
+        floor, or — ``final_hessian=False`` — on an estimate with nothing proven)."""
+        return self.rel_error_bound <= self.tol
 
     def record(self) -> dict:
         """JSON-ready convergence record."""
@@ -239,7 +240,8 @@ def fit(
         Logging level of the per-iteration progress lines.
     final_hessian : bool
         Make sure the returned Hessian is the float64 one at θ̂ (one more pass if the
-        converging pass did not compute it); False for fits whose H is not used.
+        converging pass did not compute it), and prove the error bound with it; False for
+        fits whose H is not used (they stop on the bound's estimate, not certified).
     """
     t0 = time.perf_counter()
     p = X.shape[1] + int(fit_intercept)

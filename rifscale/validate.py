@@ -469,7 +469,8 @@ def run_validation(run_path, *, experiments=("accuracy",), strategies=DEFAULT_ST
                              "text": "Change of a test point's logit when its label-flipped copy is removed "
                                      "from the training set: predicted at the poisoned fit vs exact. "
                                      f"{records['poisoning']['certified']} of {len(rows)} poisoned fits certified "
-                                     f"to within {TOL:g} · |θ_P − θ̂| (largest proven bound {worst:.1e} · |θ_P − θ̂|).",
+                                     f"to within {TOL:g} · |θ_P − θ̂| (largest proven bound "
+                                     f"{worst:.1e} · |θ_P − θ̂|).",
                              "tables": [(summary, ["method", "count", "pearson", "slope", "median_rel_err"])]})
         records["checkpoint_batches_reused"] = checkpoint.reused
         vgroup.attrs.update({"experiments": list(experiments), "records": records, "seed": seed})
