@@ -155,3 +155,22 @@ def test_fit_records_the_bound_of_the_returned_theta(synchronous):
     assert res.mu == pytest.approx(curvature(H), rel=1e-9)
     assert np.linalg.norm(res.theta - ref.theta) <= res.error_bound <= tol * np.linalg.norm(res.theta)
     assert res.row_norm_max == pytest.approx(np.linalg.norm(ref.Z, axis=1).max(), rel=1e-12)
+
+
+def test_a_removal_that_changes_nothing_stops_at_the_rounding_floor_with_its_bound(synchronous):
+    """Rows fitted to a residual of 1e-126 or so: removing them changes θ̂ by nothing float64
+    can show, so no bound can be a small fraction of ‖Δθ‖. Such a set stops at the
+    rounding floor — converged, not certified — after its Hessian is brought to the
+    accepted point for the bound (bug: a chord set stopping with no bound, or running
+    out of passes)."""
+    pr = make_problem(400, 10, seed=13, noise=0.05)
+    ref = Reference(pr.X, pr.y, lam=0.01)
+    res = rifscale.attribute(corpus_of(pr, 64), lam=0.01, test_subset="all")
+    T = np.argsort(np.abs(ref.r))[:3]
+    assert np.abs(ref.r[T]).max() < 1e-60  # the premise
+    r = retrain(res, {"T": T})["T"]
+    assert r.converged and not r.certified and r.stopped_at == "rounding floor" and r.passes <= 4
+    keep = np.ones(400, dtype=bool)
+    keep[T] = False
+    assert np.linalg.norm(r.theta - ref.newton(keep, ref.theta)) <= r.error_bound <= 1e-10 * np.linalg.norm(ref.theta)
+    assert r.mu > 0
