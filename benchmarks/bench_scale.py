@@ -378,7 +378,7 @@ def run_rifscale(corpus: Path, out: Path, lam: float, tmp: Path, label: str, ext
     record["manifest"] = {
         "n": manifest.get("n"), "d": manifest.get("d"), "p": manifest.get("p"),
         "fit": {k: fit.get(k) for k in ("n_passes", "n_iter", "rel_grad_norm", "grad_norm", "converged", "stopped_at",
-                                        "hessian_passes", "warm_start")},
+                                        "certified", "rel_error_bound", "hessian_passes", "warm_start")},
         "layout": manifest.get("layout"),
         "timings": manifest.get("timings"),
     }

@@ -96,6 +96,7 @@ def config_from_args(args) -> RunConfig:
 
 def _run(args) -> int:
     from .factor import check_gpu, gpu_policy
+    from .fit import describe
     from .io import open_corpus, verify_corpus
     from .rundir import Job
 
@@ -116,8 +117,7 @@ def _run(args) -> int:
     resumed = " (resumed from the finished fit of an interrupted run)" if manifest.get("resumed") else ""
     print(
         f"wrote run {args.out}{resumed}: n = {manifest['n']}, p = {manifest['p']}, fit converged in "
-        f"{manifest['fit']['n_iter']} iterations (rel grad {manifest['fit']['rel_grad_norm']:.1e}), "
-        f"{manifest['counts']['flagged_low_margin']} flagged sample(s)"
+        f"{describe(manifest['fit'])}, {manifest['counts']['flagged_low_margin']} flagged sample(s)"
     )
     return 0
 
@@ -270,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--lam", type=float, default=defaults.lam, help=f"L2 penalty λ (default {defaults.lam})")
     p.add_argument("--no-intercept", action="store_true", help="fit without an (unpenalised) intercept")
-    p.add_argument("--tol", type=float, default=defaults.tol, help=f"Newton tolerance on the relative gradient norm (default {defaults.tol})")
+    p.add_argument("--tol", type=float, default=defaults.tol,
+                   help=f"Newton stops when a proven bound on the error of theta is <= TOL x |theta| "
+                        f"(default {defaults.tol})")
     p.add_argument("--max-iter", type=int, default=defaults.max_iter)
     p.add_argument("--test-subset", default=defaults.test_subset, metavar="paper|all|FILE")
     p.add_argument("--metrics", nargs="+", default=list(defaults.metrics), choices=METRICS)

@@ -33,7 +33,8 @@ class RunConfig:
     fit_intercept : bool
         Augment every row with a constant 1 (its coefficient is the last entry of θ).
     tol : float
-        Newton stops when ‖∇L(θ)‖ ≤ tol · ‖∇L(0)‖.
+        Newton stops when a proven bound on the error of θ̂ is ≤ tol · ‖θ̂‖
+        (docs/design.md §8.9), or at the gradient's rounding floor.
     max_iter : int
         Newton iterations before :class:`~rifscale.errors.NotConvergedError`.
     test_subset : "paper", "all" or a path

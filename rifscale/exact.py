@@ -19,9 +19,16 @@ Newton problems need a p×p Hessian per pass; at most ``HESSIAN_BUDGET / p²`` o
 one in a pass (least recently evaluated first), so task memory stays bounded. A problem's
 ``max_passes`` counts the passes that evaluated it.
 
-A set is certified when ``‖∇L_{−T}(θ)‖ ≤ tol · ‖∇L_{−T}(θ̂)‖`` (``‖Σ_{i∈T} g_i‖``), or
-when the gradient is at its rounding floor (``32 ε Σ|r_i|‖z_i‖``), and is reported as not
-converged otherwise. Each records its passes, final gradient norm, method and time.
+A set is certified when a proven bound on the error of its θ (:func:`rifscale.newton.certify`;
+docs/design.md §8.9) is ``≤ tol · ‖θ − θ̂‖``: a relative bound on the error of Δθ itself.
+The bound is of the returned θ: ∇L_{−T} there, and a lower bound μ₀ on the smallest
+eigenvalue of H_{−T} there — computed from the Hessian at θ (Newton problems bring one
+every pass), or carried by self-concordance from the last point that had one: a chord set
+whose step falls within the tolerance gets the Hessian with its next trial, once, and
+its later chord points use that. A set whose gradient reaches its rounding floor
+(``32 ε Σ|r_i|‖z_i‖``) first stops there, "rounding floor", with the bound it reached; any
+other is reported as not converged. Each records its bound, μ₀, passes, final gradient
+norm, method and time.
 """
 
 from __future__ import annotations
@@ -36,11 +43,16 @@ from . import kernels, progress
 from ._blocks import reduce_blocks
 from .factor import broadcast
 from .groups import SetStatistics, set_statistics
-from .newton import EPS, MIN_STEP, ROUNDING_FACTOR, accept, newton_direction, penalised, penalised_hessian, stop_reason
+from .hessian import max_row_norm
+from .newton import (EPS, MIN_STEP, ROUNDING_FACTOR, Certificate, accept, carry_curvature, certify, curvature,
+                     newton_direction, penalised, penalised_hessian, stop_reason)
 from .model import FittedModel
 
 log = logging.getLogger(__name__)
 
+#: Default tolerance: a retrain is certified when the proven bound on the error of its Δθ
+#: is at most this times ‖Δθ‖.
+TOL = 1e-8
 SLOW = 0.5  # a chord step that shrinks ‖∇L‖ by less than this switches the set to Newton
 #: Most Hessian entries (p² per Newton problem) one pass may return per chunk; Newton
 #: problems beyond it take turns, so memory per task stays bounded whatever K and p are.
@@ -62,11 +74,16 @@ class Retrain:
     rel_grad_norm: float
     method: str  # "chord" or "newton" (after a switch)
     seconds: float
+    certified: bool  # error_bound ≤ tol · ‖Δθ‖ (stopped_at "tolerance")
+    error_bound: float  # proven ‖θ − θ̂_{−T}‖ ≤ error_bound at the returned θ (inf: nothing proven)
+    rel_error_bound: float  # error_bound / ‖Δθ‖: a bound on the relative error of Δθ
+    mu: float  # the bound's lower bound on λ_min(H_{−T}(θ)) (NaN without a Hessian at θ)
     changes: dict = field(default_factory=dict)  # metric -> f(θ̂_{−T}) − f(θ̂), from retrain_sets
 
     def record(self) -> dict:
         return {k: getattr(self, k) for k in
-                ("name", "size", "converged", "stopped_at", "passes", "grad_norm", "rel_grad_norm", "method", "seconds")}
+                ("name", "size", "converged", "certified", "stopped_at", "error_bound", "rel_error_bound", "mu",
+                 "passes", "grad_norm", "rel_grad_norm", "method", "seconds")}
 
 
 @dataclass
@@ -77,10 +94,15 @@ class _State:
     theta: np.ndarray  # last accepted point
     trial: np.ndarray  # point evaluated by the next pass
     precond: object  # LeaveOutHessian or None
-    ref: float
+    ref: float  # ‖∇L_{−T}(θ̂)‖, the scale of rel_grad_norm
     method: str = "chord"
     added: tuple = ()  # (z (a, p), y (a,)) rows added to the objective (poisoning), or ()
-    hessian: np.ndarray | None = None  # Newton sets: H at the last accepted point
+    radius: float = np.inf  # R ≥ ‖z_i‖ over the problem's rows, for its certificates
+    hessian: np.ndarray | None = None  # H at the last accepted point, if that pass brought it
+    anchor: tuple | None = None  # (θ_c, μ_c): the last accepted point with a Hessian, and its μ₀
+    cert: Certificate | None = None  # the error bound at the last accepted point
+    certify: bool = False  # the next trial is evaluated with its Hessian, to certify it
+    floor_seen: bool = False  # the point re-evaluated next had its gradient at the rounding floor
     loss: float = np.inf
     grad: np.ndarray | None = None
     step: np.ndarray | None = None
@@ -95,12 +117,17 @@ class _State:
     started: float = field(default_factory=time.perf_counter)
     ended: float = 0.0
 
+    @property
+    def wants_hessian(self) -> bool:
+        """Whether the next pass brings this problem's Hessian at its trial point."""
+        return self.method == "newton" or self.certify
+
 
 def retrain(
     source,
     sets,
     *,
-    tol: float = 1e-9,
+    tol: float = TOL,
     max_passes: int = 100,
     safeguard: bool = True,
     client=None,
@@ -112,7 +139,7 @@ def retrain(
     source : Attribution or Run (anything with ``.corpus`` and ``.model``)
     sets : mapping name -> row indices (or a list of row-index lists), or their
         :class:`~rifscale.groups.SetStatistics`
-    tol : certify ``‖∇L_{−T}‖ ≤ tol · ‖∇L_{−T}(θ̂)‖``
+    tol : certify that the error of each Δθ is at most ``tol · ‖Δθ‖`` (a proven bound)
     max_passes : passes over the data before the remaining sets are reported unconverged
     safeguard : False runs the plain chord iteration (full steps, no Newton fallback);
         it exists to show where that iteration stalls
@@ -132,15 +159,16 @@ def retrain(
     return {s.name: _result(s, model) for s in states}
 
 
-def retrain_sets(source, sets, *, tol: float = 1e-10, client=None) -> dict[str, Retrain]:
+def retrain_sets(source, sets, *, tol: float = TOL, client=None) -> dict[str, Retrain]:
     """Exact retrains without each set, with the change of every test metric.
 
     This is ``rifscale.retrain``: ``rifscale.retrain(result, {"top10": rows})["top10"]``
     has ``delta`` (θ̂_{−T} − θ̂), ``changes`` ({metric: f(θ̂_{−T}) − f(θ̂)} over the run's
-    test subset), ``converged`` and the convergence record. ``source`` is an
+    test subset), ``certified``, ``error_bound`` and the convergence record. ``source`` is an
     :class:`~rifscale.pipeline.Attribution` or an open run; ``sets`` as in
     :func:`~rifscale.groups.group_effects` (row positions, or ``{"ids": {...}}``).
-    The retrains are certified to ``‖∇L_{−T}‖ ≤ tol · ‖∇L_{−T}(θ̂)‖``."""
+    A retrain is certified when the proven bound on the error of its Δθ is
+    ``≤ tol · ‖Δθ‖``."""
     import dataclasses
 
     from . import kernels
@@ -159,10 +187,15 @@ def retrain_sets(source, sets, *, tol: float = 1e-10, client=None) -> dict[str, 
 
 def _result(s: _State, model: FittedModel) -> Retrain:
     gnorm = float(np.linalg.norm(s.grad)) if s.grad is not None else np.nan
+    delta = s.theta - model.theta
+    size = float(np.linalg.norm(delta))
+    bound = s.cert.bound if s.cert is not None else np.inf
     return Retrain(
-        name=s.name, size=s.size, theta=s.theta, delta=s.theta - model.theta, converged=s.stopped_at is not None,
+        name=s.name, size=s.size, theta=s.theta, delta=delta, converged=s.stopped_at is not None,
         stopped_at=s.stopped_at, passes=s.passes, grad_norm=gnorm, rel_grad_norm=gnorm / s.ref,
         method=s.method, seconds=(s.ended or time.perf_counter()) - s.started,
+        certified=s.stopped_at == "tolerance", error_bound=bound, rel_error_bound=bound / size if size > 0 else np.inf,
+        mu=s.cert.mu if s.cert is not None else np.nan,
     )
 
 
@@ -182,6 +215,9 @@ def _added_terms(s: _State, theta: np.ndarray, want_hessian: bool):
 def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, safeguard, client) -> None:
     """Advance every problem until certified, stuck, or out of passes; all share each pass."""
     p = model.p
+    radius = max_row_norm(train.X, fit_intercept=model.fit_intercept)
+    for s in states:
+        s.radius = max(radius, float(np.linalg.norm(s.added[0], axis=1).max())) if s.added else radius
     all_sets = broadcast([s.rows for s in states], client=client)
     budget = max(1, HESSIAN_BUDGET // (p * p))
     npass = 0
@@ -194,11 +230,11 @@ def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, 
             if not running:
                 break
             npass += 1
-            waiting = sorted((k for k in running if states[k].method == "newton"), key=lambda k: states[k].last)
-            skip = set(waiting[budget:])  # least recently evaluated Newton problems go first
+            waiting = sorted((k for k in running if states[k].wants_hessian), key=lambda k: states[k].last)
+            skip = set(waiting[budget:])  # least recently evaluated problems wanting a Hessian go first
             pos = [k for k in running if k not in skip]
             active = [states[k] for k in pos]
-            newton = [j for j, s in enumerate(active) if s.method == "newton"]
+            newton = [j for j, s in enumerate(active) if s.wants_hessian]
             slot = {j: i for i, j in enumerate(newton)}
             thetas = np.stack([s.trial for s in active], axis=1)
             K = len(active)
@@ -217,11 +253,13 @@ def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, 
                 if H is not None:
                     H = H + a_hess
                 floor = floors[j] + ROUNDING_FACTOR * EPS * a_scale
-                _advance(s, loss[j] + a_loss, grads[:, j] + a_grad, floor, H, tol=tol, safeguard=safeguard)
+                _advance(s, loss[j] + a_loss, grads[:, j] + a_grad, floor, H, tol=tol, safeguard=safeguard,
+                         model=model)
             log.debug("retrain pass %d: %d of %d problems still running", npass, sum(not s.done for s in states), len(states))
             bar.update(sum(s.done for s in states), text=f"done after pass {npass}")
-    log.info("retrains: %d of %d problems certified in %d passes over the data",
-             sum(s.stopped_at is not None for s in states), len(states), npass)
+    log.info("retrains: %d of %d problems certified, %d at the rounding floor, in %d passes over the data",
+             sum(s.stopped_at == "tolerance" for s in states), len(states),
+             sum(s.stopped_at == "rounding floor" for s in states), npass)
 
 
 def _retrain_active(x, y, *, row_start, thetas, all_sets, active, newton, fit_intercept):
@@ -230,8 +268,9 @@ def _retrain_active(x, y, *, row_start, thetas, all_sets, active, newton, fit_in
                                  newton=newton, fit_intercept=fit_intercept)
 
 
-def _advance(s: _State, loss: float, grad: np.ndarray, floor: float, H, *, tol: float, safeguard: bool) -> None:
-    """Take the pass's values at ``s.trial``: accept or backtrack, test, choose the next trial."""
+def _advance(s: _State, loss: float, grad: np.ndarray, floor: float, H, *, tol: float, safeguard: bool,
+             model: FittedModel) -> None:
+    """Take the pass's values at ``s.trial``: accept or backtrack, certify, choose the next trial."""
     gnorm = float(np.linalg.norm(grad))
     first = s.grad is None or s.reeval
     s.reeval = False
@@ -250,12 +289,25 @@ def _advance(s: _State, loss: float, grad: np.ndarray, floor: float, H, *, tol: 
         return
     if not first and safeguard and s.method == "chord":
         s.slow = s.slow + 1 if gnorm > SLOW * np.linalg.norm(s.grad) else 0
-    s.theta, s.loss, s.grad = s.trial, loss, grad
+    s.theta, s.loss, s.grad, s.hessian, s.certify = s.trial, loss, grad, H, False
+    # the bound is of this θ: its gradient, and μ₀ from its Hessian or carried from the anchor's
     if H is not None:
-        s.hessian = H
-    s.stopped_at = stop_reason(gnorm, ref=s.ref, floor=floor, tol=tol)
-    if s.stopped_at:
-        s.done, s.ended = True, time.perf_counter()
+        s.anchor = (s.theta, curvature(H))
+    s.cert = None
+    if s.anchor is not None:
+        theta_c, mu_c = s.anchor
+        mu = carry_curvature(mu_c, distance=float(np.linalg.norm(s.theta - theta_c)), radius=s.radius)
+        s.cert = certify(mu, gnorm, floor, radius=s.radius, lam=model.lam, fit_intercept=model.fit_intercept)
+    if s.cert is not None:
+        at_floor = gnorm <= floor or s.floor_seen  # one θ, two sums: either may show the floor
+        size = float(np.linalg.norm(s.theta - model.theta))  # ‖Δθ‖: the tolerance is relative to it
+        s.stopped_at = stop_reason(s.cert.bound, 0.0 if at_floor else gnorm, ref=size, floor=floor, tol=tol)
+        s.floor_seen = False
+        if s.stopped_at:
+            s.done, s.ended = True, time.perf_counter()
+            return
+    elif gnorm <= floor:  # no step can help: evaluate H here for the bound, then stop
+        s.trial, s.reeval, s.certify, s.floor_seen = s.theta, True, True, True
         return
     if s.slow >= 2:
         s.method, s.slow = "newton", 0
@@ -269,9 +321,12 @@ def _advance(s: _State, loss: float, grad: np.ndarray, floor: float, H, *, tol: 
         return
     s.slope, s.t = float(grad @ s.step), 1.0
     s.trial = s.theta + s.step
+    # the first chord step within the tolerance: its end comes with the Hessian, for μ₀ there
+    s.certify = (s.method == "chord" and s.anchor is None
+                 and np.linalg.norm(s.step) <= tol * np.linalg.norm(s.trial - model.theta))
 
 
-def poisoned_fits(source, x: np.ndarray, y: np.ndarray, *, tol: float = 1e-9, max_passes: int = 60,
+def poisoned_fits(source, x: np.ndarray, y: np.ndarray, *, tol: float = TOL, max_passes: int = 60,
                   client=None) -> tuple[list[Retrain], list[np.ndarray | None]]:
     """Exact fits of the training objective plus one added row each: problem j adds the
     row ``x[j]`` with label ``y[j]``, warm-started at θ̂, by exact Newton steps.

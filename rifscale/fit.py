@@ -17,9 +17,12 @@ Only the final answer has to be exact, so the passes before it are made cheap:
 
 Steps are safeguarded by a backtracking line search (:func:`rifscale.newton.accept`);
 after the first rejected trial the fit falls back to plain Newton with fresh float64
-Hessians. Convergence: ``‖∇L(θ)‖ ≤ tol · ‖∇L(0)‖`` — relative to the gradient at zero
-whatever the start — or ‖∇L(θ)‖ at its rounding floor (``stopped_at`` says which).
-Not converging within ``max_iter`` iterations raises
+Hessians. Convergence is certified (:func:`rifscale.newton.certify`, docs/design.md
+§8.9): θ̂ is returned when a proven bound on ``‖θ̂ − θ*‖``, from ∇L and the float64 H at
+θ̂, is ``≤ tol · ‖θ̂‖``, or when ‖∇L(θ̂)‖ is at its rounding floor (``stopped_at`` says
+which; the record holds the bound either way). The bound with the Hessian at hand
+(float32 or an earlier point's) only says when to try: the proof is always made at the
+returned θ̂. Not converging within ``max_iter`` iterations raises
 :class:`~rifscale.errors.NotConvergedError`; IF and RIF assume ∇L(θ̂) = 0, so a loose fit
 is never returned silently.
 
@@ -41,9 +44,9 @@ from . import kernels
 from ._blocks import per_block, persist_rows
 from .cluster import current_client
 from .errors import ConfigError, CorpusError, NotConvergedError, NotPositiveDefiniteError, not_positive_definite
-from .hessian import objectives
+from .hessian import max_row_norm, objectives
 from .io import find_nonfinite, scale_outliers
-from .newton import MIN_STEP, accept, newton_direction, stop_reason
+from .newton import MIN_STEP, accept, certify, curvature, newton_direction, stop_reason
 from .progress import Bar, newton_fraction
 
 log = logging.getLogger(__name__)
@@ -56,7 +59,7 @@ REUSE_BELOW = 0.1
 WARM_MAX_ELEMENTS = 2**24
 #: The warm start needs at least this many subsample rows per parameter (else it is skipped).
 WARM_MIN_ROWS_PER_PARAM = 8
-#: Relative gradient tolerance of the subsample fit (its optimum only approximates θ̂).
+#: Relative error tolerance of the subsample fit (its optimum only approximates θ̂).
 WARM_TOL = 1e-8
 
 
@@ -77,9 +80,24 @@ class FitResult:
     stopped_at: str
     seconds: float
     hessian: np.ndarray = field(repr=False)
+    error_bound: float = np.inf  # proven ‖θ̂ − θ*‖ ≤ error_bound (inf: nothing proven)
+    mu: float = np.nan  # the certificate's lower bound on λ_min(H(θ̂))
+    row_norm_max: float = np.nan  # R = max ‖z_i‖, the certificate's radius
     history: tuple = field(default=(), repr=False)
     hessian_passes: dict = field(default_factory=dict)  # precision -> passes that built a Hessian
     warm_start: dict | None = None  # the subsample fit's record, if one was used
+
+    @property
+    def rel_error_bound(self) -> float:
+        """The certified bound relative to ‖θ̂‖: what ``tol`` is compared with."""
+        size = float(np.linalg.norm(self.theta))
+        return self.error_bound / size if size > 0 else np.inf
+
+    @property
+    def certified(self) -> bool:
+        """Whether the proven bound met the tolerance (else the fit stopped at the rounding
+        floor, or — ``final_hessian=False`` — on an estimate with nothing proven)."""
+        return self.rel_error_bound <= self.tol
 
     def record(self) -> dict:
         """JSON-ready convergence record."""
@@ -92,11 +110,26 @@ class FitResult:
             "rel_grad_norm": self.rel_grad_norm,
             "tol": self.tol,
             "stopped_at": self.stopped_at,
+            "certified": self.certified,
+            "error_bound": self.error_bound,
+            "rel_error_bound": self.rel_error_bound,
+            "mu": self.mu,
+            "row_norm_max": self.row_norm_max,
             "seconds": self.seconds,
             "hessian_passes": dict(self.hessian_passes),
             "warm_start": self.warm_start,
             "history": list(self.history),
         }
+
+
+def describe(record: dict) -> str:
+    """One line on a fit's convergence record (a run's manifest ``fit``): iterations and
+    the error bound on θ̂ relative to ‖θ̂‖ (runs made before certificates have none)."""
+    head = f"{record.get('n_iter')} iterations ({record.get('n_passes')} passes)"
+    if "rel_error_bound" not in record:
+        return f"{head}, rel grad {record.get('rel_grad_norm', float('nan')):.1e}"
+    how = "certified" if record.get("certified") else record.get("stopped_at")
+    return f"{head}, error bound {record['rel_error_bound']:.1e} x |theta| ({how})"
 
 
 def _check_not_separated(X, y, theta, *, fit_intercept, weights) -> None:
@@ -207,7 +240,8 @@ def fit(
         Logging level of the per-iteration progress lines.
     final_hessian : bool
         Make sure the returned Hessian is the float64 one at θ̂ (one more pass if the
-        converging pass did not compute it); False for fits whose H is not used.
+        converging pass did not compute it), and prove the error bound with it; False for
+        fits whose H is not used (they stop on the bound's estimate, not certified).
     """
     t0 = time.perf_counter()
     p = X.shape[1] + int(fit_intercept)
@@ -260,36 +294,58 @@ def fit(
         (cur,) = evaluate([(zero, first_mode)])
     ref = at_zero.grad_norm or 1.0
     H, H_dtype = cur.hessian, cur.hessian_dtype
+    mu = curvature(H)  # of the Hessian at hand: an estimate until H is the float64 one at θ
+    radius = None  # R = max ‖z_i‖, read (one light pass) when a bound is first proven
     ratio = 1.0  # ‖∇L‖ after / before the last accepted step
     history = []
-    rel = cur.grad_norm / ref
     # the bar of the main fit (not of the inner ones); it ends with the fit, also on an error
     with Bar("fit", show=None if progress >= logging.INFO else False) as bar:
         for it in range(max_iter + 1):
-            gnorm = cur.grad_norm
+            if cur.hessian is not None and cur.hessian is not H:
+                H, H_dtype, mu = cur.hessian, cur.hessian_dtype, curvature(cur.hessian)
+            gnorm, size = cur.grad_norm, float(np.linalg.norm(cur.theta))
             rel = gnorm / ref
+            estimate = (gnorm + cur.grad_floor) / mu if mu > 0 else np.inf
             history.append({"iter": it, "loss": cur.loss, "grad_norm": gnorm, "rel_grad_norm": rel,
-                            "hessian": cur.hessian_dtype, "elapsed": time.perf_counter() - t0})
-            log.log(progress, "newton iter %2d  loss %.12g  rel grad %.3e", it, cur.loss, rel)
-            stopped_at = stop_reason(gnorm, ref=ref, floor=cur.grad_floor, tol=tol)
-            bar.update(fraction=1.0 if stopped_at else newton_fraction(rel, tol),
-                       text=f"Newton iteration {it}, relative gradient {rel:.1e} (stop at {tol:.0e})")
-            if stopped_at:
-                if final_hessian and cur.hessian_dtype != "float64":  # the factored H must be the exact one at θ̂
+                            "error_bound": estimate, "hessian": cur.hessian_dtype, "elapsed": time.perf_counter() - t0})
+            log.log(progress, "newton iter %2d  loss %.12g  rel grad %.3e  error bound %.3e", it, cur.loss, rel,
+                    estimate)
+            goal = estimate / size if size > 0 else np.inf
+            bar.update(fraction=newton_fraction(goal, tol),
+                       text=f"Newton iteration {it}, relative error bound {goal:.1e} (stop at {tol:.0e})")
+            if estimate <= tol * size or gnorm <= cur.grad_floor:  # may stop here: prove it at θ
+                at_floor = gnorm <= cur.grad_floor
+                if final_hessian and cur.hessian_dtype != "float64":  # the proof, and the factored H, need it
                     (cur,) = evaluate([(cur.theta, "float64")])
-                if lam == 0 and final_hessian:
-                    _check_not_separated(X, y, cur.theta, fit_intercept=fit_intercept, weights=weights)
-                    _check_unpenalised_hessian(cur.hessian)
-                return FitResult(
-                    theta=cur.theta, lam=lam, fit_intercept=fit_intercept, converged=True, n_iter=it,
-                    n_passes=passes, loss=cur.loss, grad_norm=gnorm, rel_grad_norm=rel, tol=tol,
-                    stopped_at=stopped_at, seconds=time.perf_counter() - t0, hessian=cur.hessian,
-                    history=tuple(history), hessian_passes=dict(counts), warm_start=warm,
-                )
+                    H, H_dtype, mu = cur.hessian, "float64", curvature(cur.hessian)
+                    gnorm = cur.grad_norm
+                    at_floor = at_floor or gnorm <= cur.grad_floor  # one θ, two sums: either shows the floor
+                cert = None
+                if cur.hessian_dtype == "float64":
+                    if radius is None:
+                        radius, passes = max_row_norm(X, fit_intercept=fit_intercept), passes + 1
+                    cert = certify(mu, gnorm, cur.grad_floor, radius=radius, lam=lam, fit_intercept=fit_intercept)
+                bound = cert.bound if cert is not None else estimate  # final_hessian=False: an estimate
+                stopped_at = stop_reason(bound, 0.0 if at_floor else gnorm, ref=size, floor=cur.grad_floor, tol=tol)
+                history[-1]["error_bound"] = bound
+                if stopped_at:
+                    final = bound / size if size > 0 else np.inf
+                    bar.update(fraction=1.0, text=f"Newton iteration {it}, relative error bound {final:.1e} "
+                                                  f"({'certified' if stopped_at == 'tolerance' else stopped_at})")
+                    if lam == 0 and final_hessian:
+                        _check_not_separated(X, y, cur.theta, fit_intercept=fit_intercept, weights=weights)
+                        _check_unpenalised_hessian(cur.hessian)
+                    return FitResult(
+                        theta=cur.theta, lam=lam, fit_intercept=fit_intercept, converged=True, n_iter=it,
+                        n_passes=passes, loss=cur.loss, grad_norm=gnorm, rel_grad_norm=gnorm / ref, tol=tol,
+                        stopped_at=stopped_at, seconds=time.perf_counter() - t0, hessian=cur.hessian,
+                        history=tuple(history), hessian_passes=dict(counts), warm_start=warm,
+                        error_bound=bound if cert is not None else np.inf,
+                        mu=cert.mu if cert is not None else np.nan,
+                        row_norm_max=radius if radius is not None else np.nan,
+                    )
             if it == max_iter:
                 break
-            if cur.hessian is not None:
-                H, H_dtype = cur.hessian, cur.hessian_dtype
             try:
                 step = _direction(H, cur.grad, lam=lam, it=it, X=X, exact=H_dtype == "float64")
             except NotPositiveDefiniteError:
@@ -297,14 +353,14 @@ def fit(
                     raise
                 exact = True  # float32 products lost H's smallest eigenvalues: exact from here
                 (cur,) = evaluate([(cur.theta, "float64")])
-                H, H_dtype = cur.hessian, "float64"
+                H, H_dtype, mu = cur.hessian, "float64", curvature(cur.hessian)
                 step = _direction(H, cur.grad, lam=lam, it=it, X=X)
             slope = float(cur.grad @ step)
             t = 1.0
             while True:
                 if exact:
                     mode = "float64"
-                elif ratio * rel <= tol:  # this step is expected to converge: get the exact H with it
+                elif ratio * estimate <= tol * size:  # this step is expected to converge: get the exact H with it
                     mode = "float64"
                 elif ratio <= REUSE_BELOW:
                     mode = None  # the Hessian still works: a chord step needs only the gradient
@@ -316,26 +372,28 @@ def fit(
                 if not exact:  # an approximate Hessian misled the step: plain Newton from here
                     exact = True
                     (cur,) = evaluate([(cur.theta, "float64")])
-                    H, H_dtype = cur.hessian, "float64"
+                    H, H_dtype, mu = cur.hessian, "float64", curvature(cur.hessian)
                     step = _direction(H, cur.grad, lam=lam, it=it, X=X)
                     slope, t = float(cur.grad @ step), 1.0
                     continue
                 t *= 0.5
                 if t < MIN_STEP:
                     raise NotConvergedError(
-                        f"The Newton line search failed at iteration {it} (relative gradient norm "
-                        f"{rel:.3e}, tolerance {tol:.1e}): no step along the Newton direction lowers "
+                        f"The Newton line search failed at iteration {it} (relative error bound "
+                        f"{goal:.3e}, tolerance {tol:.1e}): no step along the Newton direction lowers "
                         "the objective. The problem is badly conditioned; increase lam or loosen tol."
                     )
             history[-1]["step"] = t
             ratio = trial.grad_norm / gnorm if gnorm > 0 else 0.0
             cur = trial
+        if lam == 0:  # the usual cause: no minimiser, so no bound can certify θ; name it if so
+            _check_not_separated(X, y, cur.theta, fit_intercept=fit_intercept, weights=weights)
         hint = (
             " With lam = 0 this usually means the classes are separable and theta diverges; use lam > 0."
             if lam == 0
             else " Increase max_iter, or increase lam if the problem is badly conditioned."
         )
         raise NotConvergedError(
-            f"The Newton fit did not converge in max_iter = {max_iter} iterations: relative gradient "
-            f"norm {rel:.3e} > tol = {tol:.1e} (loss {cur.loss:.6g}).{hint}"
+            f"The Newton fit did not converge in max_iter = {max_iter} iterations: relative error "
+            f"bound {goal:.3e} > tol = {tol:.1e} (loss {cur.loss:.6g}).{hint}"
         )

@@ -21,7 +21,7 @@ import dask.array as da
 import numpy as np
 
 from . import kernels
-from ._blocks import block_sum, reduce_blocks
+from ._blocks import block_sum, per_block, reduce_blocks
 from .newton import penalised, penalised_hessian
 
 
@@ -89,3 +89,9 @@ def objective(X: da.Array, y: da.Array, theta, *, lam: float, fit_intercept: boo
               hessian: str | None = "float64") -> Objective:
     """One pass over the data: L, ∇L and H (in the given precision, or none) at ``theta``."""
     return objectives(X, y, [(theta, hessian)], lam=lam, fit_intercept=fit_intercept, weights=weights)[0]
+
+
+def max_row_norm(X: da.Array, *, fit_intercept: bool) -> float:
+    """R = max ‖z_i‖ over the rows (one light pass): the radius of the error certificates
+    (:func:`rifscale.newton.certify`); rows removed or weighted down only lower the true max."""
+    return float(per_block(kernels.max_row_norm_block, X, width=1, fit_intercept=fit_intercept).max().compute())

@@ -13,11 +13,17 @@ the rules that must not differ between the places that minimise
   parameter vectors at once, and gives each gradient's rounding floor;
 * :func:`accept`: the step-acceptance test of every line search (Armijo, or — once the
   loss is at its rounding floor — a lower gradient norm);
-* :func:`stop_reason`: the stopping test (relative tolerance or rounding floor);
+* :func:`certify`, :func:`curvature`, :func:`carry_curvature`: a proven bound on the
+  distance from θ to the minimiser, from ∇L at θ and a lower bound on the smallest
+  eigenvalue of H there (docs/design.md §8.9);
+* :func:`stop_reason`: the stopping test (certified to the tolerance, or rounding floor);
 * :func:`newton_direction`: ``−H⁻¹ g`` by Cholesky, with the errors that say why not.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
@@ -85,10 +91,68 @@ def accept(loss: float, gnorm: float, *, prev_loss: float, prev_gnorm: float, t:
     return loss <= prev_loss + LOSS_ROUNDING * abs(prev_loss) and gnorm < prev_gnorm
 
 
-def stop_reason(gnorm: float, *, ref: float, floor: float, tol: float) -> str | None:
-    """"tolerance" when ``‖∇L‖ ≤ tol · ref``, "rounding floor" when ‖∇L‖ is at its
-    rounding floor (no iteration can lower it further), None otherwise."""
-    if gnorm <= tol * ref:
+@dataclass(frozen=True)
+class Certificate:
+    """A proven bound on ``‖θ − θ*‖``, θ* the minimiser of L, from ∇L and H at θ."""
+
+    bound: float  # ‖θ − θ*‖ ≤ bound; inf when nothing is proven
+    mu: float  # μ₀: the lower bound on λ_min of the exact ∇²L(θ) it used
+    grad_norm: float  # the computed ‖∇L(θ)‖ (the bound adds its rounding floor)
+    radius: float  # R ≥ max ‖z_i‖ over the rows of L: how fast α_i can fall away from θ
+
+
+def curvature(hessian: np.ndarray) -> float:
+    """μ₀, a lower bound on the smallest eigenvalue of the exact Hessian whose computed
+    value is ``hessian``: ``λ_min`` of the computed matrix (LAPACK, backward stable) less
+    ``2 · ROUNDING_FACTOR · ε · tr H`` — one share for the rounding of the sums that built H
+    (entrywise at most 32 ε Σ α |z||z|ᵀ, a matrix of Frobenius norm ≤ Σ α‖z‖² ≤ tr H), one
+    for the eigensolver (``32 ε ‖H‖₂ ≤ 32 ε tr H``). May be ≤ 0."""
+    H = 0.5 * (hessian + hessian.T)
+    if not np.isfinite(H).all():  # overflowed float32 products: nothing to bound
+        return -math.inf
+    low = float(scipy.linalg.eigvalsh(H, subset_by_index=[0, 0], check_finite=False)[0])
+    return low - 2.0 * ROUNDING_FACTOR * EPS * float(np.trace(H))
+
+
+def carry_curvature(mu: float, *, distance: float, radius: float) -> float:
+    """μ₀ at a point ``distance`` away from the one whose Hessian gave ``mu``: by
+    self-concordance ``H(θ′) ⪰ e^{−R‖θ′−θ‖} H(θ)``, so ``e^{−R d} μ`` (docs/design.md §8.9)."""
+    return mu * math.exp(-radius * distance) if mu > 0 else mu
+
+
+def certify(mu: float, gnorm: float, floor: float, *, radius: float, lam: float, fit_intercept: bool) -> Certificate:
+    """A proven upper bound on ``‖θ − θ*‖`` from the gradient norm at θ and μ₀ ≤ λ_min(H(θ)).
+
+    With ``g = ‖∇L(θ)‖ + floor`` (the exact gradient norm is at most the computed one
+    plus its rounding floor), ``μ₀ = mu`` (:func:`curvature` of H(θ), or
+    :func:`carry_curvature` from a nearby point) and R = ``radius``:
+
+    * the logistic loss is generalised self-concordant (``|ℓ‴| ≤ ℓ″``), so
+      ``α_i(θ′) ≥ e^{−R‖θ′−θ‖} α_i(θ)`` and ``H(θ′) ⪰ e^{−R‖θ′−θ‖} H(θ)`` (the penalty only
+      helps); integrating along ``[θ*, θ]`` gives ``g ≥ μ₀ (1 − e^{−Rδ}) / R`` for
+      ``δ = ‖θ − θ*‖``, hence ``δ ≤ −log(1 − R g/μ₀) / R`` (≈ g/μ₀) when ``R g < μ₀``;
+      θ* then exists (docs/design.md §8.9 has the proof);
+    * without an intercept, ``H ⪰ λ I`` everywhere, so also ``δ ≤ g / λ``.
+
+    The bound is the smaller of the two; inf when neither applies (μ₀ ≤ 0 or R g ≥ μ₀,
+    and λ = 0 or an intercept). It holds at any θ, converged or not.
+    """
+    g = gnorm + floor
+    bound = math.inf
+    if mu > 0:
+        x = radius * g / mu
+        if x < 1:
+            bound = g / mu if x == 0 else -math.log1p(-x) / radius
+    if lam > 0 and not fit_intercept:
+        bound = min(bound, g / lam)
+    return Certificate(bound=float(bound), mu=float(mu), grad_norm=float(gnorm), radius=float(radius))
+
+
+def stop_reason(bound: float, gnorm: float, *, ref: float, floor: float, tol: float) -> str | None:
+    """"tolerance" when the certified error bound is ``≤ tol · ref`` (ref: ‖θ − θ̂‖ for a
+    retrain, ‖θ‖ for a fit), "rounding floor" when ‖∇L‖ is at its rounding floor (no
+    iteration can lower it, nor the bound, further), None otherwise."""
+    if bound <= tol * ref:
         return "tolerance"
     if gnorm <= floor:
         return "rounding floor"

@@ -22,7 +22,7 @@ from .cluster import current_client, small_compute
 from .config import RunConfig
 from .errors import CorpusError
 from .factor import factor_hessian
-from .fit import FitResult, fit
+from .fit import FitResult, describe, fit
 from .io import Corpus, find_nonfinite, open_corpus
 from .metrics import metric_at, read_index_file, select_test_subset
 from .model import FittedModel
@@ -72,8 +72,7 @@ class Attribution:
 
     def __repr__(self) -> str:
         return (f"Attribution(n = {self.corpus.n}, d = {self.corpus.d}, lam = {self.config.lam}, "
-                f"metrics = {list(self.model.metrics)}, fit: {self.fit.n_iter} iterations, rel grad "
-                f"{self.fit.rel_grad_norm:.1e}; scores lazy)")
+                f"metrics = {list(self.model.metrics)}, fit: {describe(self.fit.record())}; scores lazy)")
 
     def _repr_html_(self) -> str:
         from .rundir import summary_html
@@ -81,7 +80,7 @@ class Attribution:
         return summary_html("rifscale attribution", {
             "n × d": f"{self.corpus.n} × {self.corpus.d}", "λ": self.config.lam,
             "intercept": self.config.fit_intercept, "metrics": ", ".join(self.model.metrics),
-            "fit": f"{self.fit.n_iter} iterations ({self.fit.n_passes} passes), rel grad {self.fit.rel_grad_norm:.1e}",
+            "fit": describe(self.fit.record()),
             "test subset": f"{self.model.test_subset.size} test rows",
             "scores": "lazy: .leverage, .if_scores, .rif_scores, .to_dataframe(), .to_zarr(path)",
             "corpus": self.corpus.path or "in memory",
@@ -131,7 +130,7 @@ def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = Non
         theta0=theta0,
     )
     timings["fit"] = time.perf_counter() - t  # includes the first read (and persist) of the rows
-    log.info("fit converged in %d iterations (%d passes), rel grad %.2e", fitted.n_iter, fitted.n_passes, fitted.rel_grad_norm)
+    log.info("fit converged in %s", describe(fitted.record()))
     t = time.perf_counter()
     factor = factor_hessian(fitted.hessian, client=client)
     timings["factor"] = time.perf_counter() - t

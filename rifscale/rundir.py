@@ -561,13 +561,15 @@ class Run:
         return estimates_frame(zarr.open_group(str(self.path / "groups"), mode="r").attrs["estimates"])
 
     def _repr_html_(self) -> str:
+        from .fit import describe
+
         m = self.manifest
         fit, counts = m.get("fit", {}), m.get("counts", {})
         return summary_html(f"rifscale run {self.path.name}", {
             "path": str(self.path), "status": m.get("status"), "created": m.get("created"),
             "n × d": f"{m.get('n')} × {m.get('d')}", "λ": m["config"]["lam"],
             "intercept": m["config"]["fit_intercept"], "metrics": ", ".join(self.model.metrics),
-            "fit": f"{fit.get('n_iter')} iterations, rel grad {fit.get('rel_grad_norm', float('nan')):.1e}",
+            "fit": describe(fit),
             "leverage": f"mean {counts.get('mean_leverage', float('nan')):.3g}, max {counts.get('max_leverage', float('nan')):.3g}",
             "flagged": counts.get("flagged_low_margin"),
             "corpus": f"{m['corpus']['path']} ({m['corpus']['fingerprint']})",

@@ -127,3 +127,12 @@ def test_metric_blocks_agree(fit_intercept):
     g = kernels.metric_grad_block(x, y, theta=theta, fit_intercept=fit_intercept)[0]
     v = kernels.metric_values_block(x, y, thetas=theta[:, None], fit_intercept=fit_intercept)[0]
     np.testing.assert_allclose(g[:2], v, rtol=1e-14)
+
+
+def test_max_row_norm_is_the_largest_design_row_norm():
+    """The certificates' radius R: the largest ‖z_i‖, the intercept's 1 included (bug: the
+    norm of x alone would understate R for an intercept model), 0 for an empty block."""
+    x = np.array([[3.0, 4.0], [0.0, 1.0]], dtype=np.float32)
+    assert kernels.max_row_norm_block(x, fit_intercept=False)[0, 0] == pytest.approx(5.0)
+    assert kernels.max_row_norm_block(x, fit_intercept=True)[0, 0] == pytest.approx(np.sqrt(26.0))
+    assert kernels.max_row_norm_block(np.empty((0, 2)), fit_intercept=True)[0, 0] == 0.0

@@ -17,39 +17,38 @@ from rifscale.testing import Reference, make_problem
 from .conftest import corpus_of, rel_err
 
 
-def _grad_norm(ref: Reference, theta) -> float:
-    return float(np.linalg.norm(ref.grad_hess(theta, np.ones(len(ref.y), dtype=bool))[0]))
-
-
-def test_convergence_is_relative_to_the_gradient_at_zero(synchronous):
-    """Bug: testing ‖∇L‖ ≤ tol instead of ‖∇L‖ ≤ tol·‖∇L(0)‖. With features scaled by 1e-4
-    (no intercept) ‖∇L(0)‖ ≈ 1e-2, so the absolute test stops about 100x too early."""
+def test_tolerance_is_relative_to_the_size_of_theta(synchronous):
+    """Bug: certifying ‖θ − θ*‖ ≤ tol instead of ≤ tol·‖θ̂‖. With features scaled by 1e3
+    (no intercept) ‖θ̂‖ ≈ 3e-3, so an absolute test is some 300x too loose."""
     pr = make_problem(400, 6, seed=21)
-    X = pr.X * 1e-4
-    ref = Reference(X, pr.y, lam=1e-8, fit_intercept=False)
+    X = pr.X * 1e3
+    ref = Reference(X, pr.y, lam=1.0, fit_intercept=False)
     c = rifscale.Corpus.from_arrays(X, pr.y, chunk_rows=64)
-    res = fit(c.train.X, c.train.y, lam=1e-8, fit_intercept=False)
-    g0 = _grad_norm(ref, np.zeros(6))
-    assert g0 < 0.05  # the premise: an absolute test would be far looser
+    res = fit(c.train.X, c.train.y, lam=1.0, fit_intercept=False)
+    assert np.linalg.norm(ref.theta) < 0.01  # the premise: an absolute test would be far looser
     assert res.stopped_at == "tolerance"
-    assert _grad_norm(ref, res.theta) <= 1e-10 * g0  # checked by the independent reference
+    # checked by the independent reference
+    assert np.linalg.norm(res.theta - ref.theta) <= res.error_bound <= 1e-10 * np.linalg.norm(res.theta)
     # Newton overshoots the tolerance, which can hide the bug above; a loose tolerance
-    # cannot be overshot from θ = 0: relative, the fit must move; absolute, it would not
-    loose = fit(c.train.X, c.train.y, lam=1e-8, fit_intercept=False, tol=0.5, warm_start=False)
-    assert loose.n_iter >= 1 and _grad_norm(ref, loose.theta) <= 0.5 * g0
+    # cannot be overshot from θ = 0, where the bound is already below 0.5: relative
+    # (to ‖θ‖ = 0), the fit must move; absolute, it would not
+    g0, H0 = ref.grad_hess(np.zeros(6), np.ones(400, dtype=bool))
+    assert np.linalg.norm(g0) / np.linalg.eigvalsh(H0)[0] < 0.5
+    loose = fit(c.train.X, c.train.y, lam=1.0, fit_intercept=False, tol=0.5, warm_start=False)
+    assert loose.n_iter >= 1 and np.linalg.norm(loose.theta - ref.theta) <= 0.5 * np.linalg.norm(loose.theta)
 
 
 def test_well_conditioned_fit_and_retrains_stop_at_the_tolerance(synchronous):
     """Bug: a rounding-floor constant 1000x too large makes fits and retrains stop at a
-    'rounding floor' far above the tolerance. On a well-conditioned problem the floor is
-    never what stops them."""
+    'rounding floor' far above the tolerance (and, added into the bound, keeps the bound
+    above it). On a well-conditioned problem the floor is never what stops them."""
     pr = make_problem(3000, 10, seed=22)
     res = rifscale.attribute(corpus_of(pr, 500), lam=1.0, test_subset="all")
-    assert res.fit.stopped_at == "tolerance" and res.fit.rel_grad_norm <= 1e-10
+    assert res.fit.stopped_at == "tolerance" and res.fit.certified and res.fit.rel_error_bound <= 1e-10
     rng = np.random.default_rng(0)
     sets = {f"s{k}": rng.choice(3000, size, replace=False) for k, size in enumerate((1, 5, 30, 300))}
     for r in retrain(res, sets).values():
-        assert r.stopped_at == "tolerance" and r.rel_grad_norm <= 1e-9, r
+        assert r.stopped_at == "tolerance" and r.certified and r.rel_error_bound <= 1e-8, r
 
 
 def test_rounding_floor_is_a_small_multiple_of_epsilon():
@@ -83,7 +82,7 @@ def test_warm_start_and_cold_start_reach_the_same_optimum(synchronous):
     cold = fit(c.train.X, c.train.y, lam=0.2, warm_start=False)
     assert warm.warm_start["used"] and cold.warm_start is None
     assert rel_err(warm.theta, cold.theta) <= 1e-9
-    assert warm.rel_grad_norm <= 1e-10 and cold.rel_grad_norm <= 1e-10
+    assert warm.rel_error_bound <= 1e-10 and cold.rel_error_bound <= 1e-10
 
 
 def test_misleading_float32_hessian_falls_back_to_exact_newton(synchronous):

@@ -33,7 +33,7 @@ def test_accuracy_actual_changes_are_exact_retrains(problem, synchronous):
     pr, ref = problem
     res = rifscale.attribute(corpus_of(pr, 64), lam=0.3, test_subset="all")
     acc = accuracy(res, strategies=("random", "top_influence"), sizes=[3, 30], seed=1)
-    assert len(acc.sets) == 4 and all(r.converged for r in acc.retrains.values())
+    assert len(acc.sets) == 4 and all(r.certified and r.rel_error_bound <= 1e-8 for r in acc.retrains.values())
     S = res.model.test_subset
     for s in acc.sets:
         exact = ref.delta_exact(s.indices)
@@ -55,7 +55,7 @@ def test_poisoning_matches_reference(problem, synchronous):
     res = rifscale.attribute(corpus_of(pr, 64), lam=0.3)
     rows = poisoning(res, n_points=6, seed=2)
     for r in rows:
-        assert r["converged"]
+        assert r["converged"] and r["certified"] and r["rel_error_bound"] <= 1e-8
         t = r["test_row"]
         X = np.vstack([pr.X, pr.X_test[t]])
         y = np.concatenate([pr.y, [1 - pr.y_test[t]]])
@@ -93,7 +93,19 @@ def test_validate_cli_writes_tables_sets_and_figures(validated_run):
     names = g["sets"].attrs["names"]
     offsets = g["sets/offsets"][:]
     assert len(names) == 16 and offsets[-1] == g["sets/indices"].shape[0]
-    assert all(r["converged"] for r in g["exact"].attrs["retrains"])
+    records = g["exact"].attrs["retrains"]
+    assert all(r["certified"] and r["rel_error_bound"] <= 1e-8 and r["mu"] > 0 for r in records)
+    # the bound is stated: per set in the store, per strategy in the report, and for the fit
+    table = json.loads((report / "retrains.json").read_text())
+    assert table[-1]["strategy"] == "all" and table[-1]["certified"] == 16
+    assert table[-1]["max_rel_error_bound"] == max(r["rel_error_bound"] for r in records)
+    assert table[-1]["max_rel_bound_with_fit"] > table[-1]["max_rel_error_bound"]  # the fit's bound added
+    assert g.attrs["records"]["accuracy"]["certified"] == 16
+    page = (report / "index.html").read_text()
+    assert "16 certified to within 1e-08 · |Δθ|" in page and "max_rel_error_bound" in page
+    fit = json.loads((validated_run / "manifest.json").read_text())["fit"]
+    assert fit["certified"] and fit["rel_error_bound"] <= 1e-10 and fit["mu"] > 0 and fit["error_bound"] > 0
+    assert all(r["certified"] for r in json.loads((report / "poisoning.json").read_text()))
     assert main(["-q", "validate", str(validated_run), "--workers", "1"]) == 2  # never overwritten unasked
 
 

@@ -233,6 +233,17 @@ def min_margin_block(x, y, w=None, *, theta, fit_intercept: bool):
     return xp.min(xp.concatenate([margin, xp.asarray([xp.inf])]))[None, None]
 
 
+def max_row_norm_block(x, *, fit_intercept: bool):
+    """(1, 1) float64 array: the largest ``‖z_i‖`` over the block's rows (0 for none).
+
+    It bounds how fast the curvature weights α_i can change along a segment, which the
+    error certificates need (:func:`rifscale.newton.certify`)."""
+    xp = array_namespace(x)
+    z = design(x, fit_intercept=fit_intercept)
+    sq = xp.sum(z * z, axis=1)
+    return xp.sqrt(xp.max(xp.concatenate([sq, xp.zeros(1, dtype=xp.float64)])))[None, None]
+
+
 def keep_mask(rows, sets):
     """(m, K) float64 weights: 0 where row ``rows[i]`` is in ``sets[k]``, 1 elsewhere.
 
