@@ -223,6 +223,7 @@ def fit(
     warm_start: bool = True,
     progress: int = logging.INFO,
     final_hessian: bool = True,
+    radius: float | None = None,
 ) -> FitResult:
     """Minimise ``Σ w_i ℓ_i(θ) + (λ/2)‖θ_w‖²`` by safeguarded Newton.
 
@@ -242,6 +243,9 @@ def fit(
         Make sure the returned Hessian is the float64 one at θ̂ (one more pass if the
         converging pass did not compute it), and prove the error bound with it; False for
         fits whose H is not used (they stop on the bound's estimate, not certified).
+    radius : float, optional
+        R = max ‖z_i‖ of these rows (``FitResult.row_norm_max`` of an earlier fit on the
+        same rows): spares the light pass that reads it for the certificate.
     """
     t0 = time.perf_counter()
     p = X.shape[1] + int(fit_intercept)
@@ -295,7 +299,8 @@ def fit(
     ref = at_zero.grad_norm or 1.0
     H, H_dtype = cur.hessian, cur.hessian_dtype
     mu = curvature(H)  # of the Hessian at hand: an estimate until H is the float64 one at θ
-    radius = None  # R = max ‖z_i‖, read (one light pass) when a bound is first proven
+    # R = max ‖z_i‖: given (the same rows' R from an earlier fit), or read (one light pass)
+    # when a bound is first proven
     ratio = 1.0  # ‖∇L‖ after / before the last accepted step
     history = []
     # the bar of the main fit (not of the inner ones); it ends with the fit, also on an error

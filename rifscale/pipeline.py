@@ -94,7 +94,8 @@ class Attribution:
 
 
 def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = None, *, client=None,
-              theta0: np.ndarray | None = None, _layout: dict | None = None, **overrides) -> Attribution:
+              theta0: np.ndarray | None = None, _layout: dict | None = None, _radius: float | None = None,
+              **overrides) -> Attribution:
     """Fit, factor and build the (lazy) IF/RIF scores of every training sample.
 
     Parameters
@@ -128,6 +129,7 @@ def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = Non
         tol=config.tol,
         max_iter=config.max_iter,
         theta0=theta0,
+        radius=_radius,
     )
     timings["fit"] = time.perf_counter() - t  # includes the first read (and persist) of the rows
     log.info("fit converged in %s", describe(fitted.record()))

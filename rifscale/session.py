@@ -25,6 +25,8 @@ import logging
 import os
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from ._blocks import persist_rows
 from .cluster import check_worker_profiling, current_client
 from .config import RunConfig
@@ -76,18 +78,46 @@ class Session:
             test = replace(test, X=tX, y=ty, ids=tids)
         self.corpus = replace(self._source, train=replace(train, ids=ids), test=test)
         self._closed = False
+        self._fits = []  # (lam, fit_intercept, theta) of every fit made through the session
+        self._radius = {}  # fit_intercept -> max ‖z_i‖ of the held rows (the certificates' R)
         log.info("session: corpus %s held in %s (%d row blocks)", self.corpus.path or "in memory",
                  "worker memory" if self.client is not None else "this process", self.layout["blocks"])
 
     # ------------------------------------------------------------------ the calls
-    def attribute(self, config: RunConfig | None = None, *, theta0=None, **overrides):
+    def attribute(self, config: RunConfig | None = None, *, theta0=None, warm: bool = True, **overrides):
         """:func:`rifscale.attribute` on the held corpus (same parameters; ``persist``
-        and ``device`` are the session's)."""
+        and ``device`` are the session's).
+
+        With ``warm=True`` (the default) and no ``theta0``, the Newton fit starts from the
+        θ̂ of this session's earlier fit whose λ is nearest (same intercept setting), and
+        reuses the rows' max ‖z_i‖ of the error certificate: a fit along a λ path then
+        takes a few Newton passes. The answer is the same to the certified bound
+        (``result.fit.error_bound``), not bit for bit that of a fit started afresh
+        (``warm=False`` gives those bits)."""
         from .pipeline import attribute
 
         self._check()
-        return attribute(self.corpus, config, client=self.client, theta0=theta0, _layout=self.layout,
-                         **self._overrides(overrides))
+        overrides = self._overrides(overrides)
+        cfg = (config or RunConfig()).replace(**overrides)
+        start = None
+        if theta0 is None and warm:
+            start = self._nearest(cfg.lam, cfg.fit_intercept)
+            if start is not None:
+                log.info("session: the fit starts from the theta of lam = %g", start[0])
+        result = attribute(self.corpus, config, client=self.client, theta0=theta0 if start is None else start[1],
+                           _layout=self.layout, _radius=self._radius.get(cfg.fit_intercept) if warm else None,
+                           **overrides)
+        self._fits.append((cfg.lam, cfg.fit_intercept, result.theta))
+        if np.isfinite(result.fit.row_norm_max):
+            self._radius[cfg.fit_intercept] = float(result.fit.row_norm_max)
+        return result
+
+    def _nearest(self, lam: float, fit_intercept: bool):
+        """``(λ, θ̂)`` of the earlier fit nearest to ``lam`` on a log scale, or None."""
+        same = [(lam0, theta) for lam0, icpt, theta in self._fits if icpt == fit_intercept]
+        if not same:
+            return None
+        return min(same, key=lambda f: abs(np.log(max(f[0], 1e-300)) - np.log(max(lam, 1e-300))))
 
     def group_effects(self, source, sets, **kwargs):
         """:func:`rifscale.group_effects` for a result (an Attribution or a run of this

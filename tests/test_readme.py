@@ -112,5 +112,6 @@ def test_session_example_runs_and_matches_fresh_calls(tmp_path, monkeypatch, cap
     out = capsys.readouterr().out
     assert "'rif'" in out
     fresh = rifscale.attribute(tmp_path / "session-corpus.zarr", lam=10.0)
-    assert namespace["runs"][10.0].theta.tobytes() == fresh.theta.tobytes()
+    theta = namespace["runs"][10.0].theta
+    assert np.linalg.norm(theta - fresh.theta) <= 1e-8 * np.linalg.norm(fresh.theta)  # started from lam = 1's
     assert namespace["exact"]["top10"].converged

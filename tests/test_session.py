@@ -46,10 +46,13 @@ def test_calls_read_nothing_from_the_store_and_match_fresh_runs(corpus):
         frame = second.to_dataframe()
         est = s.group_effects(second, {"a": [0, 3, 7]})
         fits = s.retrain(second, {"a": [0, 3, 7]})
-    for lam, res in ((0.5, first), (3.0, second)):
-        assert res.theta.tobytes() == fresh[lam].theta.tobytes()  # same layout, same sums: same bits
+    # the first fit starts as a fresh one does: same layout, same sums, same bits
+    assert first.theta.tobytes() == fresh[0.5].theta.tobytes()
     np.testing.assert_array_equal(first_scores, fresh_scores[0.5])
-    np.testing.assert_array_equal(frame["rif_test_loss"].to_numpy(), fresh_scores[3.0])
+    # the second starts from the first's theta: the same optimum to its certified bound, in fewer passes
+    assert second.fit.certified and rel_err(second.theta, fresh[3.0].theta) <= 1e-8
+    assert second.fit.n_passes < fresh[3.0].fit.n_passes
+    assert rel_err(frame["rif_test_loss"].to_numpy(), fresh_scores[3.0]) <= 1e-7
     assert list(frame.index[:3]) == [0, 1, 2]
     ref = Reference(pr.X, pr.y, lam=3.0)
     assert rel_err(est["a"].delta["ns"], ref.delta_ns(np.array([0, 3, 7]))) <= 1e-8
@@ -116,3 +119,12 @@ def test_the_corpus_fingerprint_is_the_opened_one_also_for_foreign_stores(corpus
     assert corpus_fingerprint(tmp_path / "foreign.zarr") == open_corpus(tmp_path / "foreign.zarr").fingerprint
     with rifscale.Session(tmp_path / "foreign.zarr") as s:
         s.attribute(lam=1.0)
+
+
+def test_warm_false_gives_the_bits_of_a_fresh_fit(corpus):
+    pr, path = corpus
+    fresh = rifscale.attribute(path, lam=2.0)
+    with rifscale.Session(path) as s:
+        s.attribute(lam=0.5)
+        again = s.attribute(lam=2.0, warm=False)
+    assert again.theta.tobytes() == fresh.theta.tobytes()

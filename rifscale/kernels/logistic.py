@@ -239,9 +239,17 @@ def max_row_norm_block(x, *, fit_intercept: bool):
     It bounds how fast the curvature weights α_i can change along a segment, which the
     error certificates need (:func:`rifscale.newton.certify`)."""
     xp = array_namespace(x)
-    z = design(x, fit_intercept=fit_intercept)
-    sq = xp.sum(z * z, axis=1)
-    return xp.sqrt(xp.max(xp.concatenate([sq, xp.zeros(1, dtype=xp.float64)])))[None, None]
+    if xp is not np:
+        z = design(x, fit_intercept=fit_intercept)
+        sq = xp.sum(z * z, axis=1)
+        return xp.sqrt(xp.max(xp.concatenate([sq, xp.zeros(1, dtype=xp.float64)])))[None, None]
+    if x.shape[0] == 0:
+        return np.zeros((1, 1))
+    largest = 0.0  # float64 row norms a sub-block at a time, in the thread's scratch buffer (no copy of the block)
+    for s in range(0, x.shape[0], SUB_ROWS):
+        xb = rows_as(x[s : s + SUB_ROWS], np.float64, "rows64")
+        largest = max(largest, float(np.einsum("ij,ij->i", xb, xb).max()))
+    return np.sqrt(np.array([[largest + float(fit_intercept)]]))
 
 
 def keep_mask(rows, sets):
