@@ -134,6 +134,7 @@ def session_child(spec: dict) -> dict:
     from distributed import Client
 
     import rifscale
+    from rifscale.testing import spoil_chunks
 
     out = Path(spec["tmp"])
     corpus = out / "session-copy.zarr"
@@ -157,16 +158,6 @@ def session_child(spec: dict) -> dict:
                 session.close()
     shutil.rmtree(corpus)
     return {"calls": calls, "chunk_files_spoiled_before_session_call_2": spoiled}
-
-
-def spoil_chunks(corpus: Path) -> int:
-    """Overwrite every chunk file of a Zarr v3 corpus (its metadata kept); returns how many."""
-    n = 0
-    for f in corpus.rglob("*"):
-        if f.is_file() and "c" in f.relative_to(corpus).parts and f.name != "zarr.json":
-            f.write_bytes(b"not a chunk")
-            n += 1
-    return n
 
 
 def bench_session(n: int, d: int, tmp: Path, repeats: int, workers: int) -> dict:

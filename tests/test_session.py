@@ -4,14 +4,13 @@ and released on close."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import rifscale
 from rifscale.errors import ConfigError, CorpusError
-from rifscale.testing import Reference, make_problem
+from rifscale.testing import Reference, make_problem, spoil_chunks
 
 from .conftest import rel_err
 
@@ -24,23 +23,13 @@ def corpus(tmp_path):
     return pr, path
 
 
-def _spoil_chunks(path: Path) -> int:
-    """Overwrite every chunk file of the corpus with bytes no codec decodes (metadata kept)."""
-    spoiled = 0
-    for f in path.rglob("*"):
-        if f.is_file() and "c" in f.relative_to(path).parts and f.name != "zarr.json":
-            f.write_bytes(b"not a chunk")
-            spoiled += 1
-    return spoiled
-
-
 def test_calls_read_nothing_from_the_store_and_match_fresh_runs(corpus):
     pr, path = corpus
     fresh = {lam: rifscale.attribute(path, lam=lam, test_subset="all") for lam in (0.5, 3.0)}
     fresh_scores = {lam: a.rif_scores["test_loss"].compute() for lam, a in fresh.items()}
     with rifscale.Session(path) as s:
         first = s.attribute(lam=0.5, test_subset="all")
-        assert _spoil_chunks(path) > 0  # from here on any read of the rows would fail to decode
+        assert spoil_chunks(path) > 0  # from here on any read of the rows would fail to decode
         first_scores = first.rif_scores["test_loss"].compute()
         second = s.attribute(lam=3.0, test_subset="all")
         frame = second.to_dataframe()

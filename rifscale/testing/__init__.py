@@ -6,5 +6,6 @@ implementation of docs/design.md §1–2 that the distributed results are compar
 
 from .problems import Problem, make_problem
 from .reference import Reference
+from .stores import spoil_chunks
 
-__all__ = ["Problem", "Reference", "make_problem"]
+__all__ = ["Problem", "Reference", "make_problem", "spoil_chunks"]
