@@ -63,7 +63,7 @@ _LAZY = {
     "Session": ("session", "Session"),
     "list_runs": ("rundir", "list_runs"),
     "open_run": ("rundir", "open_run"),
-    "run_job": ("rundir", "run_job"),
+    "run_job": ("jobs", "run_job"),
     "write_run": ("rundir", "write_run"),
     "ingest_parquet": ("parquet", "ingest_parquet"),
     "GroupEstimate": ("groups", "GroupEstimate"),

@@ -98,7 +98,7 @@ def _run(args) -> int:
     from .factor import check_gpu, gpu_policy
     from .fit import describe
     from .io import open_corpus, verify_corpus
-    from .rundir import Job
+    from .jobs import Job
 
     config = config_from_args(args)
     job = Job(open_corpus(args.corpus), args.out, config, overwrite=args.overwrite, warm_start=args.warm_start)
@@ -160,7 +160,8 @@ def _runs(args) -> int:
 
 
 def _groups(args) -> int:
-    from .groups import format_table, normalise_sets, run_groups
+    from .groups import format_table, normalise_sets
+    from .jobs import run_groups
     from .rundir import open_run
 
     run = open_run(args.run, corpus=args.corpus)  # run and sets checked before any cluster starts

@@ -155,8 +155,21 @@ def retrain(
         states.append(_State(name=name, size=rows.size, rows=rows, theta=model.theta.copy(), trial=start,
                              precond=d.hessian, ref=float(np.linalg.norm(d.G)) or 1.0,
                              method="chord" if d.hessian is not None else "newton"))
-    _solve(train, model, states, tol=tol, max_passes=max_passes, safeguard=safeguard, client=client)
+    _solve(train, model, states, tol=tol, max_passes=max_passes, safeguard=safeguard, client=client,
+           radius=_fit_radius(source))
     return {s.name: _result(s, model) for s in states}
+
+
+def _fit_radius(source) -> float | None:
+    """R = max ‖z_i‖ of the training rows as the fit recorded it (an Attribution's fit, a
+    run's manifest), or None when it did not: the retrains' certificates need the same R,
+    and reading it again is a pass over the rows."""
+    fit = getattr(source, "fit", None)
+    if fit is not None:
+        radius = getattr(fit, "row_norm_max", None)
+    else:
+        radius = ((getattr(source, "manifest", None) or {}).get("fit") or {}).get("row_norm_max")
+    return float(radius) if radius is not None and np.isfinite(radius) else None
 
 
 def retrain_sets(source, sets, *, tol: float = TOL, client=None) -> dict[str, Retrain]:
@@ -212,10 +225,13 @@ def _added_terms(s: _State, theta: np.ndarray, want_hessian: bool):
     return float(kernels.log_loss(eta, y).sum()), z.T @ r, float(np.abs(r) @ np.linalg.norm(z, axis=1)), H
 
 
-def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, safeguard, client) -> None:
-    """Advance every problem until certified, stuck, or out of passes; all share each pass."""
+def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, safeguard, client,
+           radius: float | None = None) -> None:
+    """Advance every problem until certified, stuck, or out of passes; all share each pass.
+    ``radius``: max ‖z_i‖ of the training rows if known (else one light pass reads it)."""
     p = model.p
-    radius = max_row_norm(train.X, fit_intercept=model.fit_intercept)
+    if radius is None:
+        radius = max_row_norm(train.X, fit_intercept=model.fit_intercept)
     for s in states:
         s.radius = max(radius, float(np.linalg.norm(s.added[0], axis=1).max())) if s.added else radius
     all_sets = broadcast([s.rows for s in states], client=client)
@@ -344,5 +360,6 @@ def poisoned_fits(source, x: np.ndarray, y: np.ndarray, *, tol: float = TOL, max
         g = float(np.linalg.norm(kernels.residual(z[j : j + 1] @ model.theta, y[j : j + 1]) * z[j]))
         states.append(_State(name=f"poison-{j}", size=0, rows=empty, theta=model.theta.copy(), trial=model.theta.copy(),
                              precond=None, ref=g or 1.0, method="newton", added=(z[j : j + 1], y[j : j + 1])))
-    _solve(corpus.train, model, states, tol=tol, max_passes=max_passes, safeguard=True, client=client)
+    _solve(corpus.train, model, states, tol=tol, max_passes=max_passes, safeguard=True, client=client,
+           radius=_fit_radius(source))
     return [_result(s, model) for s in states], [s.hessian for s in states]

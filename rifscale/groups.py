@@ -337,29 +337,11 @@ def write_groups(run_path, estimates: dict[str, GroupEstimate], *, overwrite: bo
 
     out = output_path(run_path, "groups") / "groups"
     with atomic_dir(out, overwrite=overwrite, kind="groups", flag=None) as tmp:
-        _store_groups(tmp, estimates)
+        store_groups(tmp, estimates)
     return out
 
 
-def run_groups(run_path, sets, *, corpus=None, overwrite: bool = False, client=None,
-               by_id: bool = False) -> dict[str, GroupEstimate]:
-    """The job behind ``rifscale groups`` (``run_path``: a path or an open
-    :class:`~rifscale.rundir.Run`): open the run, check the sets, claim
-    ``RUN/groups`` (refused before any work if it exists and ``overwrite`` is not given),
-    estimate and write it."""
-    from .outputs import atomic_dir
-    from .rundir import Run, open_run
-
-    run = run_path if isinstance(run_path, Run) else open_run(run_path, corpus=corpus)
-    sets = normalise_sets(sets, run.corpus.n, ids=run.ids, by_id=by_id)
-    with atomic_dir(run.path / "groups", overwrite=overwrite, kind="groups", inputs=[run.corpus.path],
-                    flag=None) as tmp:
-        estimates = group_effects(run, sets, client=client)
-        _store_groups(tmp, estimates)
-    return estimates
-
-
-def _store_groups(path: Path, estimates: dict[str, GroupEstimate]) -> None:
+def store_groups(path: Path, estimates: dict[str, GroupEstimate]) -> None:
     import zarr
 
     names = list(estimates)

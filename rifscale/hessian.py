@@ -21,7 +21,7 @@ import dask.array as da
 import numpy as np
 
 from . import kernels
-from ._blocks import block_sum, per_block, reduce_blocks
+from ._blocks import per_block, reduce_blocks
 from .newton import penalised, penalised_hessian
 
 
@@ -50,14 +50,6 @@ def newton_points_block(x, y, w=None, *, points, fit_intercept: bool):
     read of the block, the packed rows side by side."""
     return np.concatenate([kernels.to_numpy(kernels.newton_block(x, y, w, theta=th, fit_intercept=fit_intercept,
                                                                  hessian=h)).reshape(-1) for th, h in points])
-
-
-def newton_terms(X: da.Array, y: da.Array, theta, *, fit_intercept: bool, weights=None,
-                 hessian: str | None = "float64") -> da.Array:
-    """Lazy packed ``[Σ w ℓ, Σ w |r|‖z‖, Σ w r z (, Σ w α z zᵀ)]`` (no penalty) at ``theta``."""
-    theta = np.asarray(theta, dtype=np.float64)
-    return block_sum(newton_points_block, X, y, weights, width=_width(theta.shape[0], hessian),
-                     points=[(theta, hessian)], fit_intercept=fit_intercept)
 
 
 def unpack(packed: np.ndarray, theta: np.ndarray, *, lam: float, fit_intercept: bool,

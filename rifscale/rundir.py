@@ -30,7 +30,6 @@ Two ways to write one, both atomic (:mod:`rifscale.outputs`):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -47,15 +46,14 @@ import zarr
 
 from . import __version__
 from .config import RunConfig
-from .errors import ConfigError, CorpusError, OutputExistsError
+from .errors import ConfigError, CorpusError
 from .factor import Factor
-from .io import Corpus, corpus_fingerprint, local_path, open_corpus
+from .io import Corpus, local_path, open_corpus
 from .kernels import to_numpy
 from .kernels.scores import SCORE_COLUMNS
 from .metrics import MetricAtOptimum
 from .model import FittedModel
-from .outputs import (atomic_dir, check_inputs, check_output, claim, filesystem, is_url, mark, output_path, publish,
-                      remove, remove_within)
+from .outputs import atomic_dir, filesystem, is_url, output_path
 from .progress import compute as progress_compute
 
 log = logging.getLogger(__name__)
@@ -262,38 +260,6 @@ def write_run(result, out, *, overwrite: bool = False, progress: bool = False) -
     return manifest
 
 
-# ---------------------------------------------------------------------------- the batch job
-
-def _file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def job_key(corpus: Corpus, config: RunConfig, *, warm_start=None) -> dict:
-    """What makes two runs the same job: the config, the corpus fingerprint, the contents of
-    a test-subset file, and the run a fit started from."""
-    key = {"config": config.to_dict(), "corpus_fingerprint": corpus.fingerprint}
-    if config.test_subset not in ("paper", "all"):
-        key["test_subset_sha256"] = _file_sha256(config.test_subset)
-    if warm_start is not None:
-        key["warm_start"] = read_manifest(warm_start).get("corpus", {}) | {
-            "theta_sha256": hashlib.sha256(np.ascontiguousarray(_read_theta(warm_start)).tobytes()).hexdigest()}
-    return json.loads(json.dumps(key, default=_json_default))
-
-
-def _differences(a: dict, b: dict) -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            out += [f"{k}.{d}" for d in _differences(a[k], b[k])]
-        elif a.get(k) != b.get(k):
-            out.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}")
-    return out
-
-
 def run_location(path):
     """A run (or a directory of runs) as a path object: a ``pathlib.Path`` for local paths
     and ``file://`` URLs, a ``UPath`` over fsspec for other URLs (read-only use)."""
@@ -337,181 +303,6 @@ def checkpoint_of(out) -> Path:
 
 def _read_theta(path) -> np.ndarray:
     return np.asarray(zarr.open_array(str(run_location(path) / "model" / "theta"), mode="r")[...])
-
-
-def warm_start_theta(previous, corpus: Corpus, config: RunConfig) -> np.ndarray:
-    """θ̂ of a previous run, checked to fit this corpus and config (the nightly case: the
-    corpus grew a little, same features)."""
-    manifest = read_manifest(previous)
-    if manifest.get("status") != "complete":
-        raise ConfigError(f"--warm-start {str(previous)!r} is not a complete run (status {manifest.get('status')!r}).")
-    theta = _read_theta(previous)
-    p = corpus.d + int(config.fit_intercept)
-    if theta.shape != (p,) or manifest["config"]["fit_intercept"] != config.fit_intercept:
-        raise ConfigError(
-            f"--warm-start {str(previous)!r} has theta of shape {theta.shape} (d = {manifest['d']}, intercept "
-            f"{manifest['config']['fit_intercept']}); this run needs ({p},). Warm-start only from a run on the "
-            "same features with the same intercept setting."
-        )
-    return theta
-
-
-def run_job(corpus, out, config: RunConfig | None = None, *, overwrite: bool = False, client=None,
-            progress: bool = False, warm_start=None) -> dict:
-    """Fit, factor, score and write the run ``out`` as a resumable, idempotent batch job.
-
-    * ``out`` complete and made by the same job (:func:`job_key`): nothing is computed;
-      the manifest is returned with ``"already_complete": True``.
-    * ``out`` complete but a different job: refused unless ``overwrite``.
-    * a ``.OUT.partial`` left by a killed run of the same job: its finished stages are
-      reused (the model stage: fit, factor, metrics); the scores are recomputed.
-    * ``warm_start``: a previous run whose θ̂ starts the Newton fit (recorded in the job).
-
-    Returns the manifest written (with ``"resumed"`` naming the stage reused, if any).
-    """
-    return Job(corpus, out, config, overwrite=overwrite, warm_start=warm_start).run(client=client, progress=progress)
-
-
-class Job:
-    """A run job, checked on construction (inputs, existing output; no lock, no compute)
-    so that the CLI can refuse before it starts a cluster; :meth:`run` checks again
-    under the output's lock and does the work."""
-
-    def __init__(self, corpus, out, config: RunConfig | None = None, *, overwrite: bool = False, warm_start=None):
-        self.out = output_path(out, "run")
-        self.config = config or RunConfig()
-        self.corpus = corpus if isinstance(corpus, Corpus) else open_corpus(corpus)
-        self.overwrite, self.warm_start = overwrite, warm_start
-        check_inputs(self.out, [self.corpus.path, warm_start])
-        self.theta0 = warm_start_theta(warm_start, self.corpus, self.config) if warm_start is not None else None
-        self.key = job_key(self.corpus, self.config, warm_start=warm_start)
-        self.partial = checkpoint_of(self.out)
-        self.done = self._existing()
-
-    def _existing(self) -> dict | None:
-        """The manifest of ``out`` if it is this job, complete; None if there is nothing
-        (or something ``overwrite`` may replace); otherwise refuse."""
-        out = self.out
-        if not (out.exists() or out.is_symlink()):
-            return None
-        done = _complete_manifest(out)
-        if done is not None and done.get("job") == self.key:
-            return done
-        if done is not None and not self.overwrite:
-            why = ("it was written from the Python API (write_run), not by this command" if done.get("job") is None
-                   else f"it was made by a different job ({'; '.join(_differences(done['job'], self.key)[:4])})")
-            raise OutputExistsError(
-                f"{str(out)!r} is a complete run, but {why}. Choose another --out, or pass --overwrite to replace it."
-            )
-        check_output(out, overwrite=self.overwrite)  # not asked to, or not rifscale's: refused
-        return None
-
-    def run(self, *, client=None, progress: bool = False) -> dict:
-        out, partial, key = self.out, self.partial, self.key
-        with claim(out):
-            done = self._existing()  # again, under the lock: another job may have finished meanwhile
-            if done is not None:
-                log.info("%s is already complete (same config and corpus): nothing to do", out)
-                return done | {"already_complete": True}
-            state = _partial_state(partial, key)
-            if state is None:
-                remove(partial)
-                if partial.exists() or partial.is_symlink():
-                    raise OutputExistsError(
-                        f"{str(partial)!r} exists and was not made by rifscale; it is where this run checkpoints "
-                        "its stages. Move it away, or choose another --out."
-                    )
-                partial.mkdir()
-                mark(partial, "run")
-                state = {"rifscale_run": FORMAT, "status": "partial", "job": key, "stages": {}}
-                _write_json(partial / MANIFEST, state)
-            try:
-                manifest = self._stages(state, client=client, progress=progress)
-                self._check_corpus_unchanged()
-            except Exception:
-                if not state["stages"]:  # nothing worth resuming: a failed run leaves nothing
-                    remove(partial)
-                raise
-            _write_json(partial / MANIFEST, manifest)
-            publish(partial, out, overwrite=self.overwrite)
-        return manifest
-
-    def _stages(self, state: dict, *, client, progress: bool) -> dict:
-        """Compute (or reuse from ``state``) the stages in ``self.partial``; the manifest."""
-        from .pipeline import attribute, rescore
-
-        out, partial, key, config = self.out, self.partial, self.key, self.config
-        resumed = None
-        if "model" in state["stages"]:
-            stage = state["stages"]["model"]
-            model = _read_model(partial, stage["config"])
-            corpus, scores, layout = rescore(self.corpus, config, model, client=client)
-            fit_record, timings = stage["fit"], dict(stage["timings"])
-            resumed = "model"
-            log.info("resuming %s: reusing the finished fit (model stage) of an interrupted run", out)
-        else:
-            result = attribute(self.corpus, config, client=client, theta0=self.theta0)
-            corpus, model, scores, layout = result.corpus, result.model, result.scores, result.layout
-            fit_record, timings = result.fit.record(), dict(result.timings)
-            # a model directory the manifest does not list (killed between its move and the
-            # manifest update) is discarded: the stage is recorded only once it is whole
-            remove_within(partial, "model")
-            remove_within(partial, ".model.partial")
-            staging = partial / ".model.partial"
-            staging.mkdir()
-            _write_model(staging, model)
-            os.replace(staging / "model", partial / "model")  # the stage appears whole or not at all
-            remove_within(partial, ".model.partial")
-            state["stages"]["model"] = {"fit": fit_record, "timings": timings, "layout": layout,
-                                        "config": config.to_dict(),
-                                        "factor": {"backend": model.factor.backend, "worker": model.factor.worker}}
-            _write_json(partial / MANIFEST, state)
-        remove_within(partial, "scores")  # a killed scores pass: recompute it all
-        t = time.perf_counter()
-        counts = _write_scores(partial, corpus, model, scores, progress=progress)
-        timings["scores"] = time.perf_counter() - t
-        manifest = _manifest(corpus, config, model, fit=fit_record, layout=layout, timings=timings,
-                             status="complete", job=key)
-        manifest["counts"] = counts
-        if self.warm_start is not None:
-            manifest["warm_start"] = {"run": os.path.abspath(self.warm_start), **key["warm_start"]}
-        if resumed:
-            manifest["resumed"] = resumed
-            manifest["factor"] = state["stages"]["model"]["factor"]
-        return manifest
-
-    def _check_corpus_unchanged(self) -> None:
-        """Refuse to publish when the corpus is no longer the one the job started on (e.g.
-        re-ingested with --overwrite while a streaming run read it): the rows read may mix
-        both versions. The checkpoint goes too, since its stages may have read either."""
-        if self.corpus.path is None:
-            return
-        try:
-            now = corpus_fingerprint(self.corpus.path)
-        except CorpusError as exc:
-            now = f"unreadable: {exc}"
-        if now != self.key["corpus_fingerprint"]:
-            remove(self.partial)
-            raise CorpusError(
-                f"The corpus {self.corpus.path!r} changed while this run read it (fingerprint "
-                f"{self.key['corpus_fingerprint']} -> {now}): its rows may mix two versions, so nothing was written. "
-                "Run the same command again to compute on the corpus as it is now."
-            )
-
-
-def _complete_manifest(path: Path) -> dict | None:
-    manifest = _manifest_or_none(path)
-    return manifest if manifest is not None and manifest.get("status") == "complete" else None
-
-
-def _partial_state(partial: Path, key: dict) -> dict | None:
-    """The checkpoint of an interrupted run of the same job, or None."""
-    state = _manifest_or_none(partial)
-    if state is None or state.get("status") != "partial" or state.get("job") != key:
-        return None
-    if "model" in state.get("stages", {}) and not (partial / "model").is_dir():
-        return None
-    return state
 
 
 # ---------------------------------------------------------------------------- reading

@@ -36,6 +36,13 @@ def _data(n: int, d: int, seed: int = 0):
     return X, y, Xt, yt
 
 
+def _ingested(path: Path, n: int, d: int, *, chunk_rows: int | None = None) -> Path:
+    """A corpus of :func:`_data` ingested at ``path``."""
+    X, y, Xt, yt = _data(n, d)
+    rifscale.ingest(path, train_X=X, train_y=y, test_X=Xt, test_y=yt, chunk_rows=chunk_rows)
+    return path
+
+
 @pytest.fixture(scope="module")
 def big(tmp_path_factory):
     """A corpus whose fit (~1 s) and scores pass (~0.5 s) are long enough to be killed in."""
@@ -261,7 +268,7 @@ def test_an_output_that_appears_while_the_job_runs_is_left_alone(small, tmp_path
         (target / "theirs.txt").write_text("keep")
         return real(tmp, target, overwrite=overwrite)
 
-    monkeypatch.setattr("rifscale.rundir.publish", someone_else_writes_first)
+    monkeypatch.setattr("rifscale.jobs.publish", someone_else_writes_first)
     with pytest.raises(OutputExistsError, match="appeared while this job ran"):
         rifscale.run_job(small, out)
     assert [p.name for p in out.iterdir()] == ["theirs.txt"]

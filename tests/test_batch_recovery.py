@@ -17,16 +17,13 @@ import zarr
 import rifscale
 from rifscale.cli import main
 
-from .test_batch_jobs import _arrays, _data, _planted, _start, _wait_for_line, small  # noqa: F401 (fixture)
+from .test_batch_jobs import _arrays, _data, _ingested, _planted, _start, _wait_for_line, small  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
 def streamed(tmp_path_factory):
     """A corpus of 6 row chunks, for runs that read it from the store on every pass."""
-    root = tmp_path_factory.mktemp("streamed")
-    X, y, Xt, yt = _data(60_000, 16)
-    rifscale.ingest(root / "c.zarr", train_X=X, train_y=y, test_X=Xt, test_y=yt, chunk_rows=10_000)
-    return root / "c.zarr"
+    return _ingested(tmp_path_factory.mktemp("streamed") / "c.zarr", 60_000, 16, chunk_rows=10_000)
 
 
 def _stopped_after(corpus, out, line: str):

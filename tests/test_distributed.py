@@ -152,12 +152,9 @@ def test_clusters_rifscale_starts_sample_stacks_rarely_and_others_are_named(clus
 @pytest.fixture(scope="module")
 def wide_corpus(tmp_path_factory):
     """Big enough for the scores pass to be killed in, wide enough for BLAS's blocked paths."""
-    from .test_batch_jobs import _data
+    from .test_batch_jobs import _ingested
 
-    root = tmp_path_factory.mktemp("wide")
-    X, y, Xt, yt = _data(200_000, 64)
-    rifscale.ingest(root / "c.zarr", train_X=X, train_y=y, test_X=Xt, test_y=yt, chunk_rows=10_000)
-    return root / "c.zarr"
+    return _ingested(tmp_path_factory.mktemp("wide") / "c.zarr", 200_000, 64, chunk_rows=10_000)
 
 
 def test_a_run_resumed_after_its_fit_equals_an_uninterrupted_one_with_two_threads(wide_corpus, tmp_path):
