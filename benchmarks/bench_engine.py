@@ -313,7 +313,7 @@ def run_engine(path: Path, out: Path, client, **config) -> dict:
 
 def bench_size(n: int, client, tmp: Path, repeats: int) -> dict:
     import rifscale
-    from rifscale.hessian import objective
+    from rifscale.engine.hessian import objective
     from rifscale.testing import make_problem
 
     say(f"n = {n:,}: generating")

@@ -30,8 +30,8 @@ import scipy.optimize
 
 import rifscale
 from rifscale.demo import demo_data_path
-from rifscale.removal import default_sizes, removal_sets
-from rifscale.exact import retrain
+from rifscale.validation.removal import default_sizes, removal_sets
+from rifscale.validation.exact import retrain
 
 from bench_engine import _cpu_model  # noqa: E402  (the script's folder is on sys.path)
 

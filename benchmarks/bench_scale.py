@@ -791,9 +791,9 @@ def beyond_case(n: int, d: int, chunk_rows: int, extra: tuple, tmp: Path, repeat
 def bench_beyond_ram(n: int, d: int, ref_n: int, tmp: Path, repeats: int) -> dict:
     """The reference case (``--persist never``) then the big one (default options), both
     with the stored chunk rows ingest would choose for the big corpus; the peak-RSS ratio."""
-    import rifscale.io
+    import rifscale.corpus.ingest
 
-    chunk_rows = rifscale.io.default_chunk_rows(n, d * 4)
+    chunk_rows = rifscale.corpus.ingest.default_chunk_rows(n, d * 4)
     if ref_n < chunk_rows:
         say(f"beyond RAM: the reference corpus ({ref_n:,} rows) is one chunk, shorter than {chunk_rows:,} rows")
     cases = {"ref": beyond_case(ref_n, d, chunk_rows, ("--persist", "never"), tmp, repeats, "ref"),

@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import rifscale  # noqa: E402
-from rifscale import kernels  # noqa: E402
-from rifscale.factor import cholesky_factor, gpu_available  # noqa: E402
+from rifscale.engine import kernels  # noqa: E402
+from rifscale.engine.factor import cholesky_factor, gpu_available  # noqa: E402
 from rifscale.testing import Reference, make_problem  # noqa: E402
 
 EXACT = 1e-10

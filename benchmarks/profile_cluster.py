@@ -134,25 +134,25 @@ def run(args) -> dict:
     import dask
 
     import rifscale
-    import rifscale.factor
-    import rifscale.fit
-    import rifscale.hessian
-    import rifscale.metrics
+    import rifscale.engine.factor
+    import rifscale.engine.fit
+    import rifscale.engine.hessian
+    import rifscale.estimates.metrics
     import rifscale.pipeline
-    import rifscale.rundir
+    import rifscale.runs.format
 
     traffic = Traffic() if args.mode != "threads" else None
     if traffic:
         traffic.install()
     rec = Recorder(traffic)
-    rec.wrap(rifscale.fit, "objectives", "pass")
-    rec.wrap(rifscale.fit, "subsample_start", "warm start")
+    rec.wrap(rifscale.engine.fit, "objectives", "pass")
+    rec.wrap(rifscale.engine.fit, "subsample_start", "warm start")
     rec.wrap(rifscale.pipeline, "prepare_split", "prepare split")
     rec.wrap(rifscale.pipeline, "fit", "fit")
     rec.wrap(rifscale.pipeline, "factor_hessian", "factor")
     rec.wrap(rifscale.pipeline, "metric_at", "metrics")
     rec.wrap(rifscale.pipeline, "select_test_subset", "test subset")
-    rec.wrap(rifscale.rundir, "_write_scores", "scores pass + store")
+    rec.wrap(rifscale.runs.format, "_write_scores", "scores pass + store")
 
     result = {"mode": args.mode, "workers": args.workers, "threads": args.threads, "runs": []}
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp, contextlib.ExitStack() as stack:
@@ -184,7 +184,7 @@ def run(args) -> dict:
             with _report(client, args.out if args.report and last else None):
                 t0 = time.perf_counter()
                 res = rifscale.attribute(args.corpus, lam=args.lam, client=client)
-                manifest = rifscale.rundir.write_run(res, tmp / f"run{r}")
+                manifest = rifscale.runs.format.write_run(res, tmp / f"run{r}")
                 total = time.perf_counter() - t0
             s1, r1 = traffic.snapshot() if traffic else (0, 0)
             passes = [e for e in rec.events if e["stage"] == "pass"]

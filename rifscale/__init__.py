@@ -40,35 +40,28 @@ def show_progress(level: int = _logging.INFO, stream=None, *, bars: bool = True)
 
 
 from .config import RunConfig  # noqa: E402
-from .errors import (  # noqa: E402
-    ClusterError,
-    ConfigError,
-    CorpusError,
-    NotConvergedError,
-    NotPositiveDefiniteError,
-    OutputExistsError,
-    RifscaleError,
-)
+from .errors import (ClusterError, ConfigError, CorpusError, NotConvergedError, NotPositiveDefiniteError,
+    OutputExistsError, RifscaleError)
 
 #: The rest of the public API, imported on first use (PEP 562): a dask worker that
 #: unpickles a kernel imports the ``rifscale`` package too, and need not import the
 #: pipeline, the run format and the readers it never uses (0.3-0.4 s of its first task in a
 #: plain install, measured).
 _LAZY = {
-    "Corpus": ("io", "Corpus"),
-    "ingest": ("io", "ingest"),
-    "open_corpus": ("io", "open_corpus"),
+    "Corpus": ("corpus.model", "Corpus"),
+    "ingest": ("corpus.ingest", "ingest"),
+    "open_corpus": ("corpus.model", "open_corpus"),
     "Attribution": ("pipeline", "Attribution"),
     "attribute": ("pipeline", "attribute"),
     "Session": ("session", "Session"),
-    "list_runs": ("rundir", "list_runs"),
-    "open_run": ("rundir", "open_run"),
+    "list_runs": ("runs.listing", "list_runs"),
+    "open_run": ("runs.format", "open_run"),
     "run_job": ("jobs", "run_job"),
-    "write_run": ("rundir", "write_run"),
-    "ingest_parquet": ("parquet", "ingest_parquet"),
-    "GroupEstimate": ("groups", "GroupEstimate"),
-    "group_effects": ("groups", "group_effects"),
-    "retrain": ("exact", "retrain_sets"),
+    "write_run": ("runs.format", "write_run"),
+    "ingest_parquet": ("corpus.sources.parquet", "ingest_parquet"),
+    "GroupEstimate": ("estimates.groups", "GroupEstimate"),
+    "group_effects": ("estimates.groups", "group_effects"),
+    "retrain": ("validation.exact", "retrain_sets"),
 }
 
 

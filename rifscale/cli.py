@@ -26,7 +26,8 @@ from pathlib import Path
 
 # only light modules here: NumPy, dask and zarr are imported inside main(), where Ctrl-C is
 # one line (they take about a second)
-from . import __version__, outputs
+from . import __version__
+from . import outputs
 from .cluster import DEFAULT_TIMEOUT
 from .config import METRICS, RunConfig
 from .errors import CorpusError, NotConvergedError, NotPositiveDefiniteError, RifscaleError
@@ -37,12 +38,12 @@ log = logging.getLogger("rifscale")
 def _ingest(args) -> int:
     import zipfile
 
-    from .io import ingest
+    from .corpus.ingest import ingest
 
     common = dict(chunk_rows=args.chunk_rows, dtype=args.dtype, compressor=args.compressor,
                   overwrite=args.overwrite, test_fraction=args.test_fraction, seed=args.seed)
     if args.parquet:
-        from .parquet import ingest_parquet
+        from .corpus.sources.parquet import ingest_parquet
 
         given = [f"--{k.replace('_', '-')}" for k in ("npz", "train_X", "train_y", "train_ids", "test_X", "test_y",
                                                       "test_ids") if getattr(args, k)]
@@ -95,9 +96,10 @@ def config_from_args(args) -> RunConfig:
 
 
 def _run(args) -> int:
-    from .factor import check_gpu, gpu_policy
-    from .fit import describe
-    from .io import open_corpus, verify_corpus
+    from .engine.factor import check_gpu, gpu_policy
+    from .engine.fit import describe
+    from .corpus.model import open_corpus
+    from .corpus.verify import verify_corpus
     from .jobs import Job
 
     config = config_from_args(args)
@@ -123,7 +125,8 @@ def _run(args) -> int:
 
 
 def _verify(args) -> int:
-    from .io import open_corpus, verify_corpus
+    from .corpus.model import open_corpus
+    from .corpus.verify import verify_corpus
 
     report = verify_corpus(open_corpus(args.corpus))
     print(f"corpus {args.corpus}: {report['chunks']} chunk(s) of {', '.join(report['arrays'])} match the "
@@ -132,7 +135,7 @@ def _verify(args) -> int:
 
 
 def _export(args) -> int:
-    from .rundir import export
+    from .runs.listing import export
 
     done = export(args.run, args.out, fmt=args.format, top=args.top, by=args.by, columns=args.columns,
                   overwrite=args.overwrite, corpus=args.corpus)
@@ -141,7 +144,7 @@ def _export(args) -> int:
 
 
 def _runs(args) -> int:
-    from .rundir import list_runs
+    from .runs.listing import list_runs
 
     rows = list_runs(args.dir)
     if args.json:
@@ -160,9 +163,9 @@ def _runs(args) -> int:
 
 
 def _groups(args) -> int:
-    from .groups import format_table, normalise_sets
+    from .estimates.groups import format_table, normalise_sets
     from .jobs import run_groups
-    from .rundir import open_run
+    from .runs.format import open_run
 
     run = open_run(args.run, corpus=args.corpus)  # run and sets checked before any cluster starts
     normalise_sets(args.sets, run.corpus.n, ids=run.ids, by_id=args.by_id)
@@ -176,7 +179,7 @@ def _groups(args) -> int:
 
 
 def _validate(args) -> int:
-    from .validate import run_validation
+    from .validation.experiments import run_validation
 
     with _connect(args) as client:
         page = run_validation(
@@ -325,8 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster(p)
     p.set_defaults(func=_groups)
 
-    from .removal import DEFAULT_STRATEGIES, N_CLUSTERS, STRATEGIES
-    from .validate import BATCH_SETS, EXPERIMENTS
+    from .validation.removal import DEFAULT_STRATEGIES, N_CLUSTERS, STRATEGIES
+    from .validation.experiments import BATCH_SETS, EXPERIMENTS
 
     p = sub.add_parser("validate", help="estimates vs exact retrains: accuracy, sweeps, poisoning; figures and HTML")
     p.add_argument("run", help="a run directory made by `rifscale run`")
@@ -366,12 +369,12 @@ def _after_interrupt(args, finished: list) -> str:
         return f" after writing {', '.join(repr(str(p)) for p in finished)}, which is complete."
     try:
         if args.command == "run":
-            from .rundir import checkpoint_of
+            from .runs.format import checkpoint_of
 
             if checkpoint_of(args.out).exists():
                 return ". Run the same command again to resume it."
         elif args.command == "validate":
-            from .validate import checkpoint_of
+            from .validation.experiments import checkpoint_of
 
             if (kept := checkpoint_of(args.run)).exists():
                 return (f". The finished retrain batches are kept in {str(kept)!r}; run the same command again to "

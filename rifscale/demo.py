@@ -16,12 +16,12 @@ import numpy as np
 
 from .cluster import DEFAULT_TIMEOUT, connect
 from .config import RunConfig
-from .groups import group_effects, write_groups
-from .io import ingest
+from .estimates.groups import group_effects, write_groups
+from .corpus.ingest import ingest
 from .outputs import check_output, mark, output_path
 from .pipeline import attribute
-from .rundir import write_run
-from .exact import retrain_sets
+from .runs.format import write_run
+from .validation.exact import retrain_sets
 
 DATA = "fashion_mnist_tshirt_shirt.npz"
 DEMO_LAM = 0.1

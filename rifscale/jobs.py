@@ -1,7 +1,7 @@
 """The batch jobs behind ``rifscale run`` and ``rifscale groups``: resumable, locked,
 idempotent. They join the pipeline, the estimates and the run format, so they sit above
-all three and none of those imports them (``rifscale.rundir`` writes and reads run
-directories; ``rifscale.pipeline`` and ``rifscale.groups`` know nothing of jobs)."""
+all three and none of those imports them (``rifscale.runs.format`` writes and reads run
+directories; ``rifscale.pipeline`` and ``rifscale.estimates.groups`` know nothing of jobs)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ import numpy as np
 
 from .config import RunConfig
 from .errors import ConfigError, CorpusError, OutputExistsError
-from .groups import GroupEstimate, group_effects, normalise_sets, store_groups
-from .io import Corpus, corpus_fingerprint, open_corpus
+from .estimates.groups import GroupEstimate, group_effects, normalise_sets, store_groups
+from .corpus.model import Corpus, corpus_fingerprint, open_corpus
 from .outputs import (atomic_dir, check_inputs, check_output, claim, mark, output_path, publish, remove,
-                      remove_within)
-from .rundir import (FORMAT, MANIFEST, Run, _json_default, _manifest, _manifest_or_none, _read_model, _read_theta,
-                     _write_json, _write_model, _write_scores, checkpoint_of, open_run, read_manifest)
+    remove_within)
+from .runs.format import (FORMAT, MANIFEST, Run, _json_default, _manifest, _manifest_or_none, _read_model,
+    _read_theta, _write_json, _write_model, _write_scores, checkpoint_of, open_run, read_manifest)
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def _partial_state(partial: Path, key: dict) -> dict | None:
 def run_groups(run_path, sets, *, corpus=None, overwrite: bool = False, client=None,
                by_id: bool = False) -> dict[str, GroupEstimate]:
     """The job behind ``rifscale groups`` (``run_path``: a path or an open
-    :class:`~rifscale.rundir.Run`): open the run, check the sets, claim
+    :class:`~rifscale.runs.format.Run`): open the run, check the sets, claim
     ``RUN/groups`` (refused before any work if it exists and ``overwrite`` is not given),
     estimate and write it."""
     run = run_path if isinstance(run_path, Run) else open_run(run_path, corpus=corpus)

@@ -3,7 +3,7 @@
 ``attribute`` fits, factors, picks the test subset, computes the metric gradients and
 returns an :class:`Attribution` whose per-sample scores are still lazy; ``rescore``
 rebuilds the lazy scores of a model read back from disk. Writing and reading run
-directories (and resuming killed runs) is :mod:`rifscale.rundir`'s job.
+directories (and resuming killed runs) is :mod:`rifscale.runs.format`'s job.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import dask
 import dask.array as da
@@ -21,13 +20,14 @@ import numpy as np
 from .cluster import current_client, small_compute
 from .config import RunConfig
 from .errors import CorpusError
-from .factor import factor_hessian
-from .fit import FitResult, describe, fit
-from .io import Corpus, find_nonfinite, open_corpus
-from .metrics import metric_at, read_index_file, select_test_subset
-from .model import FittedModel
-from .partition import check_device, prepare_split
-from .scores import Scores, score_table
+from .engine.factor import factor_hessian
+from .engine.fit import FitResult, describe, fit
+from .corpus.model import Corpus, open_corpus
+from .corpus.checks import find_nonfinite
+from .estimates.metrics import metric_at, read_index_file, select_test_subset
+from .engine.model import FittedModel
+from .engine.partition import check_device, prepare_split
+from .engine.scores import Scores, score_table
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class Attribution:
     model: FittedModel
     scores: Scores
     timings: dict = field(default_factory=dict)
-    layout: dict = field(default_factory=dict)  # blocks, persisted, device (rifscale.partition)
+    layout: dict = field(default_factory=dict)  # blocks, persisted, device (rifscale.engine.partition)
 
     @property
     def theta(self) -> np.ndarray:
@@ -63,7 +63,7 @@ class Attribution:
     def to_dataframe(self, columns=None):
         """The per-sample scores as a pandas DataFrame indexed by the corpus ids (``id``);
         computes them (one pass) and holds them in memory."""
-        from .rundir import _frame, score_columns
+        from .runs.format import _frame, score_columns
 
         named = {k.removeprefix("scores/"): v for k, v in self.scores.named().items()}
         cols = list(columns or score_columns(self.model.metrics))
@@ -75,7 +75,7 @@ class Attribution:
                 f"metrics = {list(self.model.metrics)}, fit: {describe(self.fit.record())}; scores lazy)")
 
     def _repr_html_(self) -> str:
-        from .rundir import summary_html
+        from .runs.format import summary_html
 
         return summary_html("rifscale attribution", {
             "n × d": f"{self.corpus.n} × {self.corpus.d}", "λ": self.config.lam,
@@ -87,8 +87,8 @@ class Attribution:
         })
 
     def to_zarr(self, out, *, overwrite: bool = False, progress: bool = False) -> dict:
-        """Compute the scores and write the run directory (:func:`rifscale.rundir.write_run`)."""
-        from .rundir import write_run
+        """Compute the scores and write the run directory (:func:`rifscale.runs.format.write_run`)."""
+        from .runs.format import write_run
 
         return write_run(self, out, overwrite=overwrite, progress=progress)
 

@@ -66,6 +66,6 @@ def top_table(source, k: int = 10, by: str = "rif_test_loss"):
         from .errors import ConfigError
 
         raise ConfigError(f"Unknown column {by!r}; choose from {list(frame.columns)}.")
-    from .rundir import top_rows
+    from .runs.listing import top_rows
 
     return top_rows(frame, by, k)

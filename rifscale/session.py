@@ -4,7 +4,7 @@ A user in Jupyter calls :func:`~rifscale.attribute` several times on one corpus 
 λ, other test subsets, other metrics — and then :func:`~rifscale.group_effects` and
 :func:`~rifscale.retrain` on the results. Each call on a path reads the corpus from the
 store again. A :class:`Session` reads it once: the training rows (laid out and placed as
-:func:`rifscale.partition.prepare_split` does for a run), their ids and the test split
+:func:`rifscale.engine.partition.prepare_split` does for a run), their ids and the test split
 stay in the workers' memory until :meth:`Session.close` (or the end of a ``with``
 block), and every call made through the session reads nothing from the store but the
 corpus's metadata, to check that it has not changed.
@@ -27,12 +27,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ._blocks import persist_rows
+from .engine._blocks import persist_rows
 from .cluster import check_worker_profiling, current_client
 from .config import RunConfig
 from .errors import ConfigError, CorpusError
-from .io import Corpus, corpus_fingerprint, open_corpus
-from .partition import check_device, prepare_split
+from .corpus.model import Corpus, corpus_fingerprint, open_corpus
+from .engine.partition import check_device, prepare_split
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Session:
 
     Parameters
     ----------
-    corpus : path of a Zarr corpus (or a :class:`~rifscale.io.Corpus`)
+    corpus : path of a Zarr corpus (or a :class:`~rifscale.corpus.model.Corpus`)
     client : distributed.Client, optional
         Defaults to the active client; without one the rows are held in this process
         (dask's threaded scheduler).
@@ -122,13 +122,13 @@ class Session:
     def group_effects(self, source, sets, **kwargs):
         """:func:`rifscale.group_effects` for a result (an Attribution or a run of this
         corpus), reading the held rows."""
-        from .groups import group_effects
+        from .estimates.groups import group_effects
 
         return group_effects(self._held(source), sets, client=self.client, **kwargs)
 
     def retrain(self, source, sets, **kwargs):
         """:func:`rifscale.retrain` (exact leave-set-out refits) on the held rows."""
-        from .exact import retrain_sets
+        from .validation.exact import retrain_sets
 
         return retrain_sets(self._held(source), sets, client=self.client, **kwargs)
 

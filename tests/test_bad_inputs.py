@@ -183,7 +183,7 @@ def test_test_subset_files_with_unknown_ids_or_nothing_in_them(small, tmp_path, 
 
 def test_a_warm_start_far_from_the_optimum_names_the_option(tmp_path):
     from rifscale.errors import NotPositiveDefiniteError
-    from rifscale.fit import fit
+    from rifscale.engine.fit import fit
 
     X, y, _, _ = _data(200, 3)
     c = rifscale.Corpus.from_arrays(X, y, chunk_rows=50)

@@ -77,7 +77,7 @@ def test_a_kill_between_the_model_stage_and_its_manifest_entry_is_recovered(smal
     out = tmp_path / "r"
     args = ["run", str(small), "--out", str(out), "--workers", "1"]
     # the second manifest write records the model stage, after its directory was moved in
-    killed = _planted("rifscale.rundir:_write_json", "SIGKILL", args, call=2, before=True)
+    killed = _planted("rifscale.runs.format:_write_json", "SIGKILL", args, call=2, before=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     partial = tmp_path / ".r.partial"
     assert (partial / "model").is_dir() and json.loads((partial / "manifest.json").read_text())["stages"] == {}
@@ -89,7 +89,7 @@ def test_a_kill_between_the_model_stage_and_its_manifest_entry_is_recovered(smal
 
 def test_a_checkpoint_left_by_another_job_is_not_resumed(small, tmp_path, capsys):
     out = tmp_path / "r"
-    killed = _planted("rifscale.rundir:_write_scores", "SIGKILL", ["run", str(small), "--out", str(out)],
+    killed = _planted("rifscale.runs.format:_write_scores", "SIGKILL", ["run", str(small), "--out", str(out)],
                       before=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert list(json.loads((tmp_path / ".r.partial" / "manifest.json").read_text())["stages"]) == ["model"]
@@ -125,7 +125,7 @@ def test_ctrl_c_during_validate_says_what_is_kept_for_the_rerun(small, tmp_path)
     run = tmp_path / "r"
     assert main(["-q", "run", str(small), "--out", str(run)]) == 0
     args = ["validate", str(run), "--n-sizes", "2", "--batch-sets", "2", "--workers", "1"]
-    done = _planted("rifscale.validate:Checkpoint.save", "SIGINT", args)
+    done = _planted("rifscale.validation.experiments:Checkpoint.save", "SIGINT", args)
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         f"rifscale validate: interrupted. The finished retrain batches are kept in "
@@ -139,7 +139,7 @@ def test_validate_does_not_reuse_batches_saved_with_another_seed(small, tmp_path
     assert main(["-q", "run", str(small), "--out", str(run)]) == 0
     shutil.copytree(run, fresh)
     args = ["--strategies", "random", "--n-sizes", "2", "--batch-sets", "1", "--workers", "1"]
-    killed = _planted("rifscale.validate:Checkpoint.save", "SIGKILL", ["validate", str(run), *args, "--seed", "0"])
+    killed = _planted("rifscale.validation.experiments:Checkpoint.save", "SIGKILL", ["validate", str(run), *args, "--seed", "0"])
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert (run / ".validation.partial" / "accuracy-00000.npz").is_file()  # batch 0: sets random-*, seed 0
     capsys.readouterr()

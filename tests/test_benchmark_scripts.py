@@ -24,7 +24,7 @@ def test_gpu_check_script_runs_with_the_numpy_standin(tmp_path):
 
 
 def test_gpu_check_without_a_device_says_so():
-    from rifscale.factor import gpu_available
+    from rifscale.engine.factor import gpu_available
 
     if gpu_available():
         return

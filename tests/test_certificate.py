@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import rifscale
-from rifscale.exact import retrain
-from rifscale.fit import fit
-from rifscale.newton import carry_curvature, certify, curvature
+from rifscale.validation.exact import retrain
+from rifscale.engine.fit import fit
+from rifscale.engine.newton import carry_curvature, certify, curvature
 from rifscale.testing import Reference, make_problem
 
 from .conftest import corpus_of

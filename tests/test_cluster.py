@@ -56,7 +56,7 @@ def _times(block, m):
 def test_factor_is_broadcast_to_every_worker_once(client):
     import dask.array as da
 
-    from rifscale.factor import broadcast
+    from rifscale.engine.factor import broadcast
 
     value = np.arange(9.0).reshape(3, 3)
     before = client.has_what()
@@ -103,7 +103,7 @@ def test_cli_run_and_groups_on_existing_scheduler(cluster, corpus_path, problem,
 
 
 def test_batched_retrains_on_the_cluster(client, corpus_path, problem):
-    from rifscale.exact import retrain
+    from rifscale.validation.exact import retrain
 
     pr, ref = problem
     res = rifscale.attribute(corpus_path, lam=2.0, test_subset="all", client=client)
@@ -147,7 +147,7 @@ def test_the_library_is_silent_until_show_progress(corpus_path, capsys):
             log.removeHandler(h)
         log.setLevel(logging.NOTSET)
     lines = buf.getvalue().splitlines()
-    assert any("rifscale.fit: newton iter  0" in line for line in lines)
+    assert any("rifscale.engine.fit: newton iter  0" in line for line in lines)
     assert len([line for line in lines if "fit converged in" in line]) == 1
 
 

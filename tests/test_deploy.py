@@ -84,7 +84,7 @@ def dask_processes(tmp_path_factory):
             assert sorted(w["name"].split("-")[0] for w in info.values()) == ["cpu", "gpu"], info
             address = c.scheduler.address
             gpu_worker = next(a for a, w in info.items() if w["name"].startswith("gpu-"))
-            from rifscale.factor import gpu_available
+            from rifscale.engine.factor import gpu_available
 
             gpu_usable = c.run(gpu_available, workers=[gpu_worker])[gpu_worker]
         yield {"address": address, "scheduler_file": tmp / "scheduler.json", "gpu_worker": gpu_worker,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import rifscale
-from rifscale._blocks import _held_blocks, block_sum, group_ranges, persist_rows, reduce_blocks
+from rifscale.engine._blocks import _held_blocks, block_sum, group_ranges, persist_rows, reduce_blocks
 from rifscale.testing import Reference, make_problem
 
 from .conftest import rel_err

@@ -145,7 +145,7 @@ def test_test_subset_file(tmp_path, small_problem, synchronous):
 def test_far_warm_start_is_safeguarded(synchronous):
     """A start far from θ̂ (α underflows for most rows): the line search must not accept
     steps that raise the loss, and the fit still reaches the reference optimum."""
-    from rifscale.fit import fit
+    from rifscale.engine.fit import fit
 
     pr = make_problem(500, 10, seed=12)
     ref = Reference(pr.X, pr.y, lam=1e-3)
@@ -163,7 +163,7 @@ def test_warm_started_retrain_with_tiny_gradient_stops_at_rounding_floor(synchro
     so, and equals the exact retrain."""
     import dask.array as da
 
-    from rifscale.fit import fit
+    from rifscale.engine.fit import fit
 
     pr = make_problem(400, 10, seed=13, noise=0.05)
     ref = Reference(pr.X, pr.y, lam=0.01)

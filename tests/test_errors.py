@@ -81,7 +81,7 @@ def test_lam_zero_with_quasi_separated_data_is_refused(synchronous):
 
 
 def test_theta0_of_wrong_length():
-    from rifscale.fit import fit
+    from rifscale.engine.fit import fit
 
     pr = make_problem(30, 4, seed=0)
     c = corpus_of(pr, 10)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import rifscale
-from rifscale import kernels
-from rifscale.factor import cholesky_factor, gpu_available
+from rifscale.engine import kernels
+from rifscale.engine.factor import cholesky_factor, gpu_available
 from rifscale.testing import Reference, make_problem
 
 from .conftest import rel_err

@@ -7,6 +7,7 @@ import pytest
 import zarr
 
 import rifscale
+import rifscale.corpus.verify
 from rifscale.errors import CorpusError, OutputExistsError
 from rifscale.testing import make_problem
 
@@ -226,7 +227,7 @@ def test_a_foreign_zarr_group_is_validated_and_used_in_place(tmp_path, pr):
     assert list(run.ids[:2]) == [102 * 7, 101 * 7]
     assert _listing(src) == before  # read in place: nothing written into it
     with pytest.raises(CorpusError, match="records no content_sha256"):
-        rifscale.io.verify_corpus(c)
+        rifscale.corpus.verify.verify_corpus(c)
 
 
 def test_a_foreign_group_whose_data_change_is_another_corpus(tmp_path, pr):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from rifscale import kernels
-from rifscale.kernels.scores import SCORE_COLUMNS
+from rifscale.engine import kernels
+from rifscale.engine.kernels.scores import SCORE_COLUMNS
 
 
 def test_log_loss_matches_closed_form_and_is_stable():

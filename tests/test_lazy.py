@@ -6,8 +6,8 @@ import pytest
 from dask.callbacks import Callback
 
 import rifscale
-from rifscale.fit import fit
-from rifscale.scores import score_table
+from rifscale.engine.fit import fit
+from rifscale.engine.scores import score_table
 from rifscale.testing import make_problem
 
 from .conftest import corpus_of

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import rifscale
-from rifscale import newton
-from rifscale.fit import fit
-from rifscale.exact import retrain
+from rifscale.engine import newton
+from rifscale.engine.fit import fit
+from rifscale.validation.exact import retrain
 from rifscale.testing import Reference, make_problem
 
 from .conftest import corpus_of, rel_err

@@ -10,7 +10,7 @@ import pytest
 import rifscale
 from rifscale import outputs
 from rifscale.errors import OutputExistsError
-from rifscale.groups import write_groups
+from rifscale.estimates.groups import write_groups
 from rifscale.testing import make_problem
 
 

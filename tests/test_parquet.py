@@ -13,7 +13,7 @@ import xarray as xr
 import rifscale
 from rifscale.cli import main
 from rifscale.errors import ConfigError, CorpusError
-from rifscale.parquet import ingest_parquet, parquet_sources
+from rifscale.corpus.sources.parquet import ingest_parquet, parquet_sources
 from rifscale.testing import Reference, make_problem
 
 from .conftest import rel_err

@@ -8,9 +8,9 @@ import zarr
 
 import rifscale
 from rifscale.errors import ConfigError
-from rifscale.factor import gpu_available
-from rifscale.io import default_chunk_rows
-from rifscale.partition import MIN_BLOCK_ROWS, block_rows, prepare_split, rechunk_split
+from rifscale.engine.factor import gpu_available
+from rifscale.corpus.ingest import default_chunk_rows
+from rifscale.engine.partition import MIN_BLOCK_ROWS, block_rows, prepare_split, rechunk_split
 from rifscale.testing import make_problem
 
 from .conftest import corpus_of, rel_err

@@ -8,9 +8,9 @@ import pytest
 
 import rifscale
 from rifscale.errors import ConfigError
-from rifscale.removal import default_sizes, removal_sets
+from rifscale.validation.removal import default_sizes, removal_sets
 from rifscale.testing import Reference, make_problem
-from rifscale.validate import accuracy
+from rifscale.validation.experiments import accuracy
 
 from .conftest import corpus_of
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import rifscale
-from rifscale.removal import removal_sets
-from rifscale.exact import retrain
+from rifscale.validation.removal import removal_sets
+from rifscale.validation.exact import retrain
 from rifscale.testing import Reference, make_problem
 
 from .conftest import corpus_of
@@ -70,7 +70,7 @@ def test_first_chord_step_is_the_ns_estimate(synchronous):
 
 
 def test_newton_problems_take_turns_within_the_hessian_budget(monkeypatch, synchronous):
-    import rifscale.exact as R
+    import rifscale.validation.exact as R
 
     n, d, lam = 60, 120, 0.1
     pr = make_problem(n, d, seed=4)

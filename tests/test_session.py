@@ -97,7 +97,7 @@ def test_the_corpus_fingerprint_is_the_opened_one_also_for_foreign_stores(corpus
     call on a store rifscale did not write would be refused."""
     import zarr
 
-    from rifscale.io import open_corpus, corpus_fingerprint
+    from rifscale.corpus.model import open_corpus, corpus_fingerprint
 
     pr, path = corpus
     assert corpus_fingerprint(path) == open_corpus(path).fingerprint

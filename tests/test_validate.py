@@ -11,7 +11,7 @@ import zarr
 import rifscale
 from rifscale.cli import main
 from rifscale.testing import Reference, make_problem
-from rifscale.validate import accuracy, poisoning, summarise
+from rifscale.validation.experiments import accuracy, poisoning, summarise
 
 from .conftest import corpus_of
 
@@ -126,7 +126,7 @@ def test_html_report_renders_with_its_figures(validated_run, tmp_path):
 def test_poisoning_when_newton_problems_take_turns(problem, monkeypatch, synchronous):
     """One Hessian per pass (as for very wide embeddings): every poisoned fit still gets its
     own passes and converges to the same answers."""
-    import rifscale.exact as R
+    import rifscale.validation.exact as R
 
     pr, _ = problem
     res = rifscale.attribute(corpus_of(pr, 64), lam=0.3)
@@ -138,7 +138,7 @@ def test_poisoning_when_newton_problems_take_turns(problem, monkeypatch, synchro
 
 
 def test_figures_without_converged_rows(tmp_path):
-    from rifscale.report import accuracy_figure, poisoning_figure, sweeps_figure
+    from rifscale.validation.report import accuracy_figure, poisoning_figure, sweeps_figure
 
     rows = [{"form": "plugin", "converged": False, "strategy": "random", "metric": "test_loss",
              "method": "if", "predicted": 1.0, "actual": 2.0}]

@@ -18,7 +18,7 @@ from typing import Callable, Literal
 import numpy as np
 import scipy.linalg
 
-from .errors import NOT_PD_HINT, ClusterError, NotPositiveDefiniteError, not_positive_definite
+from ..errors import NOT_PD_HINT, ClusterError, NotPositiveDefiniteError, not_positive_definite
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def gpu_policy(*, require: bool):
 
 def _describe(client, addresses) -> str:
     """Workers by name and address: ``gpu-node1-1 (tcp://10.0.0.5:40123)``."""
-    from .cluster import workers_info
+    from ..cluster import workers_info
 
     info = workers_info(client)
     named = []
@@ -155,7 +155,7 @@ def _placement(client, resource: str, require: bool) -> tuple[dict | None, list[
     """(resources, workers) of the factorisation task: pinned to the workers that advertise
     ``resource`` and whose CUDA device/CuPy work; a warning (or, with ``require``, a
     ClusterError) when such workers advertise it without a usable device."""
-    from .cluster import workers_with_resource
+    from ..cluster import workers_with_resource
 
     pinned = workers_with_resource(client, resource)
     if not pinned:

@@ -12,7 +12,7 @@ columns:
 
 :func:`parquet_sources` reads the footers only and returns Dask arrays whose tasks each
 read one row group's columns (the unit Parquet stores and compresses together), which
-:func:`rifscale.io.ingest` then checks, rechunks and writes chunk-parallel. A task holds
+:func:`rifscale.corpus.ingest.ingest` then checks, rechunks and writes chunk-parallel. A task holds
 one row group's columns in memory: write the table with row groups of at most about
 100 MB (pyarrow's ``row_group_size``) so that the ingest is parallel and small per task.
 """
@@ -26,7 +26,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from .errors import CorpusError
+from ...errors import CorpusError
 
 @dataclass(frozen=True)
 class _Piece:
@@ -39,7 +39,7 @@ class _Piece:
 
 
 def _filesystem(url: str):
-    from .outputs import filesystem
+    from ...outputs import filesystem
 
     return filesystem(url)
 
@@ -178,7 +178,7 @@ def parquet_sources(
     id_column: str | None = None,
     split_column: str | None = None,
 ) -> dict:
-    """Dask arrays over a Parquet table, one block per row group, for :func:`rifscale.io.ingest`.
+    """Dask arrays over a Parquet table, one block per row group, for :func:`rifscale.corpus.ingest.ingest`.
 
     Returns ``{"train_X", "train_y", "train_ids"?, "split"?}`` (``split``: each row's
     ``split_column`` value, "train" or "test", when a split column is named). Only the
@@ -239,11 +239,11 @@ def parquet_sources(
 
 def ingest_parquet(out, url: str, *, x_column: str | None = "embedding", x_columns=None, y_column: str = "label",
                    id_column: str | None = None, split_column: str | None = None, **ingest_kwargs):
-    """:func:`rifscale.io.ingest` from a Parquet table (a file, a directory or a glob, at a
+    """:func:`rifscale.corpus.ingest.ingest` from a Parquet table (a file, a directory or a glob, at a
     path or an fsspec URL); see :func:`parquet_sources` for the columns. Without a split
     column, ``test_fraction`` draws the test split. The table's location and columns are
     recorded in the corpus attributes (``source``)."""
-    from .io import ingest
+    from ..ingest import ingest
 
     sources = parquet_sources(url, x_column=x_column, x_columns=x_columns, y_column=y_column,
                               id_column=id_column, split_column=split_column)

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import dask.array as da
 import numpy as np
 
-from . import kernels
-from ._blocks import block_sum, row_map, row_mask
-from .config import METRICS, RunConfig
-from .errors import ConfigError
-from .io import Split
+from ..engine import kernels
+from ..engine._blocks import block_sum, row_map, row_mask
+from ..config import METRICS, RunConfig
+from ..engine.model import MetricAtOptimum
+from ..errors import ConfigError
+from ..corpus.model import Split
 
 #: Column of each metric in the packed kernel outputs.
 METRIC_INDEX = {name: i for i, name in enumerate(METRICS)}
@@ -136,15 +136,6 @@ def select_test_subset(test: Split, theta: np.ndarray, config: RunConfig) -> np.
     losses = row_map(kernels.row_loss_block, test.X, test.y, width=1, theta=theta, fit_intercept=config.fit_intercept)[:, 0]
     top = kernels.to_numpy(da.argtopk(losses, k).compute()).astype(np.int64)
     return paper_subset(top, n_test, n_random=config.paper_random, seed=config.seed)
-
-
-@dataclass(frozen=True)
-class MetricAtOptimum:
-    """f(θ̂) and ∇f(θ̂) of each test metric over S."""
-
-    names: tuple[str, ...]
-    values: np.ndarray  # (M,)
-    grads: np.ndarray  # (p, M)
 
 
 def _test_weights(test: Split, subset: np.ndarray):

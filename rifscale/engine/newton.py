@@ -1,7 +1,7 @@
 r"""The one Newton core shared by the fit, the batched retrains and the poisoned fits.
 
 Everything here works on sums over rows that a pass over the data has already returned
-(:mod:`rifscale.hessian` builds them); nothing reads data. It owns the constants and
+(:mod:`rifscale.engine.hessian` builds them); nothing reads data. It owns the constants and
 the rules that must not differ between the places that minimise
 
 .. math::

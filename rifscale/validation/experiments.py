@@ -9,7 +9,7 @@
   RIF the change of x's logit when the poisoned row is removed; the exact answer is the
   clean model's logit (Figure 3).
 
-Every experiment returns plain tables (lists of dicts) that :mod:`rifscale.report` draws.
+Every experiment returns plain tables (lists of dicts) that :mod:`rifscale.validation.report` draws.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import dask
 import dask.array as da
 import numpy as np
 
-from . import kernels
-from .errors import ConfigError
-from .groups import METHODS, group_effects, set_statistics
-from .io import Corpus, Split
+from ..engine import kernels
+from ..errors import ConfigError
+from ..estimates.groups import METHODS, group_effects, set_statistics
+from ..corpus.model import Corpus, Split
 from .removal import DEFAULT_STRATEGIES, N_CLUSTERS, RemovalSet, default_sizes, removal_sets
 from .exact import TOL, poisoned_fits, retrain
 
@@ -62,7 +62,7 @@ def make_sets(source, *, strategies=DEFAULT_STRATEGIES, sizes=None, seed: int = 
 def checkpoint_of(run) -> Path:
     """Where ``validate`` keeps the finished batches of the run at ``run``:
     ``RUN/.validation.partial``."""
-    from .rundir import run_location
+    from ..runs.format import run_location
 
     return run_location(run) / ".validation.partial"
 
@@ -87,7 +87,7 @@ class Checkpoint:
     float64 arrays, bit for bit."""
 
     def __init__(self, path: Path, key: dict):
-        from .outputs import mark, remove
+        from ..outputs import mark, remove
 
         self.path = Path(path)
         key = json.loads(json.dumps(key, default=str))
@@ -163,7 +163,7 @@ class Checkpoint:
         return rows
 
     def discard(self) -> None:
-        from .outputs import remove
+        from ..outputs import remove
 
         remove(self.path)
 
@@ -282,7 +282,7 @@ def _subsample(corpus: Corpus, n: int, seed: int) -> Corpus:
 def sweeps(corpus: Corpus, config, *, lams=None, fractions=(0.25, 0.5, 1.0), strategies=("random", "distance_cluster"),
            n_sizes: int = 10, seed: int = 0, client=None, checkpoint: "Checkpoint | None" = None) -> list[dict]:
     """Accuracy summaries (plug-in form) while varying λ, and while subsampling n at fixed d."""
-    from .pipeline import attribute
+    from ..pipeline import attribute
 
     lams = lams if lams is not None else [config.lam * f for f in (0.01, 0.1, 1.0, 10.0)]
     out = []
@@ -363,8 +363,8 @@ def _held(run, client):
     otherwise every pass would read the rows from the store again."""
     import dataclasses
 
-    from .cluster import current_client
-    from .partition import prepare_split
+    from ..cluster import current_client
+    from ..engine.partition import prepare_split
 
     config = run.manifest.get("config", {})
     train, _ = prepare_split(run.corpus.train, client=client if client is not None else current_client(),
@@ -385,11 +385,11 @@ def run_validation(run_path, *, experiments=("accuracy",), strategies=DEFAULT_ST
     finished batches and gives the same arrays, bit for bit."""
     import zarr
 
-    from .config import RunConfig
-    from .errors import ConfigError
-    from .fit import describe
-    from .outputs import atomic_dirs
-    from .rundir import open_run
+    from ..config import RunConfig
+    from ..errors import ConfigError
+    from ..engine.fit import describe
+    from ..outputs import atomic_dirs
+    from ..runs.format import open_run
     from .report import accuracy_figure, poisoning_figure, sweeps_figure, write_json, write_report
 
     bad = [e for e in experiments if e not in EXPERIMENTS]

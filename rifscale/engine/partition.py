@@ -22,9 +22,9 @@ from dataclasses import replace
 import numpy as np
 
 from ._blocks import persist_rows
-from .cluster import total_threads, workers_info
-from .errors import ConfigError
-from .io import Split
+from ..cluster import total_threads, workers_info
+from ..errors import ConfigError
+from ..corpus.model import Split
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ r"""Blockwise objective, gradient and Hessian of the L2-regularised logistic reg
     H = \sum_i w_i \alpha_i z_i z_i^T + \lambda D
 
 One pass over the row chunks returns the row sums from
-:func:`rifscale.kernels.newton_block` (float64 sums; the Hessian products in float64,
+:func:`rifscale.engine.kernels.newton_block` (float64 sums; the Hessian products in float64,
 in float32, or skipped) at one or several points, summed in the fixed order of
-:func:`rifscale._blocks.reduce_blocks`; the penalty is added once, by the Newton core
-(:mod:`rifscale.newton`). Weights ``w`` are 1 unless rows are removed.
+:func:`rifscale.engine._blocks.reduce_blocks`; the penalty is added once, by the Newton core
+(:mod:`rifscale.engine.newton`). Weights ``w`` are 1 unless rows are removed.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _width(p: int, hessian: str | None) -> int:
 
 
 def newton_points_block(x, y, w=None, *, points, fit_intercept: bool):
-    """:func:`rifscale.kernels.newton_block` at several ``(theta, hessian)`` points from one
+    """:func:`rifscale.engine.kernels.newton_block` at several ``(theta, hessian)`` points from one
     read of the block, the packed rows side by side."""
     return np.concatenate([kernels.to_numpy(kernels.newton_block(x, y, w, theta=th, fit_intercept=fit_intercept,
                                                                  hessian=h)).reshape(-1) for th, h in points])
@@ -85,5 +85,5 @@ def objective(X: da.Array, y: da.Array, theta, *, lam: float, fit_intercept: boo
 
 def max_row_norm(X: da.Array, *, fit_intercept: bool) -> float:
     """R = max ‖z_i‖ over the rows (one light pass): the radius of the error certificates
-    (:func:`rifscale.newton.certify`); rows removed or weighted down only lower the true max."""
+    (:func:`rifscale.engine.newton.certify`); rows removed or weighted down only lower the true max."""
     return float(per_block(kernels.max_row_norm_block, X, width=1, fit_intercept=fit_intercept).max().compute())

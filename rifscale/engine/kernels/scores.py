@@ -24,7 +24,7 @@ SUB_ROWS = 2048
 #: Column bands of the triangular product ``z L⁻ᵀ`` (cost (bands + 1) / (2 bands) of a GEMM).
 TRIANGLE_BANDS = 4
 
-from ._namespace import array_namespace
+from ..._namespace import array_namespace
 from ._scratch import rows_as, scratch
 from .logistic import design, log_loss, residual, sigmoid_and_weight
 

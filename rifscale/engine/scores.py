@@ -2,7 +2,7 @@
 
 For every training row: p, r, α, leverage h, the self-influence on its own logit (IF and
 RIF), a flag for ``1 − h < threshold``, and for each metric ``s_IF`` and ``s_RIF``
-(see :mod:`rifscale.kernels.scores` for the formulas). The result is a lazy
+(see :mod:`rifscale.engine.kernels.scores` for the formulas). The result is a lazy
 (n, 7 + 2M) Dask array aligned to the corpus row chunks; building it computes nothing.
 """
 
@@ -15,7 +15,7 @@ import dask.array as da
 from . import kernels
 from ._blocks import row_map
 from .factor import broadcast
-from .io import Split
+from ..corpus.model import Split
 from .kernels.scores import SCORE_COLUMNS
 from .model import FittedModel
 

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .factor import Factor
-from .metrics import MetricAtOptimum
+
+
+@dataclass(frozen=True)
+class MetricAtOptimum:
+    """f(θ̂) and ∇f(θ̂) of each test metric over S."""
+
+    names: tuple[str, ...]
+    values: np.ndarray  # (M,)
+    grads: np.ndarray  # (p, M)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._namespace import array_namespace
+from ..._namespace import array_namespace
 from ._scratch import rows_as, scratch
 
 
@@ -237,7 +237,7 @@ def max_row_norm_block(x, *, fit_intercept: bool):
     """(1, 1) float64 array: the largest ``‖z_i‖`` over the block's rows (0 for none).
 
     It bounds how fast the curvature weights α_i can change along a segment, which the
-    error certificates need (:func:`rifscale.newton.certify`)."""
+    error certificates need (:func:`rifscale.engine.newton.certify`)."""
     xp = array_namespace(x)
     if xp is not np:
         z = design(x, fit_intercept=fit_intercept)

@@ -2,7 +2,7 @@ r"""Batched exact leave-T-out retrains: the ground truth every estimate is judge
 
 Every set T_k is retrained at once: each pass over the row chunks computes, for all
 active sets together, the loss and gradient of ``L_{−T_k}`` at the current ``θ_k``
-(a chunk × K block of logits, :func:`rifscale.kernels.retrain_block`).
+(a chunk × K block of logits, :func:`rifscale.engine.kernels.retrain_block`).
 
 The step of set k is preconditioned by ``P_k = H − Σ_{i∈T_k} α_i z_i z_iᵀ`` evaluated at
 θ̂ — the already-factored H corrected by Woodbury — so the first step from θ̂ is exactly
@@ -19,7 +19,7 @@ Newton problems need a p×p Hessian per pass; at most ``HESSIAN_BUDGET / p²`` o
 one in a pass (least recently evaluated first), so task memory stays bounded. A problem's
 ``max_passes`` counts the passes that evaluated it.
 
-A set is certified when a proven bound on the error of its θ (:func:`rifscale.newton.certify`;
+A set is certified when a proven bound on the error of its θ (:func:`rifscale.engine.newton.certify`;
 docs/design.md §8.9) is ``≤ tol · ‖θ − θ̂‖``: a relative bound on the error of Δθ itself.
 The bound is of the returned θ: ∇L_{−T} there, and a lower bound μ₀ on the smallest
 eigenvalue of H_{−T} there — computed from the Hessian at θ (Newton problems bring one
@@ -39,14 +39,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import kernels, progress
-from ._blocks import reduce_blocks
-from .factor import broadcast
-from .groups import SetStatistics, set_statistics
-from .hessian import max_row_norm
-from .newton import (EPS, MIN_STEP, ROUNDING_FACTOR, Certificate, accept, carry_curvature, certify, curvature,
-                     newton_direction, penalised, penalised_hessian, stop_reason)
-from .model import FittedModel
+from ..engine import kernels
+from .. import progress
+from ..engine._blocks import reduce_blocks
+from ..engine.factor import broadcast
+from ..estimates.groups import SetStatistics, set_statistics
+from ..engine.hessian import max_row_norm
+from ..engine.newton import (EPS, MIN_STEP, ROUNDING_FACTOR, Certificate, accept, carry_curvature, certify,
+    curvature, newton_direction, penalised, penalised_hessian, stop_reason)
+from ..engine.model import FittedModel
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def retrain(
     ----------
     source : Attribution or Run (anything with ``.corpus`` and ``.model``)
     sets : mapping name -> row indices (or a list of row-index lists), or their
-        :class:`~rifscale.groups.SetStatistics`
+        :class:`~rifscale.estimates.groups.SetStatistics`
     tol : certify that the error of each Δθ is at most ``tol · ‖Δθ‖`` (a proven bound)
     max_passes : passes over the data before the remaining sets are reported unconverged
     safeguard : False runs the plain chord iteration (full steps, no Newton fallback);
@@ -179,13 +180,13 @@ def retrain_sets(source, sets, *, tol: float = TOL, client=None) -> dict[str, Re
     has ``delta`` (θ̂_{−T} − θ̂), ``changes`` ({metric: f(θ̂_{−T}) − f(θ̂)} over the run's
     test subset), ``certified``, ``error_bound`` and the convergence record. ``source`` is an
     :class:`~rifscale.pipeline.Attribution` or an open run; ``sets`` as in
-    :func:`~rifscale.groups.group_effects` (row positions, or ``{"ids": {...}}``).
+    :func:`~rifscale.estimates.groups.group_effects` (row positions, or ``{"ids": {...}}``).
     A retrain is certified when the proven bound on the error of its Δθ is
     ``≤ tol · ‖Δθ‖``."""
     import dataclasses
 
-    from . import kernels
-    from .metrics import metric_values
+    from ..engine import kernels
+    from ..estimates.metrics import metric_values
 
     model = source.model
     fits = retrain(source, sets, tol=tol, client=client)

@@ -1,7 +1,7 @@
 r"""Distributed Newton fit of the L2-regularised logistic regression (docs/design.md §8.3).
 
 Each pass over the row chunks computes L and ∇L in float64 and, when asked, the Hessian
-(:mod:`rifscale.hessian`); the p×p Newton system is solved on the driver by Cholesky.
+(:mod:`rifscale.engine.hessian`); the p×p Newton system is solved on the driver by Cholesky.
 Only the final answer has to be exact, so the passes before it are made cheap:
 
 * **warm start**: θ starts at the optimum of a strided row subsample (at most
@@ -15,9 +15,9 @@ Only the final answer has to be exact, so the passes before it are made cheap:
   the converged point's Hessian is not float64, one more pass computes it. The factored
   H is therefore always the float64 Hessian at the returned θ̂.
 
-Steps are safeguarded by a backtracking line search (:func:`rifscale.newton.accept`);
+Steps are safeguarded by a backtracking line search (:func:`rifscale.engine.newton.accept`);
 after the first rejected trial the fit falls back to plain Newton with fresh float64
-Hessians. Convergence is certified (:func:`rifscale.newton.certify`, docs/design.md
+Hessians. Convergence is certified (:func:`rifscale.engine.newton.certify`, docs/design.md
 §8.9): θ̂ is returned when a proven bound on ``‖θ̂ − θ*‖``, from ∇L and the float64 H at
 θ̂, is ``≤ tol · ‖θ̂‖``, or when ‖∇L(θ̂)‖ is at its rounding floor (``stopped_at`` says
 which; the record holds the bound either way). The bound with the Hessian at hand
@@ -42,12 +42,12 @@ import numpy as np
 
 from . import kernels
 from ._blocks import per_block, persist_rows
-from .cluster import current_client
-from .errors import ConfigError, CorpusError, NotConvergedError, NotPositiveDefiniteError, not_positive_definite
+from ..cluster import current_client
+from ..errors import ConfigError, CorpusError, NotConvergedError, NotPositiveDefiniteError, not_positive_definite
 from .hessian import max_row_norm, objectives
-from .io import find_nonfinite, scale_outliers
+from ..corpus.checks import find_nonfinite, scale_outliers
 from .newton import MIN_STEP, accept, certify, curvature, newton_direction, stop_reason
-from .progress import Bar, newton_fraction
+from ..progress import Bar, newton_fraction
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def subsample_start(X: da.Array, y: da.Array, weights=None, *, lam: float, fit_i
 
 def _persist(*arrays):
     """Keep small derived arrays in (worker) memory: on the active client if any, placed
-    as :func:`rifscale._blocks.persist_rows` places the training rows."""
+    as :func:`rifscale.engine._blocks.persist_rows` places the training rows."""
     return persist_rows(arrays, current_client())
 
 

@@ -88,7 +88,7 @@ def reduce_blocks(kernel, X: da.Array, *rows, width: int, row_start: bool = Fals
     worker that holds it (one packed row per thread comes back); otherwise the graph of
     :func:`block_sum` runs on the active scheduler. Both sum in the same order."""
     if client is None:
-        from .cluster import current_client
+        from ..cluster import current_client
 
         client = current_client()
     held = _held_blocks(X, *rows) if client is not None else None
@@ -133,7 +133,7 @@ def group_ranges(nblocks: int, groups: int) -> list[tuple[int, int]]:
 def thread_slots(client=None) -> int:
     """The number of runs a pass is cut into: the worker threads of ``client`` (default:
     the active client), or this process's cores for dask's threaded scheduler."""
-    from .cluster import current_client, total_threads
+    from ..cluster import current_client, total_threads
 
     return total_threads(client if client is not None else current_client())
 
@@ -176,7 +176,7 @@ def persist_rows(arrays, client=None) -> list:
 
 def _slot_workers(client) -> list[str]:
     """One worker address per thread, sorted by address, a worker's threads consecutive."""
-    from .cluster import workers_info
+    from ..cluster import workers_info
 
     info = workers_info(client)
     return [addr for addr in sorted(info) for _ in range(max(int(info[addr].get("nthreads", 1)), 1))]

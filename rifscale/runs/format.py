@@ -44,30 +44,36 @@ import numpy as np
 import scipy.linalg
 import zarr
 
-from . import __version__
-from .config import RunConfig
-from .errors import ConfigError, CorpusError
-from .factor import Factor
-from .io import Corpus, local_path, open_corpus
-from .kernels import to_numpy
-from .kernels.scores import SCORE_COLUMNS
-from .metrics import MetricAtOptimum
-from .model import FittedModel
-from .outputs import atomic_dir, filesystem, is_url, output_path
-from .progress import compute as progress_compute
+from ..config import RunConfig
+from ..corpus.model import Corpus, open_corpus
+from ..engine.factor import Factor
+from ..engine.kernels import to_numpy
+from ..engine.kernels.scores import SCORE_COLUMNS
+from ..engine.model import FittedModel, MetricAtOptimum
+from ..errors import ConfigError, CorpusError
+from .. import __version__
+from ..progress import compute as progress_compute
+from ..outputs import atomic_dir, filesystem, is_url, output_path
+from ..outputs import local_path
+
 
 log = logging.getLogger(__name__)
 
+
 MANIFEST = "manifest.json"
+
+
 #: Run layout version: 2 = a root Zarr group, named dimensions, flat score names, ids.
 FORMAT = 2
+
+
 #: Rows per chunk of the stored per-sample arrays (2 MiB of float64), at least a block and
 #: at most n (Zarr stores whole chunks: a 3 000-row run must not take 2 MiB per column).
 OUTPUT_CHUNK_ROWS = 2**18
+
+
 MODEL_ARRAYS = ("theta", "cholesky", "cholesky_inverse", "test_subset", "metric_gradients", "metric_values")
 
-
-# ---------------------------------------------------------------------------- writing
 
 def _versions() -> dict:
     from importlib.metadata import version
@@ -305,8 +311,6 @@ def _read_theta(path) -> np.ndarray:
     return np.asarray(zarr.open_array(str(run_location(path) / "model" / "theta"), mode="r")[...])
 
 
-# ---------------------------------------------------------------------------- reading
-
 @dataclass(frozen=True)
 class Run:
     """A finished run read back from disk."""
@@ -344,15 +348,15 @@ class Run:
 
     def groups_dataframe(self):
         """The stored group estimates (``rifscale groups``) as a long DataFrame: set x
-        method x metric x form (see :func:`rifscale.groups.estimates_frame`)."""
-        from .groups import estimates_frame
+        method x metric x form (see :func:`rifscale.estimates.groups.estimates_frame`)."""
+        from ..estimates.groups import estimates_frame
 
         if not (self.path / "groups").is_dir():
             raise ConfigError(f"The run at {str(self.path)!r} has no groups yet; run `rifscale groups` first.")
         return estimates_frame(zarr.open_group(str(self.path / "groups"), mode="r").attrs["estimates"])
 
     def _repr_html_(self) -> str:
-        from .fit import describe
+        from ..engine.fit import describe
 
         m = self.manifest
         fit, counts = m.get("fit", {}), m.get("counts", {})
@@ -370,11 +374,6 @@ class Run:
         m = self.manifest
         return (f"Run({str(self.path)!r}: n = {m.get('n')}, d = {m.get('d')}, lam = {m['config']['lam']}, "
                 f"metrics = {list(self.model.metrics)}, status = {m.get('status')!r})")
-
-
-def top_rows(frame, by: str, k: int):
-    """The ``k`` rows of ``frame`` with the largest ``|by|`` (NaN last), in that order."""
-    return frame.loc[frame[by].abs().sort_values(ascending=False, na_position="last").index[:k]]
 
 
 def summary_html(title: str, rows: dict) -> str:
@@ -450,83 +449,3 @@ def open_run(path, *, corpus: Corpus | str | os.PathLike | None = None) -> Run:
         )
     cfg = dict(manifest["config"], metrics=manifest["metrics"])
     return Run(path=path, manifest=manifest, corpus=c, model=_read_model(path, cfg, manifest))
-
-
-def list_runs(root) -> list[dict]:
-    """One row per run directory under ``root`` (searched recursively, hidden directories
-    skipped), from the manifests alone: path, status, created, corpus fingerprint, λ, n, d,
-    iterations and timings. Interrupted runs (``.NAME.partial``) are listed as "partial"."""
-    root = run_location(root)
-    if not root.is_dir():
-        raise ConfigError(f"{str(root)!r} is not a directory.")
-    rows = []
-    for mpath in sorted(root.rglob(MANIFEST)):
-        run = mpath.parent
-        rel = run.relative_to(root)
-        hidden = [part for part in rel.parts if part.startswith(".")]
-        if hidden and not (len(hidden) == 1 and rel.parts[-1] == hidden[0] and hidden[0].endswith(".partial")):
-            continue
-        try:
-            m = json.loads(mpath.read_text())
-        except (OSError, ValueError):
-            rows.append({"path": str(run), "status": "unreadable manifest"})
-            continue
-        if not isinstance(m, dict):
-            rows.append({"path": str(run), "status": "damaged manifest (not a JSON object)"})
-            continue
-        if "rifscale_run" not in m:
-            continue
-        cfg = m.get("config") or (m.get("job") or {}).get("config") or {}
-        timings = m.get("timings") or {}
-        rows.append({
-            "path": str(run),
-            "status": m.get("status"),
-            "created": m.get("created"),
-            "corpus": (m.get("corpus") or {}).get("fingerprint") or (m.get("job") or {}).get("corpus_fingerprint"),
-            "lam": cfg.get("lam"),
-            "n": m.get("n"),
-            "d": m.get("d"),
-            "n_iter": (m.get("fit") or {}).get("n_iter"),
-            "seconds": round(sum(timings.values()), 3) if timings else None,
-            "resumed": m.get("resumed"),
-        })
-    return rows
-
-
-EXPORT_FORMATS = ("parquet", "csv")
-
-
-def export(run, out, *, fmt: str | None = None, top: int | None = None, by: str | None = None,
-           columns=None, overwrite: bool = False, corpus=None) -> dict:
-    """Write a run's per-sample scores to a Parquet or CSV file, indexed by the corpus ids.
-
-    ``top`` keeps the ``top`` rows with the largest ``|by|`` (NaN last), e.g.
-    ``top=100, by="rif_test_loss"``; ``fmt`` defaults from the file name; ``corpus``: its
-    path if it moved since the run (:func:`open_run`). Written beside and moved into
-    place; ``overwrite`` replaces only a file rifscale wrote. Returns ``{"rows",
-    "columns", "path"}``."""
-    from .outputs import atomic_file
-
-    run = run if isinstance(run, Run) else open_run(run, corpus=corpus)
-    out = output_path(out, "export")
-    fmt = fmt or out.suffix.lstrip(".").lower()
-    if fmt not in EXPORT_FORMATS:
-        raise ConfigError(f"Cannot tell the export format of {str(out)!r}; name a .parquet or .csv file, or pass "
-                          f"--format from {EXPORT_FORMATS}.")
-    available = score_columns(run.model.metrics)
-    columns = list(columns or available)
-    bad = [c for c in [*columns, *([by] if by else [])] if c not in available]
-    if bad:
-        raise ConfigError(f"Unknown column(s) {bad}; this run has {available}.")
-    if top is not None and (top < 1 or by is None):
-        raise ConfigError("--top K needs K >= 1 and --by COLUMN (e.g. --top 100 --by rif_test_loss).")
-    frame = run.to_dataframe(columns=sorted(set(columns) | ({by} if by else set()), key=available.index))
-    if top is not None:
-        frame = top_rows(frame, by, top)
-    frame = frame[columns]
-    with atomic_file(out, overwrite=overwrite, kind="export", inputs=[run.path, run.corpus.path]) as tmp:
-        if fmt == "parquet":
-            frame.to_parquet(tmp, engine="pyarrow")
-        else:
-            frame.to_csv(tmp)
-    return {"rows": len(frame), "columns": columns, "path": str(out)}

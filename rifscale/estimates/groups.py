@@ -32,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import scipy.linalg
 
-from . import kernels, progress
-from ._blocks import block_sum, row_mask
-from .errors import ConfigError
-from .factor import broadcast
+from ..engine import kernels
+from .. import progress
+from ..engine._blocks import block_sum, row_mask
+from ..errors import ConfigError
+from ..engine.factor import broadcast
 from .metrics import metric_values, rows_of_ids, validate_indices
-from .model import FittedModel
+from ..engine.model import FittedModel
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ def _deltas(train, model: FittedModel, sets, *, client):
 @dataclass(frozen=True)
 class SetStatistics:
     """Per-set Δθ (IF, RIF, NS) and the leave-T-out Hessians, from one compute over the
-    data; shared by :func:`group_effects` and :func:`rifscale.exact.retrain` so that a
+    data; shared by :func:`group_effects` and :func:`rifscale.validation.exact.retrain` so that a
     caller needing both reads the data once."""
 
     sets: dict  # name -> sorted row indices
@@ -333,7 +334,7 @@ def write_groups(run_path, estimates: dict[str, GroupEstimate], *, overwrite: bo
     (sets, p); attrs ``names`` (the row order) and ``estimates`` (per-set linear and
     plug-in metric changes, readable as plain JSON in ``groups/zarr.json``).
     Written beside and moved into place when complete; refused if it exists unless asked."""
-    from .outputs import atomic_dir, output_path
+    from ..outputs import atomic_dir, output_path
 
     out = output_path(run_path, "groups") / "groups"
     with atomic_dir(out, overwrite=overwrite, kind="groups", flag=None) as tmp:

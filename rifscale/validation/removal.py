@@ -29,10 +29,10 @@ import dask
 import dask.array as da
 import numpy as np
 
-from ._blocks import row_map
-from .errors import ConfigError
-from .io import Split
-from .kernels import to_numpy
+from ..engine._blocks import row_map
+from ..errors import ConfigError
+from ..corpus.model import Split
+from ..engine.kernels import to_numpy
 
 Strategy = Literal["random", "feature_cluster", "distance_cluster", "top_influence", "kmeans_cluster"]
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
@@ -65,7 +65,7 @@ def _rng(seed: int, strategy: str, size: int) -> np.random.Generator:
 
 def _sq_dist_block(x, *, anchors):
     """(m, K) squared L2 distances from each row to each anchor row (kernel)."""
-    from .kernels import array_namespace
+    from ..engine.kernels import array_namespace
 
     xp = array_namespace(x)
     x = xp.asarray(x, dtype=xp.float64)
@@ -75,7 +75,7 @@ def _sq_dist_block(x, *, anchors):
 
 def _abs_diff_block(x, *, features, values):
     """(m, K) ``|x[:, features[k]] − values[k]|`` (kernel)."""
-    from .kernels import array_namespace
+    from ..engine.kernels import array_namespace
 
     xp = array_namespace(x)
     return xp.abs(xp.asarray(x, dtype=xp.float64)[:, xp.asarray(features)] - xp.asarray(values)[None, :])
