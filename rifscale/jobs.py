@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import RunConfig
+from .engine.family import BINARY
 from .errors import ConfigError, CorpusError, OutputExistsError
 from .estimates.groups import GroupEstimate, group_effects, normalise_sets, store_groups
 from .corpus.model import Corpus, corpus_fingerprint, open_corpus
@@ -63,7 +64,7 @@ def warm_start_theta(previous, corpus: Corpus, config: RunConfig) -> np.ndarray:
     if manifest.get("status") != "complete":
         raise ConfigError(f"--warm-start {str(previous)!r} is not a complete run (status {manifest.get('status')!r}).")
     theta = _read_theta(previous)
-    p = corpus.d + int(config.fit_intercept)
+    p = BINARY.n_params(corpus.d, fit_intercept=config.fit_intercept)
     if theta.shape != (p,) or manifest["config"]["fit_intercept"] != config.fit_intercept:
         raise ConfigError(
             f"--warm-start {str(previous)!r} has theta of shape {theta.shape} (d = {manifest['d']}, intercept "

@@ -21,6 +21,7 @@ from .cluster import current_client, small_compute
 from .config import RunConfig
 from .errors import CorpusError
 from .engine.factor import factor_hessian
+from .engine.family import BINARY
 from .engine.fit import FitResult, describe, fit
 from .corpus.model import Corpus, open_corpus
 from .corpus.checks import find_nonfinite
@@ -121,6 +122,7 @@ def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = Non
     timings = {}
     t = time.perf_counter()
     check_objective(train, config)
+    family = BINARY  # the model family of every stage below (rifscale.engine.family)
     fitted = fit(
         train.X,
         train.y,
@@ -130,6 +132,7 @@ def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = Non
         max_iter=config.max_iter,
         theta0=theta0,
         radius=_radius,
+        family=family,
     )
     timings["fit"] = time.perf_counter() - t  # includes the first read (and persist) of the rows
     log.info("fit converged in %s", describe(fitted.record()))
@@ -137,8 +140,9 @@ def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = Non
     factor = factor_hessian(fitted.hessian, client=client)
     timings["factor"] = time.perf_counter() - t
     t = time.perf_counter()
-    subset = select_test_subset(corpus.test, fitted.theta, config)
-    metric = metric_at(corpus.test, subset, fitted.theta, names=config.metrics, fit_intercept=config.fit_intercept)
+    subset = select_test_subset(corpus.test, fitted.theta, config, family=family)
+    metric = metric_at(corpus.test, subset, fitted.theta, names=config.metrics, fit_intercept=config.fit_intercept,
+                       family=family)
     if not (np.isfinite(metric.values).all() and np.isfinite(metric.grads).all()):
         find_nonfinite("test", corpus.test.X)
         raise CorpusError("The test metrics are not finite at the fitted theta; check the scale of test/X.")
@@ -151,6 +155,7 @@ def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = Non
         test_subset=subset,
         metric=metric,
         leverage_threshold=config.leverage_threshold,
+        family=family,
     )
     scores = score_table(corpus.train, model, client=client)
     return Attribution(corpus=corpus, config=config, fit=fitted, model=model, scores=scores, timings=timings,

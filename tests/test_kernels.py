@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rifscale.engine import kernels
-from rifscale.engine.kernels.scores import SCORE_COLUMNS
+from rifscale.engine.kernels import SCORE_COLUMNS
 
 
 def test_log_loss_matches_closed_form_and_is_stable():

@@ -40,7 +40,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from . import kernels
+from .family import BINARY, ModelFamily
 from ._blocks import per_block, persist_rows
 from ..cluster import current_client
 from ..errors import ConfigError, CorpusError, NotConvergedError, NotPositiveDefiniteError, not_positive_definite
@@ -132,10 +132,10 @@ def describe(record: dict) -> str:
     return f"{head}, error bound {record['rel_error_bound']:.1e} x |theta| ({how})"
 
 
-def _check_not_separated(X, y, theta, *, fit_intercept, weights) -> None:
+def _check_not_separated(X, y, theta, *, fit_intercept, weights, family: ModelFamily = BINARY) -> None:
     """With λ = 0 a 'converged' θ that classifies every row correctly is an artefact: the
     classes are separable, the loss tends to 0 as ‖θ‖ → ∞ and no minimiser exists."""
-    margins = per_block(kernels.min_margin_block, X, y, weights, width=1, theta=theta, fit_intercept=fit_intercept)
+    margins = per_block(family.min_margin_block, X, y, weights, width=1, theta=theta, fit_intercept=fit_intercept)
     if float(margins.min().compute()) > 0:
         raise NotConvergedError(
             "With lam = 0 the fit has no finite optimum: theta separates the two classes "
@@ -176,12 +176,13 @@ def _direction(H: np.ndarray, grad: np.ndarray, *, lam: float, it: int, X=None, 
         raise not_positive_definite(f"at Newton iteration {it}") from None
 
 
-def subsample_start(X: da.Array, y: da.Array, weights=None, *, lam: float, fit_intercept: bool):
+def subsample_start(X: da.Array, y: da.Array, weights=None, *, lam: float, fit_intercept: bool,
+                    family: ModelFamily = BINARY):
     """θ fitted on a strided row subsample (every k-th row, kept in worker memory), with
     λ scaled by m/n so that its optimum approximates the full one; None when the
     subsample would be too small to help or its fit fails. Returns (θ, record)."""
     n, d = X.shape
-    p = d + int(fit_intercept)
+    p = family.n_params(d, fit_intercept=fit_intercept)
     m = min(max(WARM_MIN_ROWS_PER_PARAM * p, n // 16), WARM_MAX_ELEMENTS // d)
     if m < WARM_MIN_ROWS_PER_PARAM * p or n < 4 * m:
         return None, None
@@ -194,7 +195,7 @@ def subsample_start(X: da.Array, y: da.Array, weights=None, *, lam: float, fit_i
     lam_s = lam * rows / max(total, 1.0)
     try:
         sub = fit(xs, ys, weights=ws, lam=lam_s, fit_intercept=fit_intercept, tol=WARM_TOL,
-                  warm_start=False, max_iter=30, progress=logging.DEBUG, final_hessian=False)
+                  warm_start=False, max_iter=30, progress=logging.DEBUG, final_hessian=False, family=family)
     except (NotConvergedError, NotPositiveDefiniteError, np.linalg.LinAlgError):
         return None, None
     if not np.isfinite(sub.theta).all():
@@ -224,13 +225,14 @@ def fit(
     progress: int = logging.INFO,
     final_hessian: bool = True,
     radius: float | None = None,
+    family: ModelFamily = BINARY,
 ) -> FitResult:
-    """Minimise ``Σ w_i ℓ_i(θ) + (λ/2)‖θ_w‖²`` by safeguarded Newton.
+    """Minimise ``Σ w_i ℓ_i(θ) + (λ/2)‖θ_w‖²`` by safeguarded Newton (:class:`NewtonFit`).
 
     Parameters
     ----------
     X : (n, d) dask array, row-chunked
-    y : (n,) dask array of 0/1, same row chunks
+    y : (n,) dask array of labels, same row chunks
     weights : (n,) dask array or None
         Row weights (0 drops a row); None keeps all rows.
     theta0 : (p,) array or None
@@ -246,159 +248,246 @@ def fit(
     radius : float, optional
         R = max ‖z_i‖ of these rows (``FitResult.row_norm_max`` of an earlier fit on the
         same rows): spares the light pass that reads it for the certificate.
+    family : ModelFamily
+        The model (:mod:`rifscale.engine.family`); the binary logistic model by default.
+
+    Returns
+    -------
+    FitResult
+        θ̂, the float64 Hessian at θ̂ and the convergence record with its error bound.
     """
-    t0 = time.perf_counter()
-    p = X.shape[1] + int(fit_intercept)
-    zero = np.zeros(p)
-    warm = None
-    if theta0 is not None:
-        start = np.asarray(theta0, dtype=np.float64).copy()
-        if start.shape != (p,):
-            raise ConfigError(
-                f"theta0 has shape {start.shape}; expected ({p},) = d + fit_intercept for d = {X.shape[1]}."
-            )
-    else:
-        start, warm = subsample_start(X, y, weights, lam=lam, fit_intercept=fit_intercept) if warm_start else (None, None)
-        if start is None:
-            start = zero
+    return NewtonFit(X, y, lam=lam, fit_intercept=fit_intercept, tol=tol, max_iter=max_iter, weights=weights,
+                     progress=progress, final_hessian=final_hessian, radius=radius, family=family
+                     ).solve(theta0=theta0, warm_start=warm_start)
 
-    counts = {"float32": 0, "float64": 0}
-    passes = 0
 
-    def evaluate(points):
-        nonlocal passes
-        passes += 1
+class NewtonFit:
+    """The fit as named steps, in the shape of scikit-learn's ``NewtonSolver``:
+
+    * :meth:`setup`: the starting point (given, the subsample fit, or zero) and its pass;
+    * per iteration, :meth:`update_hessian` (take the Hessian the last pass computed),
+      :meth:`check_convergence` (estimate the error bound; when it may stop, prove it at θ
+      with the float64 Hessian), :meth:`inner_solve` (the Newton direction, falling back to
+      the float64 Hessian when a float32 one is not positive definite) and
+      :meth:`line_search` (choose each trial's Hessian precision, backtrack);
+    * :meth:`finalize` (the result) or :meth:`fail` (why not).
+
+    The rules every minimiser shares — the step acceptance, the certificate, the stopping
+    test, the Newton direction — are the Newton core's (:mod:`rifscale.engine.newton`),
+    which the exact retrains use too.
+    """
+
+    def __init__(self, X, y, *, lam, fit_intercept, tol, max_iter, weights, progress, final_hessian, radius,
+                 family: ModelFamily = BINARY):
+        self.X, self.y, self.weights = X, y, weights
+        self.lam, self.fit_intercept, self.tol, self.max_iter = lam, fit_intercept, tol, max_iter
+        self.progress, self.final_hessian, self.radius = progress, final_hessian, radius
+        self.family = family
+        self.p = family.n_params(X.shape[1], fit_intercept=fit_intercept)
+        self.t0 = time.perf_counter()
+        self.counts = {"float32": 0, "float64": 0}  # passes that built a Hessian, by precision
+        self.passes = 0
+        self.history = []
+        self.warm = None
+        self.exact = False  # after a rejected trial: plain Newton with fresh float64 Hessians
+        self.ratio = 1.0  # ‖∇L‖ after / before the last accepted step
+
+    def evaluate(self, points):
+        """One pass: L, ∇L and the asked Hessians at each ``(theta, precision)`` point."""
+        self.passes += 1
         for _, h in points:
             if h:
-                counts[h] += 1
+                self.counts[h] += 1
         # non-finite values are checked right after each pass (and named), not warned about
         with np.errstate(invalid="ignore", over="ignore"):
-            return objectives(X, y, points, lam=lam, fit_intercept=fit_intercept, weights=weights)
+            return objectives(self.X, self.y, points, lam=self.lam, fit_intercept=self.fit_intercept,
+                              weights=self.weights, family=self.family)
 
-    exact = False  # after a rejected trial: plain Newton with fresh float64 Hessians
-    first_mode = "float32"
-    if not np.any(start):
-        (cur,) = evaluate([(start, first_mode)])
-        at_zero = cur
-    else:
-        cur, at_zero = evaluate([(start, first_mode), (zero, None)])
-    for o in (cur, at_zero):
-        with np.errstate(over="ignore"):
-            finite = np.isfinite(o.loss) and np.isfinite(o.grad).all() and np.isfinite(o.grad_norm)
-        if not finite:
-            find_nonfinite("train", X)
-            raise CorpusError(
-                "The objective or its gradient overflows float64 at the starting point: the feature values "
-                "are too large (or the previous theta given as a start is far off). Rescale X (e.g. "
-                "standardise each column, or divide by a constant so that the features are of order 1) "
-                "and re-ingest." + scale_outliers("train", X)
-            )
-    if warm is not None and not cur.loss < at_zero.loss:  # the subsample misled: start from zero
-        warm["used"] = False
-        (cur,) = evaluate([(zero, first_mode)])
-    ref = at_zero.grad_norm or 1.0
-    H, H_dtype = cur.hessian, cur.hessian_dtype
-    mu = curvature(H)  # of the Hessian at hand: an estimate until H is the float64 one at θ
-    # R = max ‖z_i‖: given (the same rows' R from an earlier fit), or read (one light pass)
-    # when a bound is first proven
-    ratio = 1.0  # ‖∇L‖ after / before the last accepted step
-    history = []
-    # the bar of the main fit (not of the inner ones); it ends with the fit, also on an error
-    with Bar("fit", show=None if progress >= logging.INFO else False) as bar:
-        for it in range(max_iter + 1):
-            if cur.hessian is not None and cur.hessian is not H:
-                H, H_dtype, mu = cur.hessian, cur.hessian_dtype, curvature(cur.hessian)
-            gnorm, size = cur.grad_norm, float(np.linalg.norm(cur.theta))
-            rel = gnorm / ref
-            estimate = (gnorm + cur.grad_floor) / mu if mu > 0 else np.inf
-            history.append({"iter": it, "loss": cur.loss, "grad_norm": gnorm, "rel_grad_norm": rel,
-                            "error_bound": estimate, "hessian": cur.hessian_dtype, "elapsed": time.perf_counter() - t0})
-            log.log(progress, "newton iter %2d  loss %.12g  rel grad %.3e  error bound %.3e", it, cur.loss, rel,
-                    estimate)
-            goal = estimate / size if size > 0 else np.inf
-            bar.update(fraction=newton_fraction(goal, tol),
-                       text=f"Newton iteration {it}, relative error bound {goal:.1e} (stop at {tol:.0e})")
-            if estimate <= tol * size or gnorm <= cur.grad_floor:  # may stop here: prove it at θ
-                at_floor = gnorm <= cur.grad_floor
-                if final_hessian and cur.hessian_dtype != "float64":  # the proof, and the factored H, need it
-                    (cur,) = evaluate([(cur.theta, "float64")])
-                    H, H_dtype, mu = cur.hessian, "float64", curvature(cur.hessian)
-                    gnorm = cur.grad_norm
-                    at_floor = at_floor or gnorm <= cur.grad_floor  # one θ, two sums: either shows the floor
-                cert = None
-                if cur.hessian_dtype == "float64":
-                    if radius is None:
-                        radius, passes = max_row_norm(X, fit_intercept=fit_intercept), passes + 1
-                    cert = certify(mu, gnorm, cur.grad_floor, radius=radius, lam=lam, fit_intercept=fit_intercept)
-                bound = cert.bound if cert is not None else estimate  # final_hessian=False: an estimate
-                stopped_at = stop_reason(bound, 0.0 if at_floor else gnorm, ref=size, floor=cur.grad_floor, tol=tol)
-                history[-1]["error_bound"] = bound
-                if stopped_at:
-                    final = bound / size if size > 0 else np.inf
-                    bar.update(fraction=1.0, text=f"Newton iteration {it}, relative error bound {final:.1e} "
-                                                  f"({'certified' if stopped_at == 'tolerance' else stopped_at})")
-                    if lam == 0 and final_hessian:
-                        _check_not_separated(X, y, cur.theta, fit_intercept=fit_intercept, weights=weights)
-                        _check_unpenalised_hessian(cur.hessian)
-                    return FitResult(
-                        theta=cur.theta, lam=lam, fit_intercept=fit_intercept, converged=True, n_iter=it,
-                        n_passes=passes, loss=cur.loss, grad_norm=gnorm, rel_grad_norm=gnorm / ref, tol=tol,
-                        stopped_at=stopped_at, seconds=time.perf_counter() - t0, hessian=cur.hessian,
-                        history=tuple(history), hessian_passes=dict(counts), warm_start=warm,
-                        error_bound=bound if cert is not None else np.inf,
-                        mu=cert.mu if cert is not None else np.nan,
-                        row_norm_max=radius if radius is not None else np.nan,
-                    )
-            if it == max_iter:
+    def _exact_at(self, theta) -> None:
+        """Evaluate with the float64 Hessian at ``theta`` and make it the current one."""
+        (self.cur,) = self.evaluate([(theta, "float64")])
+        self.H, self.H_dtype, self.mu = self.cur.hessian, "float64", curvature(self.cur.hessian)
+
+    def _direction(self, it: int, *, exact: bool = True) -> np.ndarray:
+        return _direction(self.H, self.cur.grad, lam=self.lam, it=it, X=self.X, exact=exact)
+
+    def setup(self, theta0, warm_start: bool) -> None:
+        """The starting point and its first pass (float32 Hessian), with L(0) beside it."""
+        X = self.X
+        zero = np.zeros(self.p)
+        if theta0 is not None:
+            start = np.asarray(theta0, dtype=np.float64).copy()
+            if start.shape != (self.p,):
+                raise ConfigError(
+                    f"theta0 has shape {start.shape}; expected ({self.p},) = d + fit_intercept for d = {X.shape[1]}."
+                )
+        else:
+            start, self.warm = subsample_start(X, self.y, self.weights, lam=self.lam, fit_intercept=self.fit_intercept,
+                                               family=self.family) if warm_start else (None, None)
+            if start is None:
+                start = zero
+        first_mode = "float32"
+        if not np.any(start):
+            (cur,) = self.evaluate([(start, first_mode)])
+            at_zero = cur
+        else:
+            cur, at_zero = self.evaluate([(start, first_mode), (zero, None)])
+        for o in (cur, at_zero):
+            with np.errstate(over="ignore"):
+                finite = np.isfinite(o.loss) and np.isfinite(o.grad).all() and np.isfinite(o.grad_norm)
+            if not finite:
+                find_nonfinite("train", X)
+                raise CorpusError(
+                    "The objective or its gradient overflows float64 at the starting point: the feature values "
+                    "are too large (or the previous theta given as a start is far off). Rescale X (e.g. "
+                    "standardise each column, or divide by a constant so that the features are of order 1) "
+                    "and re-ingest." + scale_outliers("train", X)
+                )
+        if self.warm is not None and not cur.loss < at_zero.loss:  # the subsample misled: start from zero
+            self.warm["used"] = False
+            (cur,) = self.evaluate([(zero, first_mode)])
+        self.cur = cur
+        self.ref = at_zero.grad_norm or 1.0
+        self.H, self.H_dtype = cur.hessian, cur.hessian_dtype
+        self.mu = curvature(self.H)  # of the Hessian at hand: an estimate until H is the float64 one at θ
+
+    def update_hessian(self) -> None:
+        """Take the Hessian the last pass computed, if it computed one."""
+        cur = self.cur
+        if cur.hessian is not None and cur.hessian is not self.H:
+            self.H, self.H_dtype, self.mu = cur.hessian, cur.hessian_dtype, curvature(cur.hessian)
+
+    def check_convergence(self, it: int, bar) -> FitResult | None:
+        """Record the iteration; when the estimated bound (or the rounding floor) says θ may
+        be the answer, prove the bound at θ with its float64 Hessian: the result if proven."""
+        cur, tol = self.cur, self.tol
+        self.gnorm, self.size = cur.grad_norm, float(np.linalg.norm(cur.theta))
+        rel = self.gnorm / self.ref
+        self.estimate = (self.gnorm + cur.grad_floor) / self.mu if self.mu > 0 else np.inf
+        self.history.append({"iter": it, "loss": cur.loss, "grad_norm": self.gnorm, "rel_grad_norm": rel,
+                             "error_bound": self.estimate, "hessian": cur.hessian_dtype,
+                             "elapsed": time.perf_counter() - self.t0})
+        log.log(self.progress, "newton iter %2d  loss %.12g  rel grad %.3e  error bound %.3e", it, cur.loss, rel,
+                self.estimate)
+        self.goal = self.estimate / self.size if self.size > 0 else np.inf
+        bar.update(fraction=newton_fraction(self.goal, tol),
+                   text=f"Newton iteration {it}, relative error bound {self.goal:.1e} (stop at {tol:.0e})")
+        if not (self.estimate <= tol * self.size or self.gnorm <= cur.grad_floor):
+            return None
+        at_floor = self.gnorm <= cur.grad_floor
+        if self.final_hessian and cur.hessian_dtype != "float64":  # the proof, and the factored H, need it
+            self._exact_at(cur.theta)
+            cur = self.cur
+            self.gnorm = cur.grad_norm
+            at_floor = at_floor or self.gnorm <= cur.grad_floor  # one θ, two sums: either shows the floor
+        cert = None
+        if cur.hessian_dtype == "float64":
+            if self.radius is None:
+                self.radius = max_row_norm(self.X, fit_intercept=self.fit_intercept)
+                self.passes += 1
+            cert = certify(self.mu, self.gnorm, cur.grad_floor, radius=self.family.self_concordance * self.radius,
+                           lam=self.lam, fit_intercept=self.fit_intercept)
+        bound = cert.bound if cert is not None else self.estimate  # final_hessian=False: an estimate
+        stopped_at = stop_reason(bound, 0.0 if at_floor else self.gnorm, ref=self.size, floor=cur.grad_floor,
+                                 tol=tol)
+        self.history[-1]["error_bound"] = bound
+        if not stopped_at:
+            return None
+        final = bound / self.size if self.size > 0 else np.inf
+        bar.update(fraction=1.0, text=f"Newton iteration {it}, relative error bound {final:.1e} "
+                                      f"({'certified' if stopped_at == 'tolerance' else stopped_at})")
+        return self.finalize(it, stopped_at, bound, cert)
+
+    def inner_solve(self, it: int) -> np.ndarray:
+        """The Newton direction ``−H⁻¹∇L``; a float32 H that lost its smallest eigenvalues is
+        replaced by the float64 one, and the fit is plain Newton from then on."""
+        try:
+            return self._direction(it, exact=self.H_dtype == "float64")
+        except NotPositiveDefiniteError:
+            if self.H_dtype == "float64":
+                raise
+            self.exact = True  # float32 products lost H's smallest eigenvalues: exact from here
+            self._exact_at(self.cur.theta)
+            return self._direction(it)
+
+    def _trial_hessian(self) -> str | None:
+        """The Hessian precision a trial pass computes: float64 when exact or when the step is
+        expected to converge, none while the last Hessian still works (a chord step), else
+        float32."""
+        if self.exact or self.ratio * self.estimate <= self.tol * self.size:
+            return "float64"
+        return None if self.ratio <= REUSE_BELOW else "float32"
+
+    def line_search(self, it: int, step: np.ndarray) -> None:
+        """Backtrack along ``step`` until :func:`~rifscale.engine.newton.accept`; a rejected
+        full step from an approximate Hessian restarts from the float64 Newton step."""
+        slope = float(self.cur.grad @ step)
+        t = 1.0
+        while True:
+            (trial,) = self.evaluate([(self.cur.theta + t * step, self._trial_hessian())])
+            if accept(trial.loss, trial.grad_norm, prev_loss=self.cur.loss, prev_gnorm=self.gnorm, t=t, slope=slope):
                 break
-            try:
-                step = _direction(H, cur.grad, lam=lam, it=it, X=X, exact=H_dtype == "float64")
-            except NotPositiveDefiniteError:
-                if H_dtype == "float64":
-                    raise
-                exact = True  # float32 products lost H's smallest eigenvalues: exact from here
-                (cur,) = evaluate([(cur.theta, "float64")])
-                H, H_dtype, mu = cur.hessian, "float64", curvature(cur.hessian)
-                step = _direction(H, cur.grad, lam=lam, it=it, X=X)
-            slope = float(cur.grad @ step)
-            t = 1.0
-            while True:
-                if exact:
-                    mode = "float64"
-                elif ratio * estimate <= tol * size:  # this step is expected to converge: get the exact H with it
-                    mode = "float64"
-                elif ratio <= REUSE_BELOW:
-                    mode = None  # the Hessian still works: a chord step needs only the gradient
-                else:
-                    mode = "float32"
-                (trial,) = evaluate([(cur.theta + t * step, mode)])
-                if accept(trial.loss, trial.grad_norm, prev_loss=cur.loss, prev_gnorm=gnorm, t=t, slope=slope):
-                    break
-                if not exact:  # an approximate Hessian misled the step: plain Newton from here
-                    exact = True
-                    (cur,) = evaluate([(cur.theta, "float64")])
-                    H, H_dtype, mu = cur.hessian, "float64", curvature(cur.hessian)
-                    step = _direction(H, cur.grad, lam=lam, it=it, X=X)
-                    slope, t = float(cur.grad @ step), 1.0
-                    continue
-                t *= 0.5
-                if t < MIN_STEP:
-                    raise NotConvergedError(
-                        f"The Newton line search failed at iteration {it} (relative error bound "
-                        f"{goal:.3e}, tolerance {tol:.1e}): no step along the Newton direction lowers "
-                        "the objective. The problem is badly conditioned; increase lam or loosen tol."
-                    )
-            history[-1]["step"] = t
-            ratio = trial.grad_norm / gnorm if gnorm > 0 else 0.0
-            cur = trial
-        if lam == 0:  # the usual cause: no minimiser, so no bound can certify θ; name it if so
-            _check_not_separated(X, y, cur.theta, fit_intercept=fit_intercept, weights=weights)
+            if not self.exact:  # an approximate Hessian misled the step: plain Newton from here
+                self.exact = True
+                self._exact_at(self.cur.theta)
+                step = self._direction(it)
+                slope, t = float(self.cur.grad @ step), 1.0
+                continue
+            t *= 0.5
+            if t < MIN_STEP:
+                raise NotConvergedError(
+                    f"The Newton line search failed at iteration {it} (relative error bound "
+                    f"{self.goal:.3e}, tolerance {self.tol:.1e}): no step along the Newton direction lowers "
+                    "the objective. The problem is badly conditioned; increase lam or loosen tol."
+                )
+        self.history[-1]["step"] = t
+        self.ratio = trial.grad_norm / self.gnorm if self.gnorm > 0 else 0.0
+        self.cur = trial
+
+    def finalize(self, it: int, stopped_at: str, bound: float, cert) -> FitResult:
+        """The result at the current θ (with λ = 0, after checking that a minimiser exists)."""
+        cur = self.cur
+        if self.lam == 0 and self.final_hessian:
+            _check_not_separated(self.X, self.y, cur.theta, fit_intercept=self.fit_intercept, weights=self.weights,
+                                 family=self.family)
+            _check_unpenalised_hessian(cur.hessian)
+        return FitResult(
+            theta=cur.theta, lam=self.lam, fit_intercept=self.fit_intercept, converged=True, n_iter=it,
+            n_passes=self.passes, loss=cur.loss, grad_norm=self.gnorm, rel_grad_norm=self.gnorm / self.ref,
+            tol=self.tol, stopped_at=stopped_at, seconds=time.perf_counter() - self.t0, hessian=cur.hessian,
+            history=tuple(self.history), hessian_passes=dict(self.counts), warm_start=self.warm,
+            error_bound=bound if cert is not None else np.inf,
+            mu=cert.mu if cert is not None else np.nan,
+            row_norm_max=self.radius if self.radius is not None else np.nan,
+        )
+
+    def fail(self):
+        """Raise why the fit stopped without an answer after ``max_iter`` iterations."""
+        if self.lam == 0:  # the usual cause: no minimiser, so no bound can certify θ; name it if so
+            _check_not_separated(self.X, self.y, self.cur.theta, fit_intercept=self.fit_intercept,
+                                 weights=self.weights, family=self.family)
         hint = (
             " With lam = 0 this usually means the classes are separable and theta diverges; use lam > 0."
-            if lam == 0
+            if self.lam == 0
             else " Increase max_iter, or increase lam if the problem is badly conditioned."
         )
         raise NotConvergedError(
-            f"The Newton fit did not converge in max_iter = {max_iter} iterations: relative error "
-            f"bound {goal:.3e} > tol = {tol:.1e} (loss {cur.loss:.6g}).{hint}"
+            f"The Newton fit did not converge in max_iter = {self.max_iter} iterations: relative error "
+            f"bound {self.goal:.3e} > tol = {self.tol:.1e} (loss {self.cur.loss:.6g}).{hint}"
         )
+
+    def solve(self, *, theta0=None, warm_start: bool = True) -> FitResult:
+        """Run the steps: setup, then Newton iterations until :meth:`check_convergence`
+        returns the result or ``max_iter`` is reached."""
+        self.setup(theta0, warm_start)
+        # the bar of the main fit (not of the inner ones); it ends with the fit, also on an error
+        with Bar("fit", show=None if self.progress >= logging.INFO else False) as bar:
+            for it in range(self.max_iter + 1):
+                self.update_hessian()
+                result = self.check_convergence(it, bar)
+                if result is not None:
+                    return result
+                if it == self.max_iter:
+                    break
+                self.line_search(it, self.inner_solve(it))
+        self.fail()

@@ -1,4 +1,5 @@
-r"""Blockwise objective, gradient and Hessian of the L2-regularised logistic regression.
+r"""Blockwise objective, gradient and Hessian of the L2-regularised model (the binary
+logistic model's formulas shown; any family's blocks have this packing).
 
 .. math::
 
@@ -7,7 +8,7 @@ r"""Blockwise objective, gradient and Hessian of the L2-regularised logistic reg
     H = \sum_i w_i \alpha_i z_i z_i^T + \lambda D
 
 One pass over the row chunks returns the row sums from
-:func:`rifscale.engine.kernels.newton_block` (float64 sums; the Hessian products in float64,
+the model family's ``newton_block`` (float64 sums; the Hessian products in float64,
 in float32, or skipped) at one or several points, summed in the fixed order of
 :func:`rifscale.engine._blocks.reduce_blocks`; the penalty is added once, by the Newton core
 (:mod:`rifscale.engine.newton`). Weights ``w`` are 1 unless rows are removed.
@@ -21,6 +22,7 @@ import dask.array as da
 import numpy as np
 
 from . import kernels
+from .family import BINARY, ModelFamily
 from ._blocks import per_block, reduce_blocks
 from .newton import penalised, penalised_hessian
 
@@ -45,11 +47,11 @@ def _width(p: int, hessian: str | None) -> int:
     return 2 + p + (p * p if hessian else 0)
 
 
-def newton_points_block(x, y, w=None, *, points, fit_intercept: bool):
-    """:func:`rifscale.engine.kernels.newton_block` at several ``(theta, hessian)`` points from one
-    read of the block, the packed rows side by side."""
-    return np.concatenate([kernels.to_numpy(kernels.newton_block(x, y, w, theta=th, fit_intercept=fit_intercept,
-                                                                 hessian=h)).reshape(-1) for th, h in points])
+def newton_points_block(x, y, w=None, *, points, fit_intercept: bool, family: ModelFamily = BINARY):
+    """The family's ``newton_block`` at several ``(theta, hessian)`` points from one read of
+    the block, the packed rows side by side."""
+    return np.concatenate([kernels.to_numpy(family.newton_block(x, y, w, theta=th, fit_intercept=fit_intercept,
+                                                                hessian=h)).reshape(-1) for th, h in points])
 
 
 def unpack(packed: np.ndarray, theta: np.ndarray, *, lam: float, fit_intercept: bool,
@@ -66,21 +68,22 @@ def unpack(packed: np.ndarray, theta: np.ndarray, *, lam: float, fit_intercept: 
 
 
 def objectives(X: da.Array, y: da.Array, points, *, lam: float, fit_intercept: bool,
-               weights=None) -> list[Objective]:
+               weights=None, family: ModelFamily = BINARY) -> list[Objective]:
     """One pass over the data for several ``(theta, hessian)`` points at once."""
     points = [(np.asarray(th, dtype=np.float64), h) for th, h in points]
     widths = [_width(th.shape[0], h) for th, h in points]
     packed = reduce_blocks(newton_points_block, X, y, weights, width=sum(widths), points=points,
-                           fit_intercept=fit_intercept)
+                           fit_intercept=fit_intercept, family=family)
     edges = np.cumsum([0, *widths])
     return [unpack(packed[a:b], th, lam=lam, fit_intercept=fit_intercept, hessian=h)
             for a, b, (th, h) in zip(edges[:-1], edges[1:], points)]
 
 
 def objective(X: da.Array, y: da.Array, theta, *, lam: float, fit_intercept: bool, weights=None,
-              hessian: str | None = "float64") -> Objective:
+              hessian: str | None = "float64", family: ModelFamily = BINARY) -> Objective:
     """One pass over the data: L, ∇L and H (in the given precision, or none) at ``theta``."""
-    return objectives(X, y, [(theta, hessian)], lam=lam, fit_intercept=fit_intercept, weights=weights)[0]
+    return objectives(X, y, [(theta, hessian)], lam=lam, fit_intercept=fit_intercept, weights=weights,
+                      family=family)[0]
 
 
 def max_row_norm(X: da.Array, *, fit_intercept: bool) -> float:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .factor import Factor
+from .family import BINARY, ModelFamily
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class FittedModel:
     test_subset: np.ndarray
     metric: MetricAtOptimum
     leverage_threshold: float
+    family: ModelFamily = BINARY  # the model (rifscale.engine.family)
 
     @property
     def p(self) -> int:

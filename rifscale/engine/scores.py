@@ -2,7 +2,7 @@
 
 For every training row: p, r, α, leverage h, the self-influence on its own logit (IF and
 RIF), a flag for ``1 − h < threshold``, and for each metric ``s_IF`` and ``s_RIF``
-(see :mod:`rifscale.engine.kernels.scores` for the formulas). The result is a lazy
+(the model family's ``score_block`` has the formulas; :mod:`rifscale.engine.kernels.logistic` for the binary model). The result is a lazy
 (n, 7 + 2M) Dask array aligned to the corpus row chunks; building it computes nothing.
 """
 
@@ -12,11 +12,10 @@ from dataclasses import dataclass
 
 import dask.array as da
 
-from . import kernels
 from ._blocks import row_map
 from .factor import broadcast
 from ..corpus.model import Split
-from .kernels.scores import SCORE_COLUMNS
+from .kernels.logistic import SCORE_COLUMNS
 from .model import FittedModel
 
 
@@ -97,7 +96,7 @@ class Scores:
 def score_table(train: Split, model: FittedModel, *, client=None) -> Scores:
     """Build (lazily) the scores of every training row; the factor is broadcast once."""
     table = row_map(
-        kernels.score_block,
+        model.family.score_block,
         train.X,
         train.y,
         width=len(SCORE_COLUMNS) + 2 * len(model.metrics),

@@ -146,8 +146,9 @@ class LeaveOutHessian:
         return relative.size == 0 or scipy.linalg.eigvalsh(relative, subset_by_index=[0, 0])[0] >= threshold
 
     @classmethod
-    def woodbury(cls, linv, z, alpha, *, threshold: float) -> "LeaveOutHessian | None":
-        W = linv @ (z * np.sqrt(alpha)[:, None]).T
+    def woodbury(cls, linv, roots, *, threshold: float) -> "LeaveOutHessian | None":
+        """``H − Bᵀ B`` by Woodbury, B the set's Hessian roots (``family.row_terms``)."""
+        W = linv @ roots.T
         M = np.eye(W.shape[1]) - W.T @ W
         if not cls._pinned(M, threshold):
             return None
@@ -197,7 +198,7 @@ def _deltas(train, model: FittedModel, sets, *, client):
     masks = {k: row_mask(train.n, train.X.chunks[0], v) for k, v in large.items()}
     gathered = {k: (train.X[v], train.y[v]) for k, v in small.items()}
     reduced = {
-        k: block_sum(kernels.set_stats_block, train.X, train.y, masks[k], width=2 * p + 1 + p * p,
+        k: block_sum(model.family.set_stats_block, train.X, train.y, masks[k], width=2 * p + 1 + p * p,
                      linv=linv_b, gram=True, **kw)
         for k in large
     }
@@ -208,10 +209,10 @@ def _deltas(train, model: FittedModel, sets, *, client):
     for name in sets:
         if name in gathered:
             x, y = gathered[name]
-            stats = kernels.set_stats_block(x, y, linv=linv, gram=False, **kw)[0]
+            stats = model.family.set_stats_block(x, y, linv=linv, gram=False, **kw)[0]
             z = kernels.design(x, fit_intercept=model.fit_intercept)
-            _, alpha = kernels.sigmoid_and_weight(z @ model.theta)
-            hess = LeaveOutHessian.woodbury(linv, z, alpha, threshold=model.leverage_threshold)
+            _, _, roots = model.family.row_terms(z, y, theta=model.theta)
+            hess = LeaveOutHessian.woodbury(linv, roots, threshold=model.leverage_threshold)
             method = "woodbury"
         else:
             stats = kernels.to_numpy(reduced[name])
@@ -298,16 +299,16 @@ def _metric_changes(corpus, model: FittedModel, sets, delta, G, gathered, masks)
     thetas = np.stack([model.theta + delta[k][lab] for k, lab in cols], axis=1)
     thetas = np.where(np.isfinite(thetas), thetas, model.theta[:, None])  # NaN estimates stay NaN below
     test_vals = metric_values(corpus.test, model.test_subset, thetas, names=model.metrics,
-                              fit_intercept=model.fit_intercept)
+                              fit_intercept=model.fit_intercept, family=model.family)
     self_terms, first = {}, 0
     for k in names:
         th = np.column_stack([model.theta, thetas[:, first : first + len(labels[k])]])
         first += len(labels[k])
         if k in gathered:
             x, y = gathered[k]
-            self_terms[k] = kernels.loss_block(x, y, thetas=th, fit_intercept=model.fit_intercept)[0]
+            self_terms[k] = model.family.loss_block(x, y, thetas=th, fit_intercept=model.fit_intercept)[0]
         else:
-            self_terms[k] = block_sum(kernels.loss_block, corpus.train.X, corpus.train.y, masks[k], width=th.shape[1],
+            self_terms[k] = block_sum(model.family.loss_block, corpus.train.X, corpus.train.y, masks[k], width=th.shape[1],
                                       thetas=th, fit_intercept=model.fit_intercept)
     test_vals, self_terms = progress.compute(test_vals, self_terms, label="group estimates")
     test_vals = kernels.to_numpy(test_vals)

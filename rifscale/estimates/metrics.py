@@ -18,6 +18,7 @@ import numpy as np
 from ..engine import kernels
 from ..engine._blocks import block_sum, row_map, row_mask
 from ..config import METRICS, RunConfig
+from ..engine.family import BINARY, ModelFamily
 from ..engine.model import MetricAtOptimum
 from ..errors import ConfigError
 from ..corpus.model import Split
@@ -122,7 +123,7 @@ def validate_indices(idx, n: int, what: str, split: str = "train") -> np.ndarray
     return uniq
 
 
-def select_test_subset(test: Split, theta: np.ndarray, config: RunConfig) -> np.ndarray:
+def select_test_subset(test: Split, theta: np.ndarray, config: RunConfig, *, family: ModelFamily = BINARY) -> np.ndarray:
     """Sorted test row indices S for ``config.test_subset`` ("paper" on a test split of at
     most 100 rows is all of it)."""
     n_test = test.n
@@ -133,7 +134,7 @@ def select_test_subset(test: Split, theta: np.ndarray, config: RunConfig) -> np.
     if config.paper_top + config.paper_random >= n_test:
         return np.arange(n_test, dtype=np.int64)  # S would be every test point anyway
     k = config.paper_top
-    losses = row_map(kernels.row_loss_block, test.X, test.y, width=1, theta=theta, fit_intercept=config.fit_intercept)[:, 0]
+    losses = row_map(family.row_loss_block, test.X, test.y, width=1, theta=theta, fit_intercept=config.fit_intercept)[:, 0]
     top = kernels.to_numpy(da.argtopk(losses, k).compute()).astype(np.int64)
     return paper_subset(top, n_test, n_random=config.paper_random, seed=config.seed)
 
@@ -142,10 +143,11 @@ def _test_weights(test: Split, subset: np.ndarray):
     return None if subset.size == test.n else row_mask(test.n, test.X.chunks[0], subset)
 
 
-def metric_at(test: Split, subset: np.ndarray, theta: np.ndarray, *, names, fit_intercept: bool) -> MetricAtOptimum:
+def metric_at(test: Split, subset: np.ndarray, theta: np.ndarray, *, names, fit_intercept: bool,
+              family: ModelFamily = BINARY) -> MetricAtOptimum:
     p = theta.shape[0]
     packed = block_sum(
-        kernels.metric_grad_block,
+        family.metric_grad_block,
         test.X,
         test.y,
         _test_weights(test, subset),
@@ -160,11 +162,12 @@ def metric_at(test: Split, subset: np.ndarray, theta: np.ndarray, *, names, fit_
     return MetricAtOptimum(names=tuple(names), values=values[cols], grads=grads[:, cols])
 
 
-def metric_values(test: Split, subset: np.ndarray, thetas: np.ndarray, *, names, fit_intercept: bool) -> da.Array:
+def metric_values(test: Split, subset: np.ndarray, thetas: np.ndarray, *, names, fit_intercept: bool,
+                  family: ModelFamily = BINARY) -> da.Array:
     """Lazy (M, K) array of each metric at each column of ``thetas`` (one pass)."""
     K = thetas.shape[1]
     packed = block_sum(
-        kernels.metric_values_block,
+        family.metric_values_block,
         test.X,
         test.y,
         _test_weights(test, subset),

@@ -48,7 +48,7 @@ from ..config import RunConfig
 from ..corpus.model import Corpus, open_corpus
 from ..engine.factor import Factor
 from ..engine.kernels import to_numpy
-from ..engine.kernels.scores import SCORE_COLUMNS
+from ..engine.kernels.logistic import SCORE_COLUMNS
 from ..engine.model import FittedModel, MetricAtOptimum
 from ..errors import ConfigError, CorpusError
 from .. import __version__

@@ -2,7 +2,7 @@ r"""Batched exact leave-T-out retrains: the ground truth every estimate is judge
 
 Every set T_k is retrained at once: each pass over the row chunks computes, for all
 active sets together, the loss and gradient of ``L_{−T_k}`` at the current ``θ_k``
-(a chunk × K block of logits, :func:`rifscale.engine.kernels.retrain_block`).
+(a chunk × K block of logits, the model family's ``retrain_block``).
 
 The step of set k is preconditioned by ``P_k = H − Σ_{i∈T_k} α_i z_i z_iᵀ`` evaluated at
 θ̂ — the already-factored H corrected by Woodbury — so the first step from θ̂ is exactly
@@ -213,17 +213,15 @@ def _result(s: _State, model: FittedModel) -> Retrain:
     )
 
 
-def _added_terms(s: _State, theta: np.ndarray, want_hessian: bool):
+def _added_terms(s: _State, theta: np.ndarray, want_hessian: bool, family):
     """Loss, gradient, gradient scale and Hessian of the rows added to a problem."""
     p = theta.shape[0]
     if not s.added:
         return 0.0, np.zeros(p), 0.0, (np.zeros((p, p)) if want_hessian else None)
     z, y = s.added
-    eta = z @ theta
-    r = kernels.residual(eta, y)
-    _, alpha = kernels.sigmoid_and_weight(eta)
-    H = (z * alpha[:, None]).T @ z if want_hessian else None
-    return float(kernels.log_loss(eta, y).sum()), z.T @ r, float(np.abs(r) @ np.linalg.norm(z, axis=1)), H
+    loss, grads, roots = family.row_terms(z, y, theta=theta)
+    H = roots.T @ roots if want_hessian else None
+    return float(loss.sum()), grads.sum(axis=0), float(np.linalg.norm(grads, axis=1).sum()), H
 
 
 def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, safeguard, client,
@@ -233,8 +231,9 @@ def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, 
     p = model.p
     if radius is None:
         radius = max_row_norm(train.X, fit_intercept=model.fit_intercept)
-    for s in states:
-        s.radius = max(radius, float(np.linalg.norm(s.added[0], axis=1).max())) if s.added else radius
+    for s in states:  # the certificates' radius: the family's constant times max ‖z_i‖
+        rows = max(radius, float(np.linalg.norm(s.added[0], axis=1).max())) if s.added else radius
+        s.radius = model.family.self_concordance * rows
     all_sets = broadcast([s.rows for s in states], client=client)
     budget = max(1, HESSIAN_BUDGET // (p * p))
     npass = 0
@@ -258,6 +257,7 @@ def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, 
             packed = reduce_blocks(
                 _retrain_active, train.X, train.y, width=2 * K + p * K + len(newton) * p * p, row_start=True,
                 thetas=thetas, all_sets=all_sets, active=pos, newton=newton, fit_intercept=model.fit_intercept,
+                family=model.family,
                 client=client,
             )
             loss, grads, floors = penalised(thetas, packed[:K], packed[2 * K : 2 * K + p * K].reshape(p, K),
@@ -266,7 +266,7 @@ def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, 
             for j, s in enumerate(active):  # a problem's passes: those that evaluated it
                 s.passes, s.last = s.passes + 1, npass
                 H = penalised_hessian(hess[slot[j]], lam=model.lam, fit_intercept=model.fit_intercept) if j in slot else None
-                a_loss, a_grad, a_scale, a_hess = _added_terms(s, thetas[:, j], H is not None)
+                a_loss, a_grad, a_scale, a_hess = _added_terms(s, thetas[:, j], H is not None, model.family)
                 if H is not None:
                     H = H + a_hess
                 floor = floors[j] + ROUNDING_FACTOR * EPS * a_scale
@@ -279,9 +279,9 @@ def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, 
              sum(s.stopped_at == "rounding floor" for s in states), npass)
 
 
-def _retrain_active(x, y, *, row_start, thetas, all_sets, active, newton, fit_intercept):
+def _retrain_active(x, y, *, row_start, thetas, all_sets, active, newton, fit_intercept, family):
     rows = np.arange(row_start, row_start + x.shape[0], dtype=np.int64)
-    return kernels.retrain_block(x, y, rows, thetas=thetas, sets=[all_sets[k] for k in active],
+    return family.retrain_block(x, y, rows, thetas=thetas, sets=[all_sets[k] for k in active],
                                  newton=newton, fit_intercept=fit_intercept)
 
 
@@ -358,7 +358,7 @@ def poisoned_fits(source, x: np.ndarray, y: np.ndarray, *, tol: float = TOL, max
     empty = np.empty(0, dtype=np.int64)
     states = []
     for j in range(z.shape[0]):
-        g = float(np.linalg.norm(kernels.residual(z[j : j + 1] @ model.theta, y[j : j + 1]) * z[j]))
+        g = float(np.linalg.norm(model.family.row_terms(z[j : j + 1], y[j : j + 1], theta=model.theta)[1]))
         states.append(_State(name=f"poison-{j}", size=0, rows=empty, theta=model.theta.copy(), trial=model.theta.copy(),
                              precond=None, ref=g or 1.0, method="newton", added=(z[j : j + 1], y[j : j + 1])))
     _solve(corpus.train, model, states, tol=tol, max_passes=max_passes, safeguard=True, client=client,

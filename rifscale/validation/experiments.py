@@ -338,14 +338,11 @@ def poisoning(source, *, n_points: int = 100, seed: int = 0, client=None, batch_
             rows.append({"test_row": int(idx[j]), "converged": False, "certified": False,
                          "rel_error_bound": f.rel_error_bound})
             continue
-        eta = z[j] @ f.theta
-        r = float(kernels.residual(np.array([eta]), flipped[j : j + 1])[0])
-        _, alpha = kernels.sigmoid_and_weight(np.array([eta]))
-        q = float(z[j] @ np.linalg.solve(H, z[j]))
-        h = float(alpha[0]) * q
+        h, s_if, s_rif = (float(v[0]) for v in model.family.self_influence(
+            z[j : j + 1], flipped[j : j + 1], theta=f.theta, solve=lambda v, H=H: np.linalg.solve(H, v)))
         rows.append({
             "test_row": int(idx[j]), "label": int(y[j]), "converged": True, "leverage": h,
-            "exact": float(z[j] @ (model.theta - f.theta)), "if": r * q, "rif": r * q / (1.0 - h),
+            "exact": float(z[j] @ (model.theta - f.theta)), "if": s_if, "rif": s_rif,
             "passes": f.passes, "certified": f.certified, "rel_error_bound": f.rel_error_bound,
         })
     return rows

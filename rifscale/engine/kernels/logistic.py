@@ -1,4 +1,5 @@
-r"""Binary logistic regression on one block of rows.
+r"""The binary logistic model: every formula of it, on blocks of rows (the first model family,
+:class:`BinaryLogistic`, behind the seam :class:`rifscale.engine.family.ModelFamily`).
 
 Model (docs/design.md §1). A block holds rows ``x`` of shape (m, d) and labels ``y`` in {0, 1}
 of shape (m,). With an intercept each row is augmented to ``z = [x, 1]`` (the intercept
@@ -22,20 +23,14 @@ digits for large |η| (unlike ``log1p(exp(η)) - y η``); σ and α are computed
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import numpy as np
 
 from ..._namespace import array_namespace
 from ._scratch import rows_as, scratch
-
-
-def design(x, *, fit_intercept: bool):
-    """Float64 design block ``z`` of shape (m, p): ``x`` with a column of ones appended
-    when ``fit_intercept``."""
-    xp = array_namespace(x)
-    z = xp.asarray(x, dtype=xp.float64)
-    if fit_intercept:
-        z = xp.concatenate([z, xp.ones((z.shape[0], 1), dtype=xp.float64)], axis=1)
-    return z
+from .products import SUB_ROWS, design, design_products, gram_accumulate, keep_mask
 
 
 def log_loss(eta, y):
@@ -76,25 +71,8 @@ def sigmoid(eta):
     return sigmoid_and_weight(eta)[0]
 
 
-#: Rows per sub-block inside a chunk: keeps the float64 copy of a sub-block in cache and
-#: bounds float32 accumulation to this many rows before it is added in float64.
-SUB_ROWS = 2048
-
 #: Hessian precisions :func:`newton_block` computes; None computes no Hessian.
 HESSIAN_DTYPES = ("float32", "float64")
-
-
-def _gram_accumulate(b, out):
-    """``out += bᵀ b`` for a (k, p) block ``b``, the product in ``b``'s precision.
-
-    A plain GEMM: OpenBLAS's symmetric rank-k update (``syrk``, half the flops) measured
-    no faster than GEMM on these shapes (benchmarks/README.md), so it buys nothing.
-    """
-    if array_namespace(b) is np:
-        g = np.matmul(b.T, b, out=scratch("gram", (b.shape[1], b.shape[1]), b.dtype))
-    else:
-        g = b.T @ b
-    out += g
 
 
 def newton_block(x, y, w=None, *, theta, fit_intercept: bool, hessian: str | None = "float64"):
@@ -172,7 +150,7 @@ def newton_block(x, y, w=None, *, theta, fit_intercept: bool, hessian: str | Non
         else:
             b = xp.multiply(xb, root[:, None], out=scratch("scaled64", xb.shape, np.float64)) if xp is np else \
                 xb * root[:, None]
-        _gram_accumulate(b, H)
+        gram_accumulate(b, H)
     parts = [xp.stack([xp.asarray(loss, dtype=xp.float64), xp.asarray(scale, dtype=xp.float64)]), grad]
     if hessian is not None:
         H = 0.5 * (H + H.T)
@@ -233,44 +211,6 @@ def min_margin_block(x, y, w=None, *, theta, fit_intercept: bool):
     return xp.min(xp.concatenate([margin, xp.asarray([xp.inf])]))[None, None]
 
 
-def max_row_norm_block(x, *, fit_intercept: bool):
-    """(1, 1) float64 array: the largest ``‖z_i‖`` over the block's rows (0 for none).
-
-    It bounds how fast the curvature weights α_i can change along a segment, which the
-    error certificates need (:func:`rifscale.engine.newton.certify`)."""
-    xp = array_namespace(x)
-    if xp is not np:
-        z = design(x, fit_intercept=fit_intercept)
-        sq = xp.sum(z * z, axis=1)
-        return xp.sqrt(xp.max(xp.concatenate([sq, xp.zeros(1, dtype=xp.float64)])))[None, None]
-    if x.shape[0] == 0:
-        return np.zeros((1, 1))
-    largest = 0.0  # float64 row norms a sub-block at a time, in the thread's scratch buffer (no copy of the block)
-    for s in range(0, x.shape[0], SUB_ROWS):
-        xb = rows_as(x[s : s + SUB_ROWS], np.float64, "rows64")
-        largest = max(largest, float(np.einsum("ij,ij->i", xb, xb).max()))
-    return np.sqrt(np.array([[largest + float(fit_intercept)]]))
-
-
-def keep_mask(rows, sets):
-    """(m, K) float64 weights: 0 where row ``rows[i]`` is in ``sets[k]``, 1 elsewhere.
-
-    ``rows`` are the block's consecutive global row numbers; each set is a sorted array of
-    row numbers (only its part inside the block is looked at).
-    """
-    xp = array_namespace(rows)
-    m = rows.shape[0]
-    mask = xp.ones((m, len(sets)), dtype=xp.float64)
-    if m == 0:
-        return mask
-    start, stop = int(rows[0]), int(rows[-1]) + 1
-    for k, s in enumerate(sets):
-        lo, hi = (int(v) for v in s.searchsorted([start, stop]))
-        if hi > lo:
-            mask[xp.asarray(s[lo:hi] - start), k] = 0.0
-    return mask
-
-
 def retrain_block(x, y, rows, *, thetas, sets, newton, fit_intercept: bool):
     """One block's share of a pass of K leave-T-out retrains at once.
 
@@ -303,3 +243,187 @@ def retrain_block(x, y, rows, *, thetas, sets, newton, fit_intercept: bool):
         wa = w[:, list(newton)] * alpha
         parts += [((z * wa[:, j : j + 1]).T @ z).ravel() for j in range(len(newton))]
     return xp.concatenate(parts)[None, :]
+
+
+#: Columns of :func:`score_block` before the per-metric IF and RIF columns.
+SCORE_COLUMNS = ("prob", "residual", "alpha", "leverage", "self_if", "self_rif", "flag")
+
+
+def _at_rows(x, y, theta, linv, U, *, fit_intercept: bool):
+    """Per row at θ: ``z_iᵀ U`` (m, M), p, r, α, ``q = ‖L⁻¹z_i‖²`` and the leverage
+    ``h = α q``, from one read of the rows (:func:`~rifscale.engine.kernels.products.design_products`)."""
+    W = np.concatenate([np.asarray(theta, dtype=np.float64)[:, None], np.asarray(U, dtype=np.float64)], axis=1)
+    both, q = design_products(x, linv, W, fit_intercept=fit_intercept)
+    eta = both[:, 0]
+    p, alpha = sigmoid_and_weight(eta)
+    return both[:, 1:], p, residual(eta, y), alpha, q, alpha * q
+
+
+def score_block(x, y, *, theta, linv, U, fit_intercept: bool, threshold: float):
+    """All per-sample quantities of one block in one pass.
+
+    The leverage needs ``‖L⁻¹ z_i‖²`` (one triangular product per block); the logits and
+    ``z_iᵀ u_k`` for all metrics come from one small product on the same rows.
+
+    Parameters
+    ----------
+    x : (m, d) array
+    y : (m,) array of 0/1
+    theta : (p,) fitted parameters
+    linv : (p, p) inverse of the lower Cholesky factor of H
+    U : (p, M) columns ``u_k = H⁻¹ ∇f_k(θ̂)``, one per metric
+    threshold : float
+        Flag samples with ``1 − h < threshold``.
+
+    Returns
+    -------
+    (m, 7 + 2M) float64 array with columns :data:`SCORE_COLUMNS`, then ``s_IF`` for
+    each metric, then ``s_RIF`` for each metric.
+    """
+    xp = array_namespace(x)
+    zu, p, r, alpha, q, h = _at_rows(x, y, theta, linv, U, fit_intercept=fit_intercept)
+    one_minus_h = 1.0 - h
+    flag = one_minus_h < threshold
+    safe = xp.where(flag, 1.0, one_minus_h)
+    s_if = r[:, None] * zu
+    s_rif = xp.where(flag[:, None], xp.nan, s_if / safe[:, None])
+    self_if = r * q
+    self_rif = xp.where(flag, xp.nan, self_if / safe)
+    cols = [p, r, alpha, h, self_if, self_rif, flag.astype(xp.float64)]
+    return xp.concatenate([xp.stack(cols, axis=1), s_if, s_rif], axis=1)
+
+
+def set_stats_block(x, y, w=None, *, theta, linv, fit_intercept: bool, threshold: float, gram: bool):
+    """Sums over the rows of a removal set T (rows with weight 1) in one block.
+
+    Returns
+    -------
+    (1, 2p + 1 [+ p*p]) float64 array:
+        ``[Σ_T g_i, Σ_T g_i / (1 − h_i), #flagged in T, (Σ_T α_i z_i z_iᵀ if gram)]``.
+        Flagged rows are left out of the second sum; the caller reports the set's RIF
+        as NaN when the count is non-zero.
+    """
+    xp = array_namespace(x)
+    if w is not None:  # only the set's rows matter: skip the O(p²) work for the others
+        w = xp.asarray(w, dtype=xp.float64)
+        keep = w != 0
+        x, y, w = x[keep], xp.asarray(y)[keep], w[keep]
+    _, _, r, alpha, _, h = _at_rows(x, y, theta, linv, np.empty((len(theta), 0)), fit_intercept=fit_intercept)
+    z = design(x, fit_intercept=fit_intercept)
+    one_minus_h = 1.0 - h
+    flag = one_minus_h < threshold
+    if w is None:
+        w = xp.ones(z.shape[0], dtype=xp.float64)
+    wr = w * r
+    rescaled = xp.where(flag, 0.0, wr / xp.where(flag, 1.0, one_minus_h))
+    parts = [z.T @ wr, z.T @ rescaled, xp.sum(w * flag)[None]]
+    if gram:
+        parts.append(((z * (w * alpha)[:, None]).T @ z).ravel())
+    return xp.concatenate(parts)[None, :]
+
+
+def metric_grad_block(x, y, w=None, *, theta, fit_intercept: bool):
+    """Values and gradients at θ of the two test metrics over the weighted rows.
+
+    ``test_loss = Σ w ℓ`` with gradient ``Σ w r z``; ``test_prediction = Σ w σ`` with
+    gradient ``Σ w α z``.
+
+    Returns
+    -------
+    (1, 2 + 2p) float64 array ``[loss, prediction, ∇loss (p), ∇prediction (p)]``.
+    """
+    xp = array_namespace(x)
+    z = design(x, fit_intercept=fit_intercept)
+    eta = z @ xp.asarray(theta, dtype=xp.float64)
+    p, alpha = sigmoid_and_weight(eta)
+    loss = log_loss(eta, y)
+    r = residual(eta, y)
+    if w is not None:
+        w = xp.asarray(w, dtype=xp.float64)
+        loss, p, r, alpha = w * loss, w * p, w * r, w * alpha
+    head = xp.stack([xp.sum(loss), xp.sum(p)])
+    return xp.concatenate([head, z.T @ r, z.T @ alpha])[None, :]
+
+
+def metric_values_block(x, y, w=None, *, thetas, fit_intercept: bool):
+    """Both test metrics at K parameter vectors at once (one GEMM).
+
+    Returns
+    -------
+    (1, 2K) float64 array ``[Σ w ℓ(θ_k) for k, Σ w σ(θ_k) for k]``.
+    """
+    xp = array_namespace(x)
+    z = design(x, fit_intercept=fit_intercept)
+    eta = z @ xp.asarray(thetas, dtype=xp.float64)
+    loss = log_loss(eta, y)
+    p, _ = sigmoid_and_weight(eta)
+    if w is not None:
+        w = xp.asarray(w, dtype=xp.float64)[:, None]
+        loss, p = w * loss, w * p
+    return xp.concatenate([xp.sum(loss, axis=0), xp.sum(p, axis=0)])[None, :]
+
+
+def row_terms(z, y, *, theta):
+    """Per-row loss, gradient and Hessian root of a few float64 design rows ``z`` held in
+    memory (the rows a retrain adds, a set gathered for its Woodbury update, a poisoned
+    point): ``(ℓ (m,), G (m, p) with rows g_i = r_i z_i, B (m, p) with rows √α_i z_i)``,
+    so that ``Σ_i ∇²ℓ_i = Bᵀ B``."""
+    xp = array_namespace(z)
+    eta = z @ xp.asarray(theta, dtype=xp.float64)
+    _, alpha = sigmoid_and_weight(eta)
+    return log_loss(eta, y), z * residual(eta, y)[:, None], z * xp.sqrt(alpha)[:, None]
+
+
+def self_influence(z, y, *, theta, solve):
+    """Leverage and self-influence of design rows ``z`` under the Hessian whose solve is
+    ``solve`` (``v ↦ H⁻¹ v``), the formulas of :func:`score_block` with ``q_i = z_iᵀ H⁻¹ z_i``:
+    ``(h, IF and RIF change of each row's own logit)``, each (m,)."""
+    eta = z @ theta
+    _, alpha = sigmoid_and_weight(eta)
+    r = residual(eta, y)
+    q = np.einsum("ij,ji->i", z, solve(z.T))
+    h = alpha * q
+    return h, r * q, r * q / (1.0 - h)
+
+
+@dataclass(frozen=True)
+class BinaryLogistic:
+    """Binary logistic regression (labels 0/1, one weight vector, sigmoid link), the first
+    :class:`~rifscale.engine.family.ModelFamily`: the kernels of this module, bundled.
+
+    Examples
+    --------
+    >>> from rifscale.engine.kernels.logistic import BINARY
+    >>> BINARY.n_params(384, fit_intercept=True)
+    385
+    """
+
+    name: str = "binary"
+    score_columns: ClassVar[tuple[str, ...]] = SCORE_COLUMNS
+    #: ``|ℓ‴| ≤ c ‖z‖ ℓ″`` along any direction: the logistic loss is generalised
+    #: self-concordant with c = 1 (the error certificates' radius is c · max ‖z_i‖).
+    self_concordance: ClassVar[float] = 1.0
+
+    newton_block = staticmethod(newton_block)
+    loss_block = staticmethod(loss_block)
+    row_loss_block = staticmethod(row_loss_block)
+    min_margin_block = staticmethod(min_margin_block)
+    retrain_block = staticmethod(retrain_block)
+    score_block = staticmethod(score_block)
+    set_stats_block = staticmethod(set_stats_block)
+    metric_grad_block = staticmethod(metric_grad_block)
+    metric_values_block = staticmethod(metric_values_block)
+    row_terms = staticmethod(row_terms)
+    self_influence = staticmethod(self_influence)
+
+    @staticmethod
+    def n_params(d: int, *, fit_intercept: bool) -> int:
+        """p = d + 1 with an intercept (θ's last entry), else d."""
+        return d + int(fit_intercept)
+
+    def __dask_tokenize__(self):
+        return ("rifscale-model-family", type(self).__qualname__, self.name)
+
+
+#: The binary logistic family (the default of every stage).
+BINARY = BinaryLogistic()

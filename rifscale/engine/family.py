@@ -1,0 +1,79 @@
+r"""The model-family seam: the per-block maths of a model behind one small interface.
+
+A *model family* is everything about a model that the stages need to know: its
+parameters' size, its loss, gradient and Hessian on a block of rows, the leverage and
+score formulas, the test metrics, the rows a retrain adds, and the constant of its
+error certificates. The fit (:mod:`rifscale.engine.fit`), the scores pass
+(:mod:`rifscale.engine.scores`), the group estimates (:mod:`rifscale.estimates.groups`),
+the metrics (:mod:`rifscale.estimates.metrics`) and the exact retrains
+(:mod:`rifscale.validation.exact`) take a family (``FittedModel.family``) and never branch
+on which one it is. The binary logistic model (:data:`BINARY`,
+:mod:`rifscale.engine.kernels.logistic`) is the first implementation; every formula of it
+lives in that one module.
+
+Conventions every family keeps (docs/design.md §1): θ has ``n_params(d)`` entries with
+the intercept(s) last and unpenalised; blocks return *unpenalised* float64 sums (the Newton
+core adds ``(λ/2)‖Dθ‖²`` once); kernels are pure, NumPy or CuPy, and return plain arrays
+of fixed width so that the passes can sum them in a fixed order.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from .kernels.logistic import BINARY
+
+
+@runtime_checkable
+class ModelFamily(Protocol):
+    """What a model family provides. Block kernels take a block's rows ``x`` (m, d), its
+    labels ``y`` (m,) and optional row weights ``w`` (m,), and return one packed row."""
+
+    #: Short name, recorded with a fit.
+    name: str
+    #: Per-sample columns of :meth:`score_block` before the per-metric IF and RIF columns.
+    score_columns: tuple[str, ...]
+    #: c with ``|ℓ‴| ≤ c ‖z‖ ℓ″``: the error certificates use the radius ``c · max ‖z_i‖``.
+    self_concordance: float
+
+    def n_params(self, d: int, *, fit_intercept: bool) -> int:
+        """Length p of θ for d features."""
+
+    def newton_block(self, x, y, w=None, *, theta, fit_intercept: bool, hessian: str | None):
+        """``[Σ w ℓ, Σ w ‖g‖ (the gradient's rounding scale), Σ w g (p), Σ w ∇²ℓ (p², or none)]``."""
+
+    def loss_block(self, x, y, w=None, *, thetas, fit_intercept: bool):
+        """``Σ w ℓ`` at the K columns of ``thetas`` (p, K): a (1, K) row."""
+
+    def row_loss_block(self, x, y, *, theta, fit_intercept: bool):
+        """Each row's loss at θ: (m, 1)."""
+
+    def min_margin_block(self, x, y, w=None, *, theta, fit_intercept: bool):
+        """The smallest margin of a correct prediction (> 0 everywhere: θ separates the data)."""
+
+    def retrain_block(self, x, y, rows, *, thetas, sets, newton, fit_intercept: bool):
+        """A block's share of one pass of K leave-T-out retrains at once (see the binary kernel)."""
+
+    def score_block(self, x, y, *, theta, linv, U, fit_intercept: bool, threshold: float):
+        """Per-sample scores: :attr:`score_columns`, then IF and RIF of each metric."""
+
+    def set_stats_block(self, x, y, w=None, *, theta, linv, fit_intercept: bool, threshold: float, gram: bool):
+        """Sums over a removal set's rows: gradients, rescaled gradients, flagged count, Hessian."""
+
+    def metric_grad_block(self, x, y, w=None, *, theta, fit_intercept: bool):
+        """Test metrics and their gradients at θ over the weighted rows."""
+
+    def metric_values_block(self, x, y, w=None, *, thetas, fit_intercept: bool):
+        """Test metrics at K parameter vectors at once."""
+
+    def row_terms(self, z, y, *, theta):
+        """Per-row losses, gradients and Hessian roots of a few design rows in memory."""
+
+    def self_influence(self, z, y, *, theta, solve):
+        """Leverage and IF/RIF changes of each row's own prediction under ``solve = H⁻¹``."""
+
+
+#: Families by name.
+FAMILIES: dict[str, ModelFamily] = {BINARY.name: BINARY}
+
+__all__ = ["BINARY", "FAMILIES", "ModelFamily"]
