@@ -152,7 +152,7 @@ def run(args) -> dict:
     rec.wrap(rifscale.pipeline, "factor_hessian", "factor")
     rec.wrap(rifscale.pipeline, "metric_at", "metrics")
     rec.wrap(rifscale.pipeline, "select_test_subset", "test subset")
-    rec.wrap(rifscale.runs.format, "_write_scores", "scores pass + store")
+    rec.wrap(rifscale.runs.format, "write_scores", "scores pass + store")
 
     result = {"mode": args.mode, "workers": args.workers, "threads": args.threads, "runs": []}
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp, contextlib.ExitStack() as stack:

@@ -21,8 +21,8 @@ from .estimates.groups import GroupEstimate, group_effects, normalise_sets, stor
 from .corpus.model import Corpus, corpus_fingerprint, open_corpus
 from .outputs import (atomic_dir, check_inputs, check_output, claim, mark, output_path, publish, remove,
     remove_within)
-from .runs.format import (FORMAT, MANIFEST, Run, _json_default, _manifest, _manifest_or_none, _read_model,
-    _read_theta, _write_json, _write_model, _write_scores, checkpoint_of, open_run, read_manifest)
+from .runs.format import (FORMAT, MANIFEST, Run, json_default, build_manifest, manifest_or_none, read_model,
+    read_theta, write_run_json, write_model, write_scores, checkpoint_of, open_run, read_manifest)
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,8 @@ def job_key(corpus: Corpus, config: RunConfig, *, warm_start=None) -> dict:
         key["test_subset_sha256"] = _file_sha256(config.test_subset)
     if warm_start is not None:
         key["warm_start"] = read_manifest(warm_start).get("corpus", {}) | {
-            "theta_sha256": hashlib.sha256(np.ascontiguousarray(_read_theta(warm_start)).tobytes()).hexdigest()}
-    return json.loads(json.dumps(key, default=_json_default))
+            "theta_sha256": hashlib.sha256(np.ascontiguousarray(read_theta(warm_start)).tobytes()).hexdigest()}
+    return json.loads(json.dumps(key, default=json_default))
 
 
 def _differences(a: dict, b: dict) -> list[str]:
@@ -63,7 +63,7 @@ def warm_start_theta(previous, corpus: Corpus, config: RunConfig) -> np.ndarray:
     manifest = read_manifest(previous)
     if manifest.get("status") != "complete":
         raise ConfigError(f"--warm-start {str(previous)!r} is not a complete run (status {manifest.get('status')!r}).")
-    theta = _read_theta(previous)
+    theta = read_theta(previous)
     p = BINARY.n_params(corpus.d, fit_intercept=config.fit_intercept)
     if theta.shape != (p,) or manifest["config"]["fit_intercept"] != config.fit_intercept:
         raise ConfigError(
@@ -142,7 +142,7 @@ class Job:
                 partial.mkdir()
                 mark(partial, "run")
                 state = {"rifscale_run": FORMAT, "status": "partial", "job": key, "stages": {}}
-                _write_json(partial / MANIFEST, state)
+                write_run_json(partial / MANIFEST, state)
             try:
                 manifest = self._stages(state, client=client, progress=progress)
                 self._check_corpus_unchanged()
@@ -150,7 +150,7 @@ class Job:
                 if not state["stages"]:  # nothing worth resuming: a failed run leaves nothing
                     remove(partial)
                 raise
-            _write_json(partial / MANIFEST, manifest)
+            write_run_json(partial / MANIFEST, manifest)
             publish(partial, out, overwrite=self.overwrite)
         return manifest
 
@@ -162,7 +162,7 @@ class Job:
         resumed = None
         if "model" in state["stages"]:
             stage = state["stages"]["model"]
-            model = _read_model(partial, stage["config"])
+            model = read_model(partial, stage["config"])
             corpus, scores, layout = rescore(self.corpus, config, model, client=client)
             fit_record, timings = stage["fit"], dict(stage["timings"])
             resumed = "model"
@@ -177,18 +177,18 @@ class Job:
             remove_within(partial, ".model.partial")
             staging = partial / ".model.partial"
             staging.mkdir()
-            _write_model(staging, model)
+            write_model(staging, model)
             os.replace(staging / "model", partial / "model")  # the stage appears whole or not at all
             remove_within(partial, ".model.partial")
             state["stages"]["model"] = {"fit": fit_record, "timings": timings, "layout": layout,
                                         "config": config.to_dict(),
                                         "factor": {"backend": model.factor.backend, "worker": model.factor.worker}}
-            _write_json(partial / MANIFEST, state)
+            write_run_json(partial / MANIFEST, state)
         remove_within(partial, "scores")  # a killed scores pass: recompute it all
         t = time.perf_counter()
-        counts = _write_scores(partial, corpus, model, scores, progress=progress)
+        counts = write_scores(partial, corpus, model, scores, progress=progress)
         timings["scores"] = time.perf_counter() - t
-        manifest = _manifest(corpus, config, model, fit=fit_record, layout=layout, timings=timings,
+        manifest = build_manifest(corpus, config, model, fit=fit_record, layout=layout, timings=timings,
                              status="complete", job=key)
         manifest["counts"] = counts
         if self.warm_start is not None:
@@ -218,13 +218,13 @@ class Job:
 
 
 def _complete_manifest(path: Path) -> dict | None:
-    manifest = _manifest_or_none(path)
+    manifest = manifest_or_none(path)
     return manifest if manifest is not None and manifest.get("status") == "complete" else None
 
 
 def _partial_state(partial: Path, key: dict) -> dict | None:
     """The checkpoint of an interrupted run of the same job, or None."""
-    state = _manifest_or_none(partial)
+    state = manifest_or_none(partial)
     if state is None or state.get("status") != "partial" or state.get("job") != key:
         return None
     if "model" in state.get("stages", {}) and not (partial / "model").is_dir():

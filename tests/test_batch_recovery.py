@@ -77,7 +77,7 @@ def test_a_kill_between_the_model_stage_and_its_manifest_entry_is_recovered(smal
     out = tmp_path / "r"
     args = ["run", str(small), "--out", str(out), "--workers", "1"]
     # the second manifest write records the model stage, after its directory was moved in
-    killed = _planted("rifscale.runs.format:_write_json", "SIGKILL", args, call=2, before=True)
+    killed = _planted("rifscale.runs.format:write_run_json", "SIGKILL", args, call=2, before=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     partial = tmp_path / ".r.partial"
     assert (partial / "model").is_dir() and json.loads((partial / "manifest.json").read_text())["stages"] == {}
@@ -89,7 +89,7 @@ def test_a_kill_between_the_model_stage_and_its_manifest_entry_is_recovered(smal
 
 def test_a_checkpoint_left_by_another_job_is_not_resumed(small, tmp_path, capsys):
     out = tmp_path / "r"
-    killed = _planted("rifscale.runs.format:_write_scores", "SIGKILL", ["run", str(small), "--out", str(out)],
+    killed = _planted("rifscale.runs.format:write_scores", "SIGKILL", ["run", str(small), "--out", str(out)],
                       before=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert list(json.loads((tmp_path / ".r.partial" / "manifest.json").read_text())["stages"]) == ["model"]

@@ -12,7 +12,7 @@ import zarr
 from ..errors import CorpusError
 
 
-def _short(chunks) -> str:
+def short_chunks(chunks) -> str:
     return str(tuple(chunks[:3])) + ("..." if len(chunks) > 3 else "")
 
 
@@ -45,7 +45,7 @@ def check_chunks_present(arr: zarr.Array, label: str, path: str, *, written_by_r
     raise CorpusError(
         f"{path!r}: {label} is missing {arr.nchunks - arr.nchunks_initialized} of its {arr.nchunks} chunk "
         f"file(s) (first: row chunk {first}, rows {first * rows}-{min((first + 1) * rows, arr.shape[0]) - 1}; "
-        f"row chunks missing: {_short(tuple(row_chunks))}). zarr would read them as zeros, so rifscale refuses "
+        f"row chunks missing: {short_chunks(tuple(row_chunks))}). zarr would read them as zeros, so rifscale refuses "
         "them. Restore the files, or re-ingest the corpus from its sources."
         + ("" if written_by_rifscale else NOT_WRITTEN_HINT.format(fill=np.asarray(arr.metadata.fill_value).item()))
     )

@@ -16,12 +16,12 @@ import numpy as np
 import zarr
 
 from ..cluster import current_client
-from .model import Corpus, FORMAT_VERSION, Split, _check_unique_ids, _listing_signature, open_corpus
+from .model import Corpus, FORMAT_VERSION, Split, check_unique_ids, listing_signature, open_corpus
 from ..errors import CorpusError
 from .. import progress
-from .sources.arrays import _check_real, _checked_x, _checked_y, _source, _source_file, _x_dtype
+from .sources.arrays import check_real, checked_x, checked_y, source_of, source_file, source_x_dtype
 from ..outputs import atomic_dir, claim, is_url, local_path, output_path
-from .verify import DIGESTS, _plan_digests, _row_numbers
+from .verify import DIGESTS, plan_digests, row_numbers
 
 
 log = logging.getLogger(__name__)
@@ -51,38 +51,38 @@ class _PlannedSplit(Split):
 
     def digests(self) -> da.Array:
         """(chunks, 32) sha256 digests of each row chunk's X, y and ids bytes."""
-        return _plan_digests(self)
+        return plan_digests(self)
 
 
 def _plan_split(name: str, X, y, ids, rows: int, dtype) -> _PlannedSplit:
     """Sources → validated, cast, row-chunked Dask arrays (nothing is read yet)."""
-    sx, sy = _source(f"{name}/X", X, rows), _source(f"{name}/y", y, rows)
-    out_dtype = _x_dtype(f"{name}/X", sx, dtype)
+    sx, sy = source_of(f"{name}/X", X, rows), source_of(f"{name}/y", y, rows)
+    out_dtype = source_x_dtype(f"{name}/X", sx, dtype)
     n, d = sx.shape
     if sy.shape != (n,):
         raise CorpusError(f"{name}/y has shape {sy.shape}; expected ({n},) to match {name}/X with n = {n} rows.")
-    _check_real(f"{name}/y", sy)
+    check_real(f"{name}/y", sy)
     if ids is not None:
-        sid = _source(f"{name}/ids", ids, rows)
+        sid = source_of(f"{name}/ids", ids, rows)
         if sid.shape != (n,):
             raise CorpusError(f"{name}/ids has shape {sid.shape}; expected ({n},).")
         if not np.issubdtype(sid.dtype, np.integer):
             raise CorpusError(f"{name}/ids has dtype {sid.dtype}; ids must be integers (they are stored as int64).")
         sid = sid.astype(np.int64)
-        _check_unique_ids(f"{name}/ids", sid)
+        check_unique_ids(f"{name}/ids", sid)
     else:
         # row numbers computed from each X chunk (not a free-standing da.arange): dask then
         # schedules each chunk's write and hash together instead of piling up checked chunks
-        sid = sx.map_blocks(_row_numbers, drop_axis=1, dtype=np.int64, meta=np.empty((0,), dtype=np.int64))
-    cx = sx.map_blocks(_checked_x, label=f"{name}/X", out_dtype=out_dtype, rows=rows, dtype=out_dtype,
+        sid = sx.map_blocks(row_numbers, drop_axis=1, dtype=np.int64, meta=np.empty((0,), dtype=np.int64))
+    cx = sx.map_blocks(checked_x, label=f"{name}/X", out_dtype=out_dtype, rows=rows, dtype=out_dtype,
                        meta=np.empty((0, 0), dtype=out_dtype))
-    cy = sy.map_blocks(_checked_y, label=f"{name}/y", dtype=np.int8, meta=np.empty((0,), dtype=np.int8))
+    cy = sy.map_blocks(checked_y, label=f"{name}/y", dtype=np.int8, meta=np.empty((0,), dtype=np.int8))
     return _PlannedSplit(name=name, X=cx, y=cy, ids=sid)
 
 
 def _auto_rows(train_X, dtype) -> int:
-    X = _source("train/X", train_X, 2**62, check=False)  # metadata only
-    out = _x_dtype("train/X", X, dtype)
+    X = source_of("train/X", train_X, 2**62, check=False)  # metadata only
+    out = source_x_dtype("train/X", X, dtype)
     return default_chunk_rows(X.shape[0], X.shape[1] * out.itemsize)
 
 
@@ -102,7 +102,7 @@ def _targets(group, split: _PlannedSplit, rows: int, compressor: str) -> list:
 
 def _hold_out(X, y, ids, fraction: float, seed: int, rows: int):
     """Seeded train/test split of one source: (train parts, test parts, record)."""
-    n = _source("train/X", X, 2**62, check=False).shape[0]  # metadata only
+    n = source_of("train/X", X, 2**62, check=False).shape[0]  # metadata only
     k = int(round(fraction * n))
     if not 1 <= k < n:
         raise CorpusError(f"test_fraction = {fraction} of n = {n} rows leaves {k} test row(s); choose a fraction "
@@ -116,7 +116,7 @@ def _hold_out(X, y, ids, fraction: float, seed: int, rows: int):
 def _split_by_values(X, y, ids, split, rows: int):
     """The train/test split a per-row "train"/"test" column names: (train parts, test
     parts, record). Reads the column (one value per row); other values are refused."""
-    values = np.asarray(_compute_local(_source("split", split, rows), label="ingest: split column")[0]).astype(str)
+    values = np.asarray(_compute_local(source_of("split", split, rows), label="ingest: split column")[0]).astype(str)
     bad = sorted(set(np.unique(values).tolist()) - {"train", "test"})
     if bad:
         raise CorpusError(f"The split column holds {bad[:5]}; rifscale reads 'train' and 'test'. Map the other "
@@ -133,9 +133,9 @@ def _select_rows(X, y, ids, test: np.ndarray, rows: int):
     """(train parts, test parts) of one source, ``test`` its sorted test row numbers.
     Rows are selected lazily, so nothing is read yet; ids default to the source's row
     numbers, so both splits keep the rows' identity."""
-    sx, sy = _source("train/X", X, rows), _source("train/y", y, rows)
+    sx, sy = source_of("train/X", X, rows), source_of("train/y", y, rows)
     n = sx.shape[0]
-    sid = _source("train/ids", ids, rows) if ids is not None else da.arange(n, chunks=sx.chunks[0], dtype=np.int64)
+    sid = source_of("train/ids", ids, rows) if ids is not None else da.arange(n, chunks=sx.chunks[0], dtype=np.int64)
     train = np.setdiff1d(np.arange(n), test, assume_unique=True)
     return [tuple(a[idx] for a in (sx, sy, sid)) for idx in (train, test)]
 
@@ -167,7 +167,7 @@ def _ingest_key(sources: dict, options: dict) -> dict | None:
             return None
         location = local_path(str(spec))
         stamps[name] = {"source": location if is_url(location) else os.path.abspath(location),
-                        "files": _listing_signature(_source_file(location))}
+                        "files": listing_signature(source_file(location))}
     return json.loads(json.dumps({"sources": stamps, "options": options}, default=str))
 
 
@@ -254,7 +254,7 @@ def ingest(
         log.info("%s is already complete (same sources and options): nothing to do", out)
         return done
     sources = (train_X, train_y, test_X, test_y, train_ids, test_ids)
-    inputs = [_source_file(v) for v in sources if isinstance(v, (str, os.PathLike))] + [local_path(p) for p in inputs]
+    inputs = [source_file(v) for v in sources if isinstance(v, (str, os.PathLike))] + [local_path(p) for p in inputs]
     inputs = [p for p in inputs if not is_url(p)]
     # the output is claimed (and refused if it exists) before the sources are read
     with atomic_dir(out, overwrite=overwrite, kind="corpus", inputs=inputs) as tmp:

@@ -15,7 +15,7 @@ import dask.threaded
 import numpy as np
 import zarr
 
-from .checks import _short, check_chunks_present, read_array
+from .checks import short_chunks, check_chunks_present, read_array
 from ..cluster import small_compute
 from ..errors import CorpusError
 from ..outputs import filesystem, is_url, local_path
@@ -134,8 +134,8 @@ def validate_split(name: str, split: Split) -> None:
             )
         if a.chunks[0] != X.chunks[0]:
             raise CorpusError(
-                f"{name}/{what} is chunked {_short(a.chunks[0])} but {name}/X rows are chunked "
-                f"{_short(X.chunks[0])}; the row chunks must be aligned. Re-ingest with "
+                f"{name}/{what} is chunked {short_chunks(a.chunks[0])} but {name}/X rows are chunked "
+                f"{short_chunks(X.chunks[0])}; the row chunks must be aligned. Re-ingest with "
                 "`rifscale ingest ... --chunk-rows N`, which writes them aligned."
             )
     if not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
@@ -200,7 +200,7 @@ def corpus_fingerprint(path: str | os.PathLike) -> str:
 def _open_root(path) -> tuple[str, zarr.Group]:
     """``(path, root group)`` of a corpus of a layout version this rifscale reads."""
     path = local_path(path)
-    if not _exists(path):
+    if not store_exists(path):
         raise CorpusError(
             f"No corpus at {path!r}. Create one with `rifscale ingest {path} --train-X X.npy "
             "--train-y y.npy --test-X Xt.npy --test-y yt.npy`."
@@ -223,17 +223,17 @@ def _fingerprint(path: str, root: zarr.Group) -> str:
     ingest; for a group another tool wrote, its file listing) and each split's X shape,
     dtype and first row chunk."""
     version = root.attrs.get("rifscale_format")
-    meta = {"format": version, "content": _listing_signature(path) if version is None else
+    meta = {"format": version, "content": listing_signature(path) if version is None else
             root.attrs.get("content_sha256")}
     for name in ("train", "test"):
-        group = _member(root, name, path)
-        X = _member(group, "X", path) if group is not None else None
+        group = zarr_member(root, name, path)
+        X = zarr_member(group, "X", path) if group is not None else None
         meta[name] = None if X is None else {"shape": list(X.shape), "dtype": str(X.dtype),
                                              "chunks": [min(X.chunks[0], X.shape[0])]}
     return _hash_json(meta)
 
 
-def _member(group: zarr.Group, key: str, path: str):
+def zarr_member(group: zarr.Group, key: str, path: str):
     """``group[key]`` (an array or group), or None when absent; metadata that cannot be
     read is a :class:`CorpusError` naming its file."""
     try:
@@ -249,7 +249,7 @@ def _member(group: zarr.Group, key: str, path: str):
         ) from None
 
 
-def _listing_signature(path: str) -> str:
+def listing_signature(path: str) -> str:
     """sha256 of every stored file's name, size and modification time (or ETag): what
     identifies the content of a store rifscale did not write, without reading it."""
     fs, root = filesystem(path)
@@ -263,12 +263,12 @@ def _listing_signature(path: str) -> str:
 
 
 def _open_split(root, name: str, path: str, *, required: bool, foreign: bool = False) -> Split | None:
-    group = _member(root, name, path)
+    group = zarr_member(root, name, path)
     if group is None:
         if required:
             raise CorpusError(f"{path!r} has no '{name}' group; a corpus needs {name}/X and {name}/y.")
         return None
-    arrays = {key: _member(group, key, path) for key in ("X", "y", "ids")}
+    arrays = {key: zarr_member(group, key, path) for key in ("X", "y", "ids")}
     for key in ("X", "y"):
         if arrays[key] is None:
             raise CorpusError(f"{path!r} has no array '{name}/{key}'.")
@@ -282,7 +282,7 @@ def _open_split(root, name: str, path: str, *, required: bool, foreign: bool = F
     if foreign:
         X, y, ids = _fit_layout(name, X, y, ids)
         if "ids" in arrays:
-            _check_unique_ids(f"{name}/ids", ids)
+            check_unique_ids(f"{name}/ids", ids)
     split = Split(X=X, y=y, ids=ids)
     validate_split(f"{name}", split)
     _check_labels(name, y)
@@ -304,14 +304,14 @@ def _fit_layout(name: str, X: da.Array, y: da.Array, ids: da.Array):
     return X, y, ids
 
 
-def _exists(location: str) -> bool:
+def store_exists(location: str) -> bool:
     if is_url(location):
         fs, path = filesystem(location)
         return fs.exists(path)
     return Path(location).exists()
 
 
-def _open(location: str):
+def open_node(location: str):
     """A binary, seekable file object for a local path or a URL."""
     if is_url(location):
         fs, path = filesystem(location)
@@ -319,7 +319,7 @@ def _open(location: str):
     return open(location, "rb")
 
 
-def _check_unique_ids(label: str, ids: da.Array) -> None:
+def check_unique_ids(label: str, ids: da.Array) -> None:
     """Ids name rows: a duplicate would make every join of scores back to documents wrong.
     Reads the ids (8 bytes per row) once, before anything is written."""
     values = np.asarray(ids.compute(scheduler=dask.threaded.get))

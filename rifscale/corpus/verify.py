@@ -9,7 +9,7 @@ import numpy as np
 import zarr
 
 from ..cluster import small_compute
-from .model import Corpus, Split, _member
+from .model import Corpus, Split, zarr_member
 from ..errors import CorpusError
 
 
@@ -32,11 +32,11 @@ def verify_corpus(corpus: Corpus) -> dict:
                           "re-ingest it with this rifscale to record one.")
     root = zarr.open_group(corpus.path, mode="r")
     splits = [(name, sp) for name, sp in (("train", corpus.train), ("test", corpus.test)) if sp is not None]
-    digests = small_compute(*[_plan_digests(sp) for _, sp in splits])
+    digests = small_compute(*[plan_digests(sp) for _, sp in splits])
     bad, hasher = [], hashlib.sha256()
     for (name, sp), got in zip(splits, digests):
         hasher.update(np.ascontiguousarray(got).tobytes())
-        stored = _member(_member(root, name, corpus.path), DIGESTS, corpus.path)
+        stored = zarr_member(zarr_member(root, name, corpus.path), DIGESTS, corpus.path)
         if stored is not None:
             want = np.asarray(stored[...])
             if want.shape != got.shape:
@@ -61,13 +61,13 @@ def verify_corpus(corpus: Corpus) -> dict:
     return {"chunks": n_chunks, "bytes": int(n_bytes), "arrays": [f"{n}/{a}" for n, _ in splits for a in ("X", "y", "ids")]}
 
 
-def _plan_digests(split: Split) -> da.Array:
+def plan_digests(split: Split) -> da.Array:
     return da.blockwise(_chunk_digest, "ij", split.X, "ik", split.y, "i", split.ids, "i",
                         new_axes={"j": 32}, adjust_chunks={"i": 1}, concatenate=True,
                         dtype=np.uint8, meta=np.empty((0, 0), dtype=np.uint8))
 
 
-def _row_numbers(x, block_info=None):
+def row_numbers(x, block_info=None):
     start, stop = block_info[0]["array-location"][0]
     return np.arange(start, stop, dtype=np.int64)
 

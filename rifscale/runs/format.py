@@ -120,7 +120,7 @@ def _create(run_dir: Path, name: str, **kwargs) -> zarr.Array:
                               **kwargs)
 
 
-def _json_default(o):
+def json_default(o):
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
@@ -128,14 +128,14 @@ def _json_default(o):
     return str(o)
 
 
-def _write_json(path: Path, doc: dict) -> None:
+def write_run_json(path: Path, doc: dict) -> None:
     """Write JSON atomically (a reader never sees half a manifest)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=_json_default))
+    tmp.write_text(json.dumps(doc, indent=2, default=json_default))
     os.replace(tmp, path)
 
 
-def _write_model(run_dir: Path, model: FittedModel) -> None:
+def write_model(run_dir: Path, model: FittedModel) -> None:
     for name, value in {
         "theta": model.theta,
         "cholesky": model.factor.L,
@@ -149,7 +149,7 @@ def _write_model(run_dir: Path, model: FittedModel) -> None:
     names[...] = np.array(model.metrics)
 
 
-def _write_scores(run_dir: Path, corpus: Corpus, model: FittedModel, scores, *, progress: bool) -> dict:
+def write_scores(run_dir: Path, corpus: Corpus, model: FittedModel, scores, *, progress: bool) -> dict:
     """One pass: store every score column under ``run_dir/scores``; returns the counts.
 
     When the row blocks are regular (all of one size but a shorter last one), each score
@@ -185,7 +185,7 @@ def _write_scores(run_dir: Path, corpus: Corpus, model: FittedModel, scores, *, 
 
 
 def _write_scores_by_block(run_dir: Path, corpus: Corpus, model: FittedModel, scores, *, progress: bool) -> dict:
-    """:func:`_write_scores` with chunks equal to the row blocks: one task per block."""
+    """:func:`write_scores` with chunks equal to the row blocks: one task per block."""
     import dask
 
     rows = corpus.train.X.chunks[0][0]
@@ -226,7 +226,7 @@ def _store_score_block(table, ids, start: int, *, targets: dict, columns, lev: i
     return np.array([np.count_nonzero(table[:, flag] > 0.5), table[:, lev].max(initial=-np.inf), table[:, lev].sum()])
 
 
-def _manifest(corpus: Corpus, config: RunConfig, model: FittedModel, *, fit: dict, layout: dict,
+def build_manifest(corpus: Corpus, config: RunConfig, model: FittedModel, *, fit: dict, layout: dict,
               timings: dict, status: str, job: dict | None = None) -> dict:
     return {
         "rifscale_run": FORMAT,
@@ -255,14 +255,14 @@ def write_run(result, out, *, overwrite: bool = False, progress: bool = False) -
     :func:`rifscale.show_progress`."""
     corpus, model = result.corpus, result.model
     with atomic_dir(output_path(out, "run"), overwrite=overwrite, kind="run", inputs=[corpus.path]) as tmp:
-        _write_model(tmp, model)
+        write_model(tmp, model)
         t = time.perf_counter()
-        counts = _write_scores(tmp, corpus, model, result.scores, progress=progress)
+        counts = write_scores(tmp, corpus, model, result.scores, progress=progress)
         result.timings["scores"] = time.perf_counter() - t
-        manifest = _manifest(corpus, result.config, model, fit=result.fit.record(), layout=result.layout,
+        manifest = build_manifest(corpus, result.config, model, fit=result.fit.record(), layout=result.layout,
                              timings=result.timings, status="complete")
         manifest["counts"] = counts
-        _write_json(tmp / MANIFEST, manifest)
+        write_run_json(tmp / MANIFEST, manifest)
     return manifest
 
 
@@ -292,7 +292,7 @@ def read_manifest(path) -> dict:
     return manifest
 
 
-def _manifest_or_none(path: Path) -> dict | None:
+def manifest_or_none(path: Path) -> dict | None:
     """The manifest at ``path`` if it is a readable JSON object, else None."""
     try:
         doc = json.loads((path / MANIFEST).read_text())
@@ -307,7 +307,7 @@ def checkpoint_of(out) -> Path:
     return out.with_name(f".{out.name}.partial")
 
 
-def _read_theta(path) -> np.ndarray:
+def read_theta(path) -> np.ndarray:
     return np.asarray(zarr.open_array(str(run_location(path) / "model" / "theta"), mode="r")[...])
 
 
@@ -398,7 +398,7 @@ def _frame(ids, columns: dict):
     return pd.DataFrame({name: np.asarray(col[...]) for name, col in columns.items()}, index=index)
 
 
-def _read_model(path: Path, cfg: dict, manifest: dict | None = None) -> FittedModel:
+def read_model(path: Path, cfg: dict, manifest: dict | None = None) -> FittedModel:
     group = zarr.open_group(str(run_location(path) / "model"), mode="r")
 
     def read(name):
@@ -448,4 +448,4 @@ def open_run(path, *, corpus: Corpus | str | os.PathLike | None = None) -> Run:
             f"{c.fingerprint} != {manifest['corpus']['fingerprint']}); rerun `rifscale run` on it."
         )
     cfg = dict(manifest["config"], metrics=manifest["metrics"])
-    return Run(path=path, manifest=manifest, corpus=c, model=_read_model(path, cfg, manifest))
+    return Run(path=path, manifest=manifest, corpus=c, model=read_model(path, cfg, manifest))

@@ -12,7 +12,7 @@ import numpy as np
 import zarr
 
 from ..checks import check_chunks_present
-from ..model import FLOAT_DTYPES, _exists, _open
+from ..model import FLOAT_DTYPES, store_exists, open_node
 from ...errors import CorpusError
 from ...outputs import is_url, local_path
 
@@ -35,7 +35,7 @@ def _read_rows(file: str, member: str | None, offset: int, dtype, shape, block_i
     (start, stop), *_ = block_info[None]["array-location"]
     row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
     with contextlib.ExitStack() as stack:
-        fh = stack.enter_context(_open(file))
+        fh = stack.enter_context(open_node(file))
         if member is not None:
             fh = stack.enter_context(stack.enter_context(zipfile.ZipFile(fh)).open(member))
         fh.seek(offset + start * row_bytes)
@@ -46,7 +46,7 @@ def _read_rows(file: str, member: str | None, offset: int, dtype, shape, block_i
 def _npz_memmap(file: str, member: str, offset: int, dtype, shape, label: str):
     """A Fortran-ordered member as a read-only memory map (stored members), or loaded
     whole (compressed members cannot be mapped)."""
-    with _open(file) as raw, zipfile.ZipFile(raw) as zf:
+    with open_node(file) as raw, zipfile.ZipFile(raw) as zf:
         info = zf.getinfo(member)
         if info.compress_type != zipfile.ZIP_STORED or is_url(file):
             logging.getLogger(__name__).warning(
@@ -65,7 +65,7 @@ def _npz_member(label: str, file: str, key: str, rows: int) -> da.Array:
     """One member of an .npz (compressed or not) as a Dask array whose tasks each read
     their own rows. Members saved uncompressed (``np.savez``) seek directly; compressed
     ones decompress from the start of the member, so big archives should be uncompressed."""
-    with _open(file) as raw, zipfile.ZipFile(raw) as zf:
+    with open_node(file) as raw, zipfile.ZipFile(raw) as zf:
         names = {n[:-4] if n.endswith(".npy") else n: n for n in zf.namelist()}
         if key not in names:
             raise CorpusError(f"{file!r} has no array {key!r}; it holds {sorted(names)}.")
@@ -86,7 +86,7 @@ def _row_chunks(n: int, rows: int) -> tuple[int, ...]:
     return tuple(min(rows, n - s) for s in range(0, n, rows)) or (0,)
 
 
-def _source(label: str, spec, rows: int, *, check: bool = True) -> da.Array:
+def source_of(label: str, spec, rows: int, *, check: bool = True) -> da.Array:
     """An ingest source as a Dask array chunked by ``rows`` rows (all columns in one
     chunk): a NumPy/Dask/Zarr array, ``file.npy`` (memory-mapped), ``file.npz:key``,
     or a Zarr array (``store.zarr/path/to/array`` or ``store.zarr:path/to/array``).
@@ -113,18 +113,18 @@ def _split_spec(spec: str) -> tuple[str, str]:
     given (colons and all) is a file. The colon of a URL's scheme is not a separator."""
     spec = local_path(spec)
     scheme, sep, rest = spec.rpartition("://")
-    if ":" in rest and not _exists(spec):
+    if ":" in rest and not store_exists(spec):
         file, _, key = rest.rpartition(":")
         return scheme + sep + file, key
     return spec, ""
 
 
-def _source_file(spec) -> str:
+def source_file(spec) -> str:
     return _split_spec(str(spec))[0]
 
 
 def _npy_url(label: str, file: str, rows: int) -> da.Array:
-    with _open(file) as fh:
+    with open_node(file) as fh:
         shape, fortran, dtype = _read_npy_header(fh, f"{label} {file}")
         offset = fh.tell()
     if dtype.hasobject:
@@ -139,7 +139,7 @@ def _npy_url(label: str, file: str, rows: int) -> da.Array:
 
 def _source_path(label: str, spec: str, rows: int, *, check: bool = True) -> da.Array:
     file, key = _split_spec(spec)
-    if not _exists(file):
+    if not store_exists(file):
         raise CorpusError(f"{label}: source {spec!r} does not exist.")
     if file.endswith(".npz"):
         if not key:
@@ -168,7 +168,7 @@ def _source_path(label: str, spec: str, rows: int, *, check: bool = True) -> da.
     return da.from_zarr(arr)
 
 
-def _x_dtype(label: str, X: da.Array, dtype) -> np.dtype:
+def source_x_dtype(label: str, X: da.Array, dtype) -> np.dtype:
     if X.ndim != 2 or 0 in X.shape:
         raise CorpusError(f"{label} must be a non-empty 2-D array (n, d); got shape {X.shape}.")
     native = X.dtype.newbyteorder("=")  # a big-endian float64 source stays float64
@@ -177,18 +177,18 @@ def _x_dtype(label: str, X: da.Array, dtype) -> np.dtype:
         raise CorpusError(f"--dtype must be float32 or float64; got {out}.")
     if not (np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_):
         raise CorpusError(f"{label} has non-numeric dtype {X.dtype}.")
-    _check_real(label, X)
+    check_real(label, X)
     return out
 
 
-def _check_real(label: str, a: da.Array) -> None:
+def check_real(label: str, a: da.Array) -> None:
     """Refuse complex values: casting them to float would drop the imaginary part."""
     if np.issubdtype(a.dtype, np.complexfloating):
         raise CorpusError(f"{label} is complex ({a.dtype}); rifscale fits real features and labels and will not drop "
                           "the imaginary part. Pass the real part, or real and imaginary parts as separate columns.")
 
 
-def _checked_x(x, *, label: str, out_dtype, rows: int, block_info=None):
+def checked_x(x, *, label: str, out_dtype, rows: int, block_info=None):
     """The chunk cast to the corpus dtype; a CorpusError naming the row if not finite, or
     if a finite value does not fit the corpus dtype."""
     source = np.asarray(x)
@@ -210,7 +210,7 @@ def _checked_x(x, *, label: str, out_dtype, rows: int, block_info=None):
     return x
 
 
-def _checked_y(y, *, label: str, block_info=None):
+def checked_y(y, *, label: str, block_info=None):
     y = np.asarray(y)
     bad = ~np.isin(y, (0, 1))
     if bad.any():
