@@ -112,7 +112,7 @@ def test_plots_of_one_run_draw_its_numbers(run):
     import matplotlib
 
     matplotlib.use("Agg")
-    from rifscale.runs import plots
+    from rifscale import plots
 
     r, _, ids = run
     h = r.array("scores/leverage")[...]
