@@ -37,7 +37,6 @@ myst_enable_extensions = ["deflist"]
 # document.
 autodoc_typehints = "none"
 autodoc_member_order = "bysource"
-autodoc_default_options = {"members": False}
 
 # numpydoc: members are listed by autodoc (:members:), not by numpydoc's autosummary
 # tables; every documented object must document its parameters and returns, and show an
@@ -54,6 +53,9 @@ numpydoc_validation_checks = {
 }
 # dunder methods and the exception classes' inherited constructors are not validated
 numpydoc_validation_exclude = {r"\.__\w+__$"}
+
+# "--overwrite" stays two hyphens, quotes stay straight: the text is full of commands
+smartquotes = False
 
 html_theme = "furo"
 html_title = f"rifscale {release}"

@@ -13,11 +13,6 @@ class RifscaleError(Exception):
     The command line prints it on one line and exits 2 (3 for :class:`NotConvergedError`
     and :class:`NotPositiveDefiniteError`).
 
-    Parameters
-    ----------
-    message : str
-        The one-line explanation, with the fix.
-
     Examples
     --------
     >>> import rifscale
@@ -33,11 +28,6 @@ class ConfigError(RifscaleError, ValueError):
     """A parameter is outside its allowed range or has the wrong type.
 
     Also a :class:`ValueError`. Raised on entry, before anything is read or written.
-
-    Parameters
-    ----------
-    message : str
-        Names the parameter, the allowed values and the value found.
 
     Examples
     --------
@@ -57,11 +47,6 @@ class CorpusError(RifscaleError, ValueError):
     a missing or damaged chunk, train and test of different widths, a corpus changed
     under a run.
 
-    Parameters
-    ----------
-    message : str
-        Names the array (or file, or row chunk) and the fix.
-
     Examples
     --------
     >>> import numpy as np
@@ -80,11 +65,6 @@ class OutputExistsError(RifscaleError, FileExistsError):
 
     Also a :class:`FileExistsError`. Pass ``overwrite=True`` (``--overwrite``) to replace
     an output rifscale made; an output it did not make is never replaced.
-
-    Parameters
-    ----------
-    message : str
-        Names the output and the fix.
 
     Examples
     --------
@@ -118,11 +98,6 @@ class ClusterError(RifscaleError, RuntimeError):
     of waiting (for the scheduler's handshake, the first worker, a frozen scheduler, or
     workers to come back), and exits 2.
 
-    Parameters
-    ----------
-    message : str
-        Names what was waited for, for how long, and the fix.
-
     Examples
     --------
     .. code-block:: python
@@ -139,11 +114,6 @@ class NotConvergedError(RifscaleError, RuntimeError):
 
     Also a :class:`RuntimeError`; the command line exits 3. Raise ``max_iter`` or use a
     larger λ.
-
-    Parameters
-    ----------
-    message : str
-        The iterations done and the error bound reached.
 
     Examples
     --------
@@ -165,11 +135,6 @@ class NotPositiveDefiniteError(RifscaleError, ArithmeticError):
 
     Also an :class:`ArithmeticError`; the command line exits 3. It happens with λ = 0 on
     separable data or with more features than samples: use λ > 0.
-
-    Parameters
-    ----------
-    message : str
-        Where the Hessian was factored, and the fix.
 
     Examples
     --------

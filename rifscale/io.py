@@ -70,7 +70,7 @@ class Corpus:
 
     Build it with :func:`rifscale.open_corpus` (a Zarr store made by
     :func:`rifscale.ingest`, or any Zarr group with the layout) or
-    :meth:`Corpus.from_arrays` (arrays in memory); do not construct it directly.
+    :meth:`rifscale.Corpus.from_arrays` (arrays in memory); do not construct it directly.
 
     Parameters
     ----------

@@ -37,7 +37,8 @@ class Attribution:
     """Result of :func:`rifscale.attribute`: θ̂, its convergence record, and lazy scores.
 
     The per-sample scores are Dask arrays, one value per training row, computed only when
-    asked for (``.compute()``, :meth:`to_dataframe`, :meth:`to_zarr`). The sign
+    asked for (``.compute()``, :meth:`~rifscale.Attribution.to_dataframe`,
+    :meth:`~rifscale.Attribution.to_zarr`). The sign
     convention is the removal effect: a score is the change of the metric when the row is
     removed (docs/design.md §1.4).
 
@@ -260,6 +261,12 @@ def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = Non
     **overrides
         Fields of :class:`rifscale.RunConfig` (``lam``, ``fit_intercept``, ``metrics``,
         ``test_subset``, ...).
+
+    Other Parameters
+    ----------------
+    _layout, _radius
+        Private, for :class:`rifscale.Session` (its held row layout, and the rows' max
+        ‖z_i‖ its warm fits reuse); do not pass them.
 
     Returns
     -------

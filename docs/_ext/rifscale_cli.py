@@ -20,7 +20,7 @@ def _help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
     its choices and default when the text does not give them."""
     text = parser._get_formatter()._expand_help(action) if action.help else ""
     extra = []
-    if action.choices is not None and not isinstance(action, argparse._SubParsersAction):
+    if action.choices is not None and action.metavar is not None:  # else the invocation lists them
         extra.append("one of " + ", ".join(f"``{c}``" for c in action.choices))
     default = action.default
     if (action.option_strings and default not in (None, False, argparse.SUPPRESS) and action.nargs != 0
