@@ -100,12 +100,16 @@ class ClusterError(RifscaleError, RuntimeError):
 
     Examples
     --------
-    .. code-block:: python
+    The command line turns it into one line and exit status 2 (no cluster here, so not
+    run as a doctest):
 
-        try:
-            rifscale.cli.main(["run", "corpus.zarr", "--out", "run", "--scheduler", "tcp://nowhere:8786"])
-        except rifscale.ClusterError as exc:   # main() itself returns 2 and prints the message
-            print(exc)
+    .. code-block:: console
+
+        $ rifscale run corpus.zarr --out run --scheduler scheduler.json
+        rifscale run: error: The scheduler file 'scheduler.json' does not exist. Start the scheduler with
+        `dask scheduler --scheduler-file scheduler.json` (or check the path), then rerun.
+        $ echo $?
+        2
     """
 
 
