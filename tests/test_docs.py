@@ -59,6 +59,15 @@ def site(tmp_path_factory) -> Path:
     return out
 
 
+def test_the_readmes_links_to_the_guide_resolve():
+    import re
+
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", (ROOT / "README.md").read_text())
+    local = [link for link in links if "://" not in link]
+    assert {"docs/api.md", "docs/cli.md", "docs/design.md", "docs/guide/batch-jobs.md"} <= set(local)
+    assert [link for link in local if not (ROOT / link).is_file()] == []
+
+
 def test_make_docs_runs_this_build():
     make = (ROOT / "Makefile").read_text()
     assert "-m sphinx -b html -W --keep-going -n" in make and "docs docs/_build/html" in make
