@@ -140,14 +140,14 @@ def test_a_docstring_without_examples_fails_the_build(tmp_path):
 @pytest.fixture
 def quiet_logger():
     """The examples call show_progress, which adds a handler to the "rifscale" logger."""
-    log = logging.getLogger("rifscale")
-    handlers, level = list(log.handlers), log.level
-    yield
     from rifscale import progress
 
+    log = logging.getLogger("rifscale")
+    handlers, level, bars = list(log.handlers), log.level, (progress._enabled, progress._stream)
+    yield
     log.handlers[:] = handlers
     log.setLevel(level)
-    progress.enable(False)
+    progress.enable(*bars)
 
 
 def test_the_examples_of_the_public_names_run(tmp_path, monkeypatch, quiet_logger):
