@@ -30,7 +30,6 @@ root_doc = "index"
 # Markdown pages: "#" headings get anchors up to level 3 so that pages can link to
 # sections (`[text](design.md#4-validation-experiments)`).
 myst_heading_anchors = 3
-myst_enable_extensions = ["deflist"]
 
 # Signatures without annotations: the types are in the numpydoc sections, and the
 # annotations name private modules (rifscale.io.Corpus) that the reference does not
@@ -51,8 +50,6 @@ numpydoc_validation_checks = {
     "RT01",  # no Returns section
     "EX01",  # no Examples section
 }
-# dunder methods and the exception classes' inherited constructors are not validated
-numpydoc_validation_exclude = {r"\.__\w+__$"}
 
 # "--overwrite" stays two hyphens, quotes stay straight: the text is full of commands
 smartquotes = False
