@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-scale clean
+.PHONY: demo test test-slow docs bench bench-scale clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m "slow" -q
+
+# The documentation site (Sphinx, docs/conf.py) in docs/_build/html; every warning is an
+# error (-W; --keep-going reports them all) and every cross-reference must resolve (-n).
+docs: $(STAMP)
+	$(BIN)/python -m sphinx -b html -W --keep-going -n -q docs docs/_build/html
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_engine.py
@@ -49,4 +54,4 @@ bench-scale: $(RUNENV)/.installed $(PEERS)/.installed
 	$(PEERS)/bin/python benchmarks/bench_scale.py --rifscale $(RUNENV)/bin/rifscale $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(PEERS) $(RUNENV) rifscale-demo
+	rm -rf $(VENV) $(PEERS) $(RUNENV) rifscale-demo docs/_build

@@ -25,7 +25,28 @@ def show_progress(level: int = _logging.INFO, stream=None, *, bars: bool = True)
     Jupyter, one line on a terminal) and its log lines (Newton iterations, stages, layout,
     warnings) through one handler on the "rifscale" logger, writing to ``stream`` (default
     stdout, which Jupyter shows under the cell). Calling it again replaces it;
-    ``show_progress(logging.WARNING, bars=False)`` keeps only warnings."""
+    ``show_progress(logging.WARNING, bars=False)`` keeps only warnings.
+
+    Parameters
+    ----------
+    level : int, default logging.INFO
+        Level of the "rifscale" logger: ``logging.INFO`` shows the Newton iterations and
+        the stages, ``logging.WARNING`` only warnings.
+    stream : file-like, optional
+        Where the log lines and the terminal bars go (default ``sys.stdout``).
+    bars : bool, default True
+        Draw a progress bar per long stage (HTML under the cell in Jupyter).
+
+    Returns
+    -------
+    None
+
+    Examples
+    --------
+    >>> import logging, sys
+    >>> import rifscale
+    >>> rifscale.show_progress(logging.WARNING, stream=sys.stderr, bars=False)  # warnings only, no bars
+    """
     from . import progress
 
     log = _logging.getLogger("rifscale")

@@ -57,6 +57,21 @@ class RunConfig:
         Where the row-chunk kernels run: "gpu" moves each chunk to CuPy on the workers
         (float64 accumulation, host arrays at reduction boundaries); an error when no
         worker sees a CUDA device.
+
+    Raises
+    ------
+    ConfigError
+        When a value is outside its range, naming the parameter and the value.
+
+    Examples
+    --------
+    >>> import rifscale
+    >>> config = rifscale.RunConfig(lam=0.1, metrics=("test_loss",))
+    >>> config.lam, config.fit_intercept, config.metrics
+    (0.1, True, ('test_loss',))
+
+    The command line builds the same object (``rifscale run --lam 0.1 --metrics
+    test_loss``); :func:`rifscale.attribute` takes it, or its fields as keywords.
     """
 
     lam: float = 1.0
@@ -115,9 +130,40 @@ class RunConfig:
         object.__setattr__(self, "max_iter", int(self.max_iter))
 
     def replace(self, **changes) -> "RunConfig":
+        """A copy with some fields changed, validated again.
+
+        Parameters
+        ----------
+        **changes
+            Fields of :class:`RunConfig` and their new values.
+
+        Returns
+        -------
+        RunConfig
+            The new configuration (this one is frozen and stays as it is).
+
+        Examples
+        --------
+        >>> import rifscale
+        >>> rifscale.RunConfig().replace(lam=10.0).lam
+        10.0
+        """
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict (as recorded in a run's manifest).
+
+        Returns
+        -------
+        dict
+            Field name to value; ``metrics`` as a list.
+
+        Examples
+        --------
+        >>> import rifscale
+        >>> rifscale.RunConfig(lam=2.0).to_dict()["lam"]
+        2.0
+        """
         d = asdict(self)
         d["metrics"] = list(self.metrics)
         return d

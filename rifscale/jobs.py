@@ -78,14 +78,59 @@ def run_job(corpus, out, config: RunConfig | None = None, *, overwrite: bool = F
             progress: bool = False, warm_start=None) -> dict:
     """Fit, factor, score and write the run ``out`` as a resumable, idempotent batch job.
 
-    * ``out`` complete and made by the same job (:func:`job_key`): nothing is computed;
-      the manifest is returned with ``"already_complete": True``.
+    This is ``rifscale run``; the command line's batch-job guarantees (docs/guide/batch-jobs.md)
+    are this function's.
+
+    * ``out`` complete and made by the same job (same config, corpus fingerprint and
+      warm start): nothing is computed; the manifest is returned with
+      ``"already_complete": True``.
     * ``out`` complete but a different job: refused unless ``overwrite``.
     * a ``.OUT.partial`` left by a killed run of the same job: its finished stages are
       reused (the model stage: fit, factor, metrics); the scores are recomputed.
     * ``warm_start``: a previous run whose θ̂ starts the Newton fit (recorded in the job).
 
-    Returns the manifest written (with ``"resumed"`` naming the stage reused, if any).
+    Parameters
+    ----------
+    corpus : str, os.PathLike or Corpus
+        The corpus (a path or URL that :func:`rifscale.open_corpus` opens).
+    out : str or os.PathLike
+        The run directory to create (a local or shared file system).
+    config : RunConfig, optional
+        Default ``RunConfig()``.
+    overwrite : bool, default False
+        Replace ``out`` if it is a complete run of another job (only a run rifscale made).
+    client : distributed.Client, optional
+        Defaults to the active client, if any.
+    progress : bool, default False
+        Show a progress bar of the scores pass.
+    warm_start : str or os.PathLike, optional
+        A previous run whose θ̂ starts the fit.
+
+    Returns
+    -------
+    dict
+        The manifest written (with ``"resumed"`` naming the stage reused, if any), or
+        the existing one with ``"already_complete": True``.
+
+    Raises
+    ------
+    OutputExistsError
+        ``out`` is a complete run of another job, or not rifscale's.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import rifscale
+    >>> from rifscale.demo import demo_data_path
+    >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+    >>> corpus = rifscale.ingest("example-corpus.zarr", train_X=data["train_X"], train_y=data["train_y"],
+    ...                          test_X=data["test_X"], test_y=data["test_y"], overwrite=True)
+    >>> manifest = rifscale.run_job(corpus, "example-job", rifscale.RunConfig(lam=1.0), overwrite=True)
+    >>> manifest["status"], manifest.get("already_complete", False)
+    ('complete', False)
+    >>> again = rifscale.run_job(corpus, "example-job", rifscale.RunConfig(lam=1.0))  # the same job: nothing to do
+    >>> again["already_complete"]
+    True
     """
     return Job(corpus, out, config, overwrite=overwrite, warm_start=warm_start).run(client=client, progress=progress)
 

@@ -35,7 +35,45 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Attribution:
-    """Result of :func:`attribute`: θ̂, its convergence record, and lazy scores."""
+    """Result of :func:`rifscale.attribute`: θ̂, its convergence record, and lazy scores.
+
+    The per-sample scores are Dask arrays, one value per training row, computed only when
+    asked for (``.compute()``, :meth:`~rifscale.Attribution.to_dataframe`,
+    :meth:`~rifscale.Attribution.to_zarr`). The sign
+    convention is the removal effect: a score is the change of the metric when the row is
+    removed (docs/design.md §1.4).
+
+    Parameters
+    ----------
+    corpus : Corpus
+        The corpus the model was fitted on (its training rows laid out for the passes).
+    config : RunConfig
+        The configuration of the run.
+    fit : FitResult
+        θ̂ and the convergence record: ``n_iter``, ``n_passes``, ``converged``,
+        ``error_bound`` (a proven bound on ‖θ̂ − θ*‖), ``rel_error_bound``, ``loss``.
+    model : FittedModel
+        θ̂, the Cholesky factor of the Hessian, the test subset and the metric gradients.
+    scores : Scores
+        The lazy per-sample arrays (leverage, IF and RIF scores per metric, ...).
+    timings : dict
+        Seconds per stage (fit, factor, metrics; scores once written).
+    layout : dict
+        How the rows are laid out on the workers (blocks, persisted, device).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import rifscale
+    >>> from rifscale.demo import demo_data_path
+    >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+    >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+    >>> result = rifscale.attribute(corpus, lam=1.0)
+    >>> result.fit.converged, result.theta.shape  # d = 196 features and the intercept
+    (True, (197,))
+    >>> result.rif_scores["test_loss"].shape
+    (1000,)
+    """
 
     corpus: Corpus
     config: RunConfig
@@ -47,23 +85,105 @@ class Attribution:
 
     @property
     def theta(self) -> np.ndarray:
+        """θ̂, shape (p,): the d weights, then the intercept (p = d + 1 with an intercept).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import rifscale
+        >>> from rifscale.demo import demo_data_path
+        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+        >>> result = rifscale.attribute(corpus, lam=1.0)
+        >>> result.theta.shape
+        (197,)
+        """
         return self.model.theta
 
     @property
     def leverage(self) -> da.Array:
+        """The leverages h_i = α_i z_iᵀ H⁻¹ z_i, a lazy (n,) Dask array.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import rifscale
+        >>> from rifscale.demo import demo_data_path
+        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+        >>> result = rifscale.attribute(corpus, lam=1.0)
+        >>> h = result.leverage.compute()
+        >>> bool(((h > 0) & (h < 1)).all())
+        True
+        """
         return self.scores.leverage
 
     @property
     def if_scores(self) -> dict[str, da.Array]:
+        """IF scores per metric: the linear change of the metric when row i is removed,
+        without the 1/(1 − h_i) rescaling; lazy (n,) Dask arrays.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import rifscale
+        >>> from rifscale.demo import demo_data_path
+        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+        >>> result = rifscale.attribute(corpus, lam=1.0)
+        >>> sorted(result.if_scores)
+        ['test_loss', 'test_prediction']
+        """
         return self.scores.if_scores
 
     @property
     def rif_scores(self) -> dict[str, da.Array]:
+        """RIF scores per metric: the IF score divided by 1 − h_i (NaN where the row is
+        flagged, 1 − h_i below the threshold); lazy (n,) Dask arrays.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import rifscale
+        >>> from rifscale.demo import demo_data_path
+        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+        >>> result = rifscale.attribute(corpus, lam=1.0)
+        >>> rif, if_ = result.rif_scores["test_loss"].compute(), result.if_scores["test_loss"].compute()
+        >>> h = result.leverage.compute()
+        >>> bool(np.allclose(rif, if_ / (1 - h)))
+        True
+        """
         return self.scores.rif_scores
 
     def to_dataframe(self, columns=None):
         """The per-sample scores as a pandas DataFrame indexed by the corpus ids (``id``);
-        computes them (one pass) and holds them in memory."""
+        computes them (one pass) and holds them in memory.
+
+        Parameters
+        ----------
+        columns : list of str, optional
+            Columns to compute (default: prob, residual, alpha, leverage, self_if,
+            self_rif, flags, then if_<metric> and rif_<metric> per metric).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per training sample, indexed by its corpus id.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import rifscale
+        >>> from rifscale.demo import demo_data_path
+        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+        >>> result = rifscale.attribute(corpus, lam=1.0)
+        >>> frame = result.to_dataframe()
+        >>> frame.index.name, len(frame), "rif_test_loss" in frame
+        ('id', 1000, True)
+        >>> top = frame["rif_test_loss"].abs().nlargest(10).index  # the ten most influential ids
+        """
         from .runs.format import _frame, score_columns
 
         named = {k.removeprefix("scores/"): v for k, v in self.scores.named().items()}
@@ -88,7 +208,34 @@ class Attribution:
         })
 
     def to_zarr(self, out, *, overwrite: bool = False, progress: bool = False) -> dict:
-        """Compute the scores and write the run directory (:func:`rifscale.runs.format.write_run`)."""
+        """Compute the scores and write the run directory (:func:`rifscale.write_run`).
+
+        Parameters
+        ----------
+        out : str or os.PathLike
+            The run directory to create.
+        overwrite : bool, default False
+            Replace ``out`` if it is a run rifscale made.
+        progress : bool, default False
+            Show a progress bar of the scores pass.
+
+        Returns
+        -------
+        dict
+            The manifest written (``out/manifest.json``).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import rifscale
+        >>> from rifscale.demo import demo_data_path
+        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+        >>> result = rifscale.attribute(corpus, lam=1.0)
+        >>> manifest = result.to_zarr("example-run", overwrite=True)
+        >>> manifest["status"], manifest["n"]
+        ('complete', 1000)
+        """
         from .runs.format import write_run
 
         return write_run(self, out, overwrite=overwrite, progress=progress)
@@ -102,16 +249,60 @@ def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = Non
     Parameters
     ----------
     corpus : Corpus or path of a Zarr corpus
+        A :class:`rifscale.Corpus`, or a path or URL that :func:`rifscale.open_corpus`
+        opens. It needs a test split (the metrics are evaluated on it).
     config : RunConfig, optional
-        Defaults from :class:`~rifscale.config.RunConfig`; keyword ``overrides`` replace
+        Defaults from :class:`rifscale.RunConfig`; keyword ``overrides`` replace
         single fields (``attribute(path, lam=0.1)``).
     client : distributed.Client, optional
         Defaults to the active client, if any; the factor is then broadcast to all
         workers and the factorisation pinned to a ``GPU`` worker when one exists.
     theta0 : (p,) array, optional
         Start the Newton fit here (e.g. a previous run's θ̂) instead of from a subsample fit.
+    **overrides
+        Fields of :class:`rifscale.RunConfig` (``lam``, ``fit_intercept``, ``metrics``,
+        ``test_subset``, ...).
 
+    Other Parameters
+    ----------------
+    _layout, _radius
+        Private, for :class:`rifscale.Session` (its held row layout, and the rows' max
+        ‖z_i‖ its warm fits reuse); do not pass them.
+
+    Returns
+    -------
+    Attribution
+        θ̂ and its convergence record (fitted and factored: the work is done), and the
+        per-sample scores as lazy Dask arrays.
+
+    Raises
+    ------
+    NotConvergedError
+        The fit did not reach its certified tolerance in ``max_iter`` iterations.
+    NotPositiveDefiniteError
+        The Hessian is singular (λ = 0 with separable data, or d > n).
+    CorpusError
+        No test split, one class with an intercept, non-finite metrics.
+
+    Notes
+    -----
     Several calls on one corpus read it once when made through a :class:`rifscale.Session`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import rifscale
+    >>> from rifscale.demo import demo_data_path
+    >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+    >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+    >>> result = rifscale.attribute(corpus, lam=1.0)
+    >>> result.fit.converged, result.fit.rel_error_bound <= 1e-10
+    (True, True)
+    >>> rif = result.rif_scores["test_loss"].compute()    # one value per training row
+    >>> top = np.argsort(-np.abs(rif))[:10]               # the ten most influential rows
+    >>> small = rifscale.attribute(corpus, lam=10.0, metrics=("test_loss",))
+    >>> list(small.rif_scores)
+    ['test_loss']
     """
     corpus, config, client = _setup(corpus, config, client, overrides)
     if _layout is None:

@@ -48,9 +48,15 @@ class _Held:
 class Session:
     """A corpus read once and held in memory for several calls with one client.
 
+    Every call through the session reads nothing from the store but the corpus's
+    metadata, to check that the data did not change (a changed corpus is an error, not a
+    stale answer). Results keep referring to the held rows: compute or write what you
+    need from them before the session is closed.
+
     Parameters
     ----------
-    corpus : path of a Zarr corpus (or a :class:`~rifscale.corpus.model.Corpus`)
+    corpus : str, os.PathLike or Corpus
+        Path (or URL) of a Zarr corpus, or a :class:`rifscale.Corpus`.
     client : distributed.Client, optional
         Defaults to the active client; without one the rows are held in this process
         (dask's threaded scheduler).
@@ -59,8 +65,17 @@ class Session:
 
     Examples
     --------
-    >>> with rifscale.Session("corpus.zarr") as s:          # doctest: +SKIP
+    >>> import numpy as np
+    >>> import rifscale
+    >>> from rifscale.demo import demo_data_path
+    >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+    >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+    >>> with rifscale.Session(corpus) as s:    # client=... on a cluster (default: the active one)
     ...     runs = {lam: s.attribute(lam=lam) for lam in (0.1, 1.0, 10.0)}
+    ...     est = s.group_effects(runs[1.0], {"first10": range(10)})
+    ...     exact = s.retrain(runs[1.0], {"first10": range(10)})
+    >>> [r.fit.converged for r in runs.values()], exact["first10"].certified
+    ([True, True, True], True)
     """
 
     def __init__(self, corpus: Corpus | str | os.PathLike, *, client=None, device: str = "cpu"):
@@ -93,7 +108,37 @@ class Session:
         reuses the rows' max ‖z_i‖ of the error certificate: a fit along a λ path then
         takes a few Newton passes. The answer is the same to the certified bound
         (``result.fit.error_bound``), not bit for bit that of a fit started afresh
-        (``warm=False`` gives those bits)."""
+        (``warm=False`` gives those bits).
+
+        Parameters
+        ----------
+        config : RunConfig, optional
+            As in :func:`rifscale.attribute`.
+        theta0 : (p,) array, optional
+            Start the fit here (then ``warm`` does not choose a start).
+        warm : bool, default True
+            Start from the nearest earlier fit of this session.
+        **overrides
+            Fields of :class:`rifscale.RunConfig` (``lam``, ``metrics``, ...).
+
+        Returns
+        -------
+        Attribution
+            As :func:`rifscale.attribute` returns it, on the held rows.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import rifscale
+        >>> from rifscale.demo import demo_data_path
+        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+        >>> with rifscale.Session(corpus) as s:
+        ...     path = [s.attribute(lam=lam) for lam in (10.0, 1.0)]   # lam = 1 starts at lam = 10's theta
+        ...     fresh = s.attribute(lam=1.0, warm=False)                # from the usual start
+        >>> bool(np.linalg.norm(path[1].theta - fresh.theta) <= 1e-8 * np.linalg.norm(fresh.theta))
+        True
+        """
         from .pipeline import attribute
 
         self._check()
@@ -121,20 +166,96 @@ class Session:
 
     def group_effects(self, source, sets, **kwargs):
         """:func:`rifscale.group_effects` for a result (an Attribution or a run of this
-        corpus), reading the held rows."""
+        corpus), reading the held rows.
+
+        Parameters
+        ----------
+        source : Attribution or Run
+            A result of this session, or a run of the same corpus.
+        sets : mapping, list or str
+            The removal sets, as :func:`rifscale.group_effects` takes them.
+        **kwargs
+            Passed on to :func:`rifscale.group_effects` (``extra``).
+
+        Returns
+        -------
+        dict of str to GroupEstimate
+            One estimate per set.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import rifscale
+        >>> from rifscale.demo import demo_data_path
+        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+        >>> with rifscale.Session(corpus) as s:
+        ...     est = s.group_effects(s.attribute(lam=1.0), {"first10": range(10)})
+        >>> est["first10"].size
+        10
+        """
         from .estimates.groups import group_effects
 
         return group_effects(self._held(source), sets, client=self.client, **kwargs)
 
     def retrain(self, source, sets, **kwargs):
-        """:func:`rifscale.retrain` (exact leave-set-out refits) on the held rows."""
+        """:func:`rifscale.retrain` (exact leave-set-out refits) on the held rows.
+
+        Parameters
+        ----------
+        source : Attribution or Run
+            A result of this session, or a run of the same corpus.
+        sets : mapping, list or str
+            The removal sets, as :func:`rifscale.group_effects` takes them.
+        **kwargs
+            Passed on to :func:`rifscale.retrain` (``tol``).
+
+        Returns
+        -------
+        dict of str to Retrain
+            One exact retrain per set.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import rifscale
+        >>> from rifscale.demo import demo_data_path
+        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+        >>> with rifscale.Session(corpus) as s:
+        ...     fits = s.retrain(s.attribute(lam=1.0), {"first10": range(10)})
+        >>> fits["first10"].converged
+        True
+        """
         from .validation.exact import retrain_sets
 
         return retrain_sets(self._held(source), sets, client=self.client, **kwargs)
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
-        """Release the held rows on the workers (also those results still refer to)."""
+        """Release the held rows on the workers (also those results still refer to).
+
+        Leaving a ``with`` block calls it; calling it again does nothing. A closed
+        session refuses further calls.
+
+        Returns
+        -------
+        None
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import rifscale
+        >>> from rifscale.demo import demo_data_path
+        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+        >>> s = rifscale.Session(corpus)
+        >>> result = s.attribute(lam=1.0)
+        >>> frame = result.to_dataframe()    # compute what you need first
+        >>> s.close()
+        >>> s
+        Session(closed)
+        """
         if self._closed:
             return
         self._closed = True

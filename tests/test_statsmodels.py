@@ -1,5 +1,5 @@
 """For λ = 0 (no penalty) rifscale's RIF is statsmodels' one-step leave-one-out estimate and
-its leverage is statsmodels' hat diagonal (the README says so; this shows it).
+its leverage is statsmodels' hat diagonal (docs/guide/conventions.md says so; this shows it).
 
 statsmodels' ``GLM(..., Binomial()).fit().get_influence()`` reports
 ``d_params[i] = θ̂ − θ̂_(i)`` (its ``params_one = params − d_params``), the one-step

@@ -221,10 +221,66 @@ def ingest(
     ``content_sha256`` is the sha256 of the per-chunk sha256 digests of X, y and ids
     bytes, train chunks then test chunks, in row order.
 
-    ``chunk_rows`` defaults to :func:`default_chunk_rows` of the training split (about
-    32 MiB of X per chunk); ``compressor`` is "none" (default) or "zstd" (see :data:`COMPRESSORS`). The corpus
-    is written to a temporary sibling and moved into place only when complete; an
-    existing ``out`` is refused unless ``overwrite``.
+    The corpus is written to a temporary sibling and moved into place only when
+    complete; an existing ``out`` is refused unless ``overwrite``. The same call on the
+    corpus it completed (file sources unchanged) writes nothing and returns it.
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        The corpus to create (a local path, or a ``file://`` URL).
+    train_X, train_y : array or str
+        Training features (n, d) and 0/1 labels (n,): arrays, or source paths as above.
+    test_X, test_y : array or str, optional
+        The test split (both or neither).
+    train_ids, test_ids : array or str, optional
+        Integer ids of the rows, unique per split (default: row numbers).
+    chunk_rows : int, optional
+        Rows per stored chunk (default: about 32 MiB of X per chunk, rows split evenly).
+    dtype : "float32" or "float64", optional
+        Storage dtype of X (default: the source's; float32 for non-float sources).
+    compressor : "none" or "zstd", default "none"
+        Compression of the stored arrays (zstd saves little on embeddings and makes
+        every read about 3x slower).
+    overwrite : bool, default False
+        Replace ``out`` if it is a corpus rifscale made.
+    provenance : dict, optional
+        More attributes to record in the corpus.
+    test_fraction : float, optional
+        Hold out this fraction of the rows as the test split (no test split given).
+    seed : int, default 0
+        Seed of ``test_fraction``.
+    split : array or str, optional
+        Each row's split, "train" or "test" (e.g. a table's split column).
+    inputs : sequence of paths, optional
+        Further source paths the output must not overlap.
+
+    Returns
+    -------
+    Corpus
+        The corpus as :func:`rifscale.open_corpus` opens it.
+
+    Raises
+    ------
+    CorpusError
+        Bad input, before anything is written: labels outside {0, 1}, NaN/Inf, values
+        that do not fit the dtype, duplicate ids, splits of different widths, ...
+    OutputExistsError
+        ``out`` exists and ``overwrite`` was not given.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import rifscale
+    >>> from rifscale.demo import demo_data_path
+    >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+    >>> corpus = rifscale.ingest("example-corpus.zarr", train_X=data["train_X"], train_y=data["train_y"],
+    ...                          test_X=data["test_X"], test_y=data["test_y"], chunk_rows=250, overwrite=True)
+    >>> corpus.n, corpus.train.X.numblocks[0], len(corpus.attrs["content_sha256"])
+    (1000, 4, 64)
+
+    From files: ``rifscale.ingest("corpus.zarr", train_X="X.npy", train_y="y.npy")``;
+    the command line is ``rifscale ingest corpus.zarr --train-X X.npy --train-y y.npy``.
     """
     out = Path(output_path(out, "corpus"))
     if chunk_rows is not None and (isinstance(chunk_rows, bool) or int(chunk_rows) != chunk_rows or chunk_rows < 1):

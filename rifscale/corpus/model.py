@@ -49,7 +49,36 @@ class Split:
 
 @dataclass(frozen=True)
 class Corpus:
-    """A validated corpus. Build it with :func:`open_corpus` or :meth:`from_arrays`."""
+    """A validated corpus: a training split and an optional test split of Dask arrays.
+
+    Build it with :func:`rifscale.open_corpus` (a Zarr store made by
+    :func:`rifscale.ingest`, or any Zarr group with the layout) or
+    :meth:`rifscale.Corpus.from_arrays` (arrays in memory); do not construct it directly.
+
+    Parameters
+    ----------
+    train : Split
+        ``X`` (n, d) float32/float64, ``y`` (n,) 0/1 labels and ``ids`` (n,) int64, Dask
+        arrays sharing one row chunking.
+    test : Split or None
+        The test split the metrics are evaluated on (same d), if any.
+    path : str or None
+        Where the corpus is stored (absolute path or URL); None for arrays in memory.
+    attrs : dict
+        The store's attributes (format version, ``content_sha256``, provenance).
+    fingerprint : str
+        Identifies the data: runs record it and refuse a corpus that changed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import rifscale
+    >>> from rifscale.demo import demo_data_path
+    >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+    >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+    >>> corpus.n, corpus.d, corpus.test.n
+    (1000, 196, 500)
+    """
 
     train: Split
     test: Split | None
@@ -59,15 +88,73 @@ class Corpus:
 
     @property
     def n(self) -> int:
+        """Number of training rows.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import rifscale
+        >>> from rifscale.demo import demo_data_path
+        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+        >>> rifscale.Corpus.from_arrays(data["train_X"], data["train_y"]).n
+        1000
+        """
         return self.train.n
 
     @property
     def d(self) -> int:
+        """Number of features (columns of X, without the intercept).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import rifscale
+        >>> from rifscale.demo import demo_data_path
+        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+        >>> rifscale.Corpus.from_arrays(data["train_X"], data["train_y"]).d
+        196
+        """
         return self.train.d
 
     @classmethod
     def from_arrays(cls, X, y, X_test=None, y_test=None, *, chunk_rows: int = 65536) -> "Corpus":
-        """Wrap in-memory (NumPy, Zarr or Dask) arrays as a corpus, validated like a store."""
+        """Wrap in-memory (NumPy, Zarr or Dask) arrays as a corpus, validated like a store.
+
+        Nothing is written; the ids are the row numbers. To keep the data (and have runs
+        that can be reopened), write a corpus with :func:`rifscale.ingest` instead.
+
+        Parameters
+        ----------
+        X : (n, d) array
+            Training features, float32 or float64 (NumPy, Zarr or Dask).
+        y : (n,) array
+            Training labels in {0, 1}.
+        X_test, y_test : arrays, optional
+            The test split (both or neither), with the same d.
+        chunk_rows : int, default 65536
+            Rows per chunk of the Dask arrays (the unit of work of every pass).
+
+        Returns
+        -------
+        Corpus
+            Validated: finite X, 0/1 labels, the same d in both splits.
+
+        Raises
+        ------
+        CorpusError
+            Naming the array and the problem (labels outside {0, 1}, NaN/Inf, ...).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import rifscale
+        >>> from rifscale.demo import demo_data_path
+        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"],
+        ...                                      chunk_rows=250)
+        >>> corpus.train.X.numblocks, corpus.path is None
+        ((4, 1), True)
+        """
         train = _split_from_arrays("train", X, y, None, chunk_rows)
         test = None
         if X_test is not None or y_test is not None:
@@ -175,8 +262,34 @@ def open_corpus(path: str | os.PathLike) -> Corpus:
     its metadata and the size and modification time of every stored file, so a change
     to the data is seen as another corpus.
 
-    Raises :class:`~rifscale.errors.CorpusError` naming the array and the fix when the
-    store does not follow the layout.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A local path or an fsspec URL (``s3://bucket/corpus.zarr``; the fsspec package
+        of the protocol must be installed).
+
+    Returns
+    -------
+    Corpus
+        The splits as lazy Dask arrays over the store's chunks (nothing is read yet but
+        metadata and the labels' check).
+
+    Raises
+    ------
+    CorpusError
+        Naming the array and the fix when the store does not follow the layout.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import rifscale
+    >>> from rifscale.demo import demo_data_path
+    >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+    >>> _ = rifscale.ingest("example-corpus.zarr", train_X=data["train_X"], train_y=data["train_y"],
+    ...                     test_X=data["test_X"], test_y=data["test_y"], overwrite=True)
+    >>> corpus = rifscale.open_corpus("example-corpus.zarr")
+    >>> corpus.n, corpus.d, corpus.attrs["rifscale_format"]
+    (1000, 196, 1)
     """
     path, root = _open_root(path)
     attrs = root.attrs.asdict()

@@ -248,11 +248,48 @@ def build_manifest(corpus: Corpus, config: RunConfig, model: FittedModel, *, fit
 
 
 def write_run(result, out, *, overwrite: bool = False, progress: bool = False) -> dict:
-    """Compute the scores of an :class:`~rifscale.pipeline.Attribution` (one pass) and write
-    the complete run directory ``out`` (atomically; see :mod:`rifscale.outputs`).
+    """Compute the scores of an :class:`rifscale.Attribution` (one pass) and write
+    the complete run directory ``out`` (atomically: into a hidden sibling, moved into
+    place when complete).
 
-    ``progress`` shows a progress bar of the scores pass (in Jupyter, or on a terminal) even without
-    :func:`rifscale.show_progress`."""
+    The layout (version 2: ``model/``, ``scores/``, ``manifest.json``) is in the user
+    guide's outputs page and docs/design.md §6. ``Attribution.to_zarr`` calls this.
+
+    Parameters
+    ----------
+    result : Attribution
+        A result of :func:`rifscale.attribute`.
+    out : str or os.PathLike
+        The run directory to create.
+    overwrite : bool, default False
+        Replace ``out`` if it is a run rifscale made.
+    progress : bool, default False
+        Show a progress bar of the scores pass (in Jupyter, or on a terminal) even
+        without :func:`rifscale.show_progress`.
+
+    Returns
+    -------
+    dict
+        The manifest written: config, corpus path and fingerprint, convergence record,
+        counts, timings, versions, status.
+
+    Raises
+    ------
+    OutputExistsError
+        ``out`` exists and ``overwrite`` was not given.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import rifscale
+    >>> from rifscale.demo import demo_data_path
+    >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+    >>> corpus = rifscale.ingest("example-corpus.zarr", train_X=data["train_X"], train_y=data["train_y"],
+    ...                          test_X=data["test_X"], test_y=data["test_y"], overwrite=True)
+    >>> manifest = rifscale.write_run(rifscale.attribute(corpus, lam=1.0), "example-run", overwrite=True)
+    >>> manifest["status"], manifest["config"]["lam"], manifest["counts"]["flagged_low_margin"]
+    ('complete', 1.0, 0)
+    """
     corpus, model = result.corpus, result.model
     with atomic_dir(output_path(out, "run"), overwrite=overwrite, kind="run", inputs=[corpus.path]) as tmp:
         write_model(tmp, model)
@@ -424,8 +461,47 @@ def read_model(path: Path, cfg: dict, manifest: dict | None = None) -> FittedMod
 
 def open_run(path, *, corpus: Corpus | str | os.PathLike | None = None) -> Run:
     """Open a complete run; the corpus is re-opened (from the manifest unless given, as a
-    path or a :class:`Corpus`) and must still have the fingerprint the run was made from.
-    ``path`` may be an fsspec URL (``s3://bucket/runs/today``)."""
+    path or a :class:`rifscale.Corpus`) and must still have the fingerprint the run was
+    made from.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A run directory made by ``rifscale run`` or :func:`rifscale.write_run`; may be an
+        fsspec URL (``s3://bucket/runs/today``).
+    corpus : str, os.PathLike or Corpus, optional
+        The corpus, if it moved since the run (default: the path in the manifest).
+
+    Returns
+    -------
+    Run
+        ``.manifest`` (dict), ``.corpus``, ``.model`` (θ̂, the factor, the test subset),
+        ``.ids``, ``.array(name)`` (a stored Zarr array, e.g. ``"scores/rif_test_loss"``),
+        ``.to_dataframe()`` (the scores, indexed by id) and ``.groups_dataframe()``. It
+        can be passed wherever a result is: :func:`rifscale.group_effects`,
+        :func:`rifscale.retrain`.
+
+    Raises
+    ------
+    ConfigError
+        The run is not complete.
+    CorpusError
+        The corpus is gone or is not the one the run was made from.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import rifscale
+    >>> from rifscale.demo import demo_data_path
+    >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+    >>> corpus = rifscale.ingest("example-corpus.zarr", train_X=data["train_X"], train_y=data["train_y"],
+    ...                          test_X=data["test_X"], test_y=data["test_y"], overwrite=True)
+    >>> _ = rifscale.attribute(corpus, lam=1.0).to_zarr("example-run", overwrite=True)
+    >>> run = rifscale.open_run("example-run")
+    >>> run.manifest["n"], run.to_dataframe().index.name
+    (1000, 'id')
+    >>> est = rifscale.group_effects(run, {"first10": range(10)})   # a stored run, as a fresh result
+    """
     path = run_location(path)
     manifest = read_manifest(path)
     if manifest.get("status") != "complete":

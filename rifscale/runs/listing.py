@@ -17,7 +17,34 @@ def top_rows(frame, by: str, k: int):
 def list_runs(root) -> list[dict]:
     """One row per run directory under ``root`` (searched recursively, hidden directories
     skipped), from the manifests alone: path, status, created, corpus fingerprint, λ, n, d,
-    iterations and timings. Interrupted runs (``.NAME.partial``) are listed as "partial"."""
+    iterations and timings. Interrupted runs (``.NAME.partial``) are listed as "partial".
+
+    This is ``rifscale runs DIR``.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        The directory to search.
+
+    Returns
+    -------
+    list of dict
+        Keys path, status, created, corpus, lam, n, d, n_iter, seconds, resumed; sorted
+        by path.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import rifscale
+    >>> from rifscale.demo import demo_data_path
+    >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+    >>> corpus = rifscale.ingest("example-corpus.zarr", train_X=data["train_X"], train_y=data["train_y"],
+    ...                          test_X=data["test_X"], test_y=data["test_y"], overwrite=True)
+    >>> for lam in (0.1, 1.0):
+    ...     _ = rifscale.run_job(corpus, f"example-runs/lam-{lam}", rifscale.RunConfig(lam=lam), overwrite=True)
+    >>> [(row["lam"], row["status"]) for row in rifscale.list_runs("example-runs")]
+    [(0.1, 'complete'), (1.0, 'complete')]
+    """
     root = run_location(root)
     if not root.is_dir():
         raise ConfigError(f"{str(root)!r} is not a directory.")

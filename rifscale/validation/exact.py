@@ -180,9 +180,47 @@ def retrain_sets(source, sets, *, tol: float = TOL, client=None) -> dict[str, Re
     has ``delta`` (θ̂_{−T} − θ̂), ``changes`` ({metric: f(θ̂_{−T}) − f(θ̂)} over the run's
     test subset), ``certified``, ``error_bound`` and the convergence record. ``source`` is an
     :class:`~rifscale.pipeline.Attribution` or an open run; ``sets`` as in
-    :func:`~rifscale.estimates.groups.group_effects` (row positions, or ``{"ids": {...}}``).
+    :func:`rifscale.group_effects` (row positions, or ``{"ids": {...}}``).
     A retrain is certified when the proven bound on the error of its Δθ is
-    ``≤ tol · ‖Δθ‖``."""
+    ``≤ tol · ‖Δθ‖``.
+
+    Every pass over the data serves all sets at once; each set starts at its NS estimate
+    (docs/design.md §2.6, §7.5).
+
+    Parameters
+    ----------
+    source : Attribution or Run
+        A fresh result of :func:`rifscale.attribute`, or :func:`rifscale.open_run`'s.
+    sets : mapping, list or str
+        The removal sets, as :func:`rifscale.group_effects` takes them.
+    tol : float, default 1e-8
+        Relative error certified for each Δθ.
+    client : distributed.Client, optional
+        Defaults to the active client, if any.
+
+    Returns
+    -------
+    dict of str to Retrain
+        Per set: ``theta`` (θ̂ without the set), ``delta``, ``changes`` (metric to
+        f(θ̂_{−T}) − f(θ̂)), ``converged``, ``certified``, ``error_bound``,
+        ``rel_error_bound``, ``passes``, ``seconds``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import rifscale
+    >>> from rifscale.demo import demo_data_path
+    >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+    >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+    >>> result = rifscale.attribute(corpus, lam=1.0)
+    >>> top10 = np.argsort(-np.abs(result.rif_scores["test_loss"].compute()))[:10]
+    >>> exact = rifscale.retrain(result, {"top10": top10})["top10"]
+    >>> exact.converged, exact.certified, exact.delta.shape
+    (True, True, (197,))
+    >>> est = rifscale.group_effects(result, {"top10": top10})["top10"].plugin["test_loss"]
+    >>> print(f"exact {exact.changes['test_loss']:.1f}, IF {est['if']:.1f}, RIF {est['rif']:.1f}, NS {est['ns']:.1f}")
+    exact 10.1, IF 7.4, RIF 8.2, NS 8.9
+    """
     import dataclasses
 
     from ..engine import kernels

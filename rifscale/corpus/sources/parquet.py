@@ -239,10 +239,66 @@ def parquet_sources(
 
 def ingest_parquet(out, url: str, *, x_column: str | None = "embedding", x_columns=None, y_column: str = "label",
                    id_column: str | None = None, split_column: str | None = None, **ingest_kwargs):
-    """:func:`rifscale.corpus.ingest.ingest` from a Parquet table (a file, a directory or a glob, at a
-    path or an fsspec URL); see :func:`parquet_sources` for the columns. Without a split
-    column, ``test_fraction`` draws the test split. The table's location and columns are
-    recorded in the corpus attributes (``source``)."""
+    """:func:`rifscale.ingest` from a Parquet table (a file, a directory or a glob, at a
+    path or an fsspec URL). Without a split column, ``test_fraction`` draws the test
+    split. The table's location and columns are recorded in the corpus attributes
+    (``source``).
+
+    Each task reads one row group of the columns it needs, never the whole table: write
+    tables with row groups of about 100 MB or less so that the ingest is parallel. This is
+    ``rifscale ingest OUT --parquet URL``.
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        The corpus to create.
+    url : str
+        A Parquet file, a directory of files or a glob, at a path or an fsspec URL
+        (``s3://bucket/embeddings/``).
+    x_column : str or None, default "embedding"
+        The embedding column: a list of numbers per row (``fixed_size_list<float>`` or
+        ``list<float>``).
+    x_columns : str or list of str, optional
+        One column per dimension instead, by name or by a glob such as ``"f*"`` (in the
+        table's column order).
+    y_column : str, default "label"
+        The label column: 0/1 integers or booleans.
+    id_column : str, optional
+        An integer id column (default: row numbers).
+    split_column : str, optional
+        A column of "train"/"test" values naming each row's split.
+    **ingest_kwargs
+        Passed on to :func:`rifscale.ingest`: ``chunk_rows``, ``dtype``, ``compressor``,
+        ``overwrite``, ``test_fraction``, ``seed``, ``provenance``.
+
+    Returns
+    -------
+    Corpus
+        The corpus written, as :func:`rifscale.open_corpus` opens it.
+
+    Raises
+    ------
+    CorpusError
+        A missing column, a null value, files of different schemas, an empty table, or
+        anything :func:`rifscale.ingest` refuses.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import pyarrow as pa
+    >>> import pyarrow.parquet as pq
+    >>> import rifscale
+    >>> from rifscale.demo import demo_data_path
+    >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
+    >>> X, y = data["train_X"], data["train_y"]
+    >>> table = pa.table({"embedding": pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), X.shape[1]),
+    ...                   "label": y, "doc_id": 1000 + np.arange(len(y))})
+    >>> pq.write_table(table, "example-table.parquet", row_group_size=250)
+    >>> corpus = rifscale.ingest_parquet("example-from-parquet.zarr", "example-table.parquet", id_column="doc_id",
+    ...                                  test_fraction=0.2, seed=0, overwrite=True)
+    >>> corpus.n + corpus.test.n, corpus.d, int(corpus.train.ids[0].compute()) >= 1000
+    (1000, 196, True)
+    """
     from ..ingest import ingest
 
     sources = parquet_sources(url, x_column=x_column, x_columns=x_columns, y_column=y_column,
