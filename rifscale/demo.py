@@ -28,7 +28,27 @@ DEMO_LAM = 0.1
 
 
 def demo_data_path() -> Path:
+    """Path of the embedded data: a Fashion-MNIST pair (T-shirt vs shirt), 1 000 training and
+    500 test images as 196 pooled features, in one .npz (``train_X``, ``train_y``,
+    ``test_X``, ``test_y``)."""
     return Path(str(resources.files("rifscale") / "data" / DATA))
+
+
+def demo_corpus():
+    """The embedded data (:func:`demo_data_path`) as an in-memory :class:`rifscale.Corpus`,
+    for examples and quick trials.
+
+    Examples
+    --------
+    >>> from rifscale.demo import demo_corpus
+    >>> corpus = demo_corpus()
+    >>> corpus.n, corpus.d, corpus.test.n
+    (1000, 196, 500)
+    """
+    from .corpus.model import Corpus
+
+    data = np.load(demo_data_path())
+    return Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
 
 
 def _exact_changes(result, estimates, *, client) -> dict[str, float]:

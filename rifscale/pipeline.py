@@ -63,11 +63,9 @@ class Attribution:
 
     Examples
     --------
-    >>> import numpy as np
     >>> import rifscale
-    >>> from rifscale.demo import demo_data_path
-    >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
-    >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+    >>> from rifscale.demo import demo_corpus
+    >>> corpus = demo_corpus()  # the embedded Fashion-MNIST pair, in memory
     >>> result = rifscale.attribute(corpus, lam=1.0)
     >>> result.fit.converged, result.theta.shape  # d = 196 features and the intercept
     (True, (197,))
@@ -89,11 +87,9 @@ class Attribution:
 
         Examples
         --------
-        >>> import numpy as np
         >>> import rifscale
-        >>> from rifscale.demo import demo_data_path
-        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
-        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+        >>> from rifscale.demo import demo_corpus
+        >>> corpus = demo_corpus()  # the embedded Fashion-MNIST pair, in memory
         >>> result = rifscale.attribute(corpus, lam=1.0)
         >>> result.theta.shape
         (197,)
@@ -106,11 +102,9 @@ class Attribution:
 
         Examples
         --------
-        >>> import numpy as np
         >>> import rifscale
-        >>> from rifscale.demo import demo_data_path
-        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
-        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+        >>> from rifscale.demo import demo_corpus
+        >>> corpus = demo_corpus()  # the embedded Fashion-MNIST pair, in memory
         >>> result = rifscale.attribute(corpus, lam=1.0)
         >>> h = result.leverage.compute()
         >>> bool(((h > 0) & (h < 1)).all())
@@ -125,11 +119,9 @@ class Attribution:
 
         Examples
         --------
-        >>> import numpy as np
         >>> import rifscale
-        >>> from rifscale.demo import demo_data_path
-        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
-        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+        >>> from rifscale.demo import demo_corpus
+        >>> corpus = demo_corpus()  # the embedded Fashion-MNIST pair, in memory
         >>> result = rifscale.attribute(corpus, lam=1.0)
         >>> sorted(result.if_scores)
         ['test_loss', 'test_prediction']
@@ -145,9 +137,8 @@ class Attribution:
         --------
         >>> import numpy as np
         >>> import rifscale
-        >>> from rifscale.demo import demo_data_path
-        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
-        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+        >>> from rifscale.demo import demo_corpus
+        >>> corpus = demo_corpus()  # the embedded Fashion-MNIST pair, in memory
         >>> result = rifscale.attribute(corpus, lam=1.0)
         >>> rif, if_ = result.rif_scores["test_loss"].compute(), result.if_scores["test_loss"].compute()
         >>> h = result.leverage.compute()
@@ -173,11 +164,9 @@ class Attribution:
 
         Examples
         --------
-        >>> import numpy as np
         >>> import rifscale
-        >>> from rifscale.demo import demo_data_path
-        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
-        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+        >>> from rifscale.demo import demo_corpus
+        >>> corpus = demo_corpus()  # the embedded Fashion-MNIST pair, in memory
         >>> result = rifscale.attribute(corpus, lam=1.0)
         >>> frame = result.to_dataframe()
         >>> frame.index.name, len(frame), "rif_test_loss" in frame
@@ -226,11 +215,9 @@ class Attribution:
 
         Examples
         --------
-        >>> import numpy as np
         >>> import rifscale
-        >>> from rifscale.demo import demo_data_path
-        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
-        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+        >>> from rifscale.demo import demo_corpus
+        >>> corpus = demo_corpus()  # the embedded Fashion-MNIST pair, in memory
         >>> result = rifscale.attribute(corpus, lam=1.0)
         >>> manifest = result.to_zarr("example-run", overwrite=True)
         >>> manifest["status"], manifest["n"]
@@ -292,9 +279,8 @@ def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = Non
     --------
     >>> import numpy as np
     >>> import rifscale
-    >>> from rifscale.demo import demo_data_path
-    >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
-    >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+    >>> from rifscale.demo import demo_corpus
+    >>> corpus = demo_corpus()  # the embedded Fashion-MNIST pair, in memory
     >>> result = rifscale.attribute(corpus, lam=1.0)
     >>> result.fit.converged, result.fit.rel_error_bound <= 1e-10
     (True, True)

@@ -65,11 +65,9 @@ class Session:
 
     Examples
     --------
-    >>> import numpy as np
     >>> import rifscale
-    >>> from rifscale.demo import demo_data_path
-    >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
-    >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+    >>> from rifscale.demo import demo_corpus
+    >>> corpus = demo_corpus()  # the embedded Fashion-MNIST pair, in memory
     >>> with rifscale.Session(corpus) as s:    # client=... on a cluster (default: the active one)
     ...     runs = {lam: s.attribute(lam=lam) for lam in (0.1, 1.0, 10.0)}
     ...     est = s.group_effects(runs[1.0], {"first10": range(10)})
@@ -130,9 +128,8 @@ class Session:
         --------
         >>> import numpy as np
         >>> import rifscale
-        >>> from rifscale.demo import demo_data_path
-        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
-        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+        >>> from rifscale.demo import demo_corpus
+        >>> corpus = demo_corpus()  # the embedded Fashion-MNIST pair, in memory
         >>> with rifscale.Session(corpus) as s:
         ...     path = [s.attribute(lam=lam) for lam in (10.0, 1.0)]   # lam = 1 starts at lam = 10's theta
         ...     fresh = s.attribute(lam=1.0, warm=False)                # from the usual start
@@ -184,11 +181,9 @@ class Session:
 
         Examples
         --------
-        >>> import numpy as np
         >>> import rifscale
-        >>> from rifscale.demo import demo_data_path
-        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
-        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+        >>> from rifscale.demo import demo_corpus
+        >>> corpus = demo_corpus()  # the embedded Fashion-MNIST pair, in memory
         >>> with rifscale.Session(corpus) as s:
         ...     est = s.group_effects(s.attribute(lam=1.0), {"first10": range(10)})
         >>> est["first10"].size
@@ -217,11 +212,9 @@ class Session:
 
         Examples
         --------
-        >>> import numpy as np
         >>> import rifscale
-        >>> from rifscale.demo import demo_data_path
-        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
-        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+        >>> from rifscale.demo import demo_corpus
+        >>> corpus = demo_corpus()  # the embedded Fashion-MNIST pair, in memory
         >>> with rifscale.Session(corpus) as s:
         ...     fits = s.retrain(s.attribute(lam=1.0), {"first10": range(10)})
         >>> fits["first10"].converged
@@ -244,11 +237,9 @@ class Session:
 
         Examples
         --------
-        >>> import numpy as np
         >>> import rifscale
-        >>> from rifscale.demo import demo_data_path
-        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
-        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+        >>> from rifscale.demo import demo_corpus
+        >>> corpus = demo_corpus()  # the embedded Fashion-MNIST pair, in memory
         >>> s = rifscale.Session(corpus)
         >>> result = s.attribute(lam=1.0)
         >>> frame = result.to_dataframe()    # compute what you need first

@@ -71,11 +71,9 @@ class Corpus:
 
     Examples
     --------
-    >>> import numpy as np
     >>> import rifscale
-    >>> from rifscale.demo import demo_data_path
-    >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
-    >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+    >>> from rifscale.demo import demo_corpus
+    >>> corpus = demo_corpus()  # the embedded Fashion-MNIST pair, in memory
     >>> corpus.n, corpus.d, corpus.test.n
     (1000, 196, 500)
     """
@@ -92,11 +90,8 @@ class Corpus:
 
         Examples
         --------
-        >>> import numpy as np
-        >>> import rifscale
-        >>> from rifscale.demo import demo_data_path
-        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
-        >>> rifscale.Corpus.from_arrays(data["train_X"], data["train_y"]).n
+        >>> from rifscale.demo import demo_corpus
+        >>> demo_corpus().n
         1000
         """
         return self.train.n
@@ -107,11 +102,8 @@ class Corpus:
 
         Examples
         --------
-        >>> import numpy as np
-        >>> import rifscale
-        >>> from rifscale.demo import demo_data_path
-        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
-        >>> rifscale.Corpus.from_arrays(data["train_X"], data["train_y"]).d
+        >>> from rifscale.demo import demo_corpus
+        >>> demo_corpus().d
         196
         """
         return self.train.d

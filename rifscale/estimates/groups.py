@@ -74,11 +74,9 @@ class GroupEstimate:
 
     Examples
     --------
-    >>> import numpy as np
     >>> import rifscale
-    >>> from rifscale.demo import demo_data_path
-    >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
-    >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+    >>> from rifscale.demo import demo_corpus
+    >>> corpus = demo_corpus()  # the embedded Fashion-MNIST pair, in memory
     >>> result = rifscale.attribute(corpus, lam=1.0)
     >>> est = rifscale.group_effects(result, {"first10": range(10)})["first10"]
     >>> est.size, sorted(est.plugin), sorted(est.plugin["test_loss"])
@@ -102,11 +100,9 @@ class GroupEstimate:
 
         Examples
         --------
-        >>> import numpy as np
         >>> import rifscale
-        >>> from rifscale.demo import demo_data_path
-        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
-        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+        >>> from rifscale.demo import demo_corpus
+        >>> corpus = demo_corpus()  # the embedded Fashion-MNIST pair, in memory
         >>> result = rifscale.attribute(corpus, lam=1.0)
         >>> rifscale.group_effects(result, {"some": [3, 1, 4]})["some"].size
         3
@@ -123,11 +119,9 @@ class GroupEstimate:
 
         Examples
         --------
-        >>> import numpy as np
         >>> import rifscale
-        >>> from rifscale.demo import demo_data_path
-        >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
-        >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+        >>> from rifscale.demo import demo_corpus
+        >>> corpus = demo_corpus()  # the embedded Fashion-MNIST pair, in memory
         >>> result = rifscale.attribute(corpus, lam=1.0)
         >>> est = rifscale.group_effects(result, {"first10": range(10)})["first10"]
         >>> sorted(est.to_dict())
@@ -360,9 +354,8 @@ def group_effects(source, sets, *, client=None, extra: dict | None = None) -> di
     --------
     >>> import numpy as np
     >>> import rifscale
-    >>> from rifscale.demo import demo_data_path
-    >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
-    >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+    >>> from rifscale.demo import demo_corpus
+    >>> corpus = demo_corpus()  # the embedded Fashion-MNIST pair, in memory
     >>> result = rifscale.attribute(corpus, lam=1.0)
     >>> rif = result.rif_scores["test_loss"].compute()
     >>> sets = {"top10": np.argsort(-np.abs(rif))[:10], "first100": range(100)}

@@ -209,9 +209,8 @@ def retrain_sets(source, sets, *, tol: float = TOL, client=None) -> dict[str, Re
     --------
     >>> import numpy as np
     >>> import rifscale
-    >>> from rifscale.demo import demo_data_path
-    >>> data = np.load(demo_data_path())  # the embedded Fashion-MNIST pair
-    >>> corpus = rifscale.Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
+    >>> from rifscale.demo import demo_corpus
+    >>> corpus = demo_corpus()  # the embedded Fashion-MNIST pair, in memory
     >>> result = rifscale.attribute(corpus, lam=1.0)
     >>> top10 = np.argsort(-np.abs(result.rif_scores["test_loss"].compute()))[:10]
     >>> exact = rifscale.retrain(result, {"top10": top10})["top10"]
