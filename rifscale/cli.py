@@ -222,7 +222,7 @@ def _add_cluster(p) -> None:
 
 def _security(args):
     """The TLS client settings of --tls-ca-file/--tls-cert/--tls-key (files checked), or None."""
-    from .cluster import tls_security
+    from .tls import tls_security
 
     return tls_security(args.tls_ca_file, args.tls_cert, args.tls_key)
 

@@ -95,7 +95,8 @@ LAYERS = (
     ("engine",),
     ("corpus",),
     ("outputs", "progress", "testing"),
-    ("cluster", "config", "_namespace"),
+    ("cluster",),
+    ("tls", "config", "_namespace"),
     ("errors",),
 )
 RANK = {unit: depth for depth, units in enumerate(LAYERS) for unit in units}

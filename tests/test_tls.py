@@ -19,7 +19,7 @@ import pytest
 
 import rifscale
 from rifscale.cli import main
-from rifscale.cluster import TLS_CONFIG
+from rifscale.tls import TLS_CONFIG
 from rifscale.testing import Reference, make_problem
 
 from .conftest import rel_err
