@@ -69,6 +69,8 @@ _LAZY = {
     "GroupEstimate": ("groups", "GroupEstimate"),
     "group_effects": ("groups", "group_effects"),
     "retrain": ("exact", "retrain_sets"),
+    "tune": ("tuning", "tune"),
+    "open_tune": ("tuning", "open_tune"),
 }
 
 
@@ -107,8 +109,10 @@ __all__ = [
     "list_runs",
     "open_corpus",
     "open_run",
+    "open_tune",
     "retrain",
     "run_job",
     "show_progress",
+    "tune",
     "write_run",
 ]
