@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--d", type=int, default=256)
-    ap.add_argument("--exact-loo", type=int, default=100)
+    ap.add_argument("--exact-loo", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--rifscale", default=str(Path(sys.executable).parent / "rifscale"),
                     help="the rifscale console script (default: this interpreter's)")
@@ -113,7 +113,8 @@ def main(argv=None) -> int:
         rows = []
         for rep in range(args.repeats):
             row = {"repeat": rep}
-            for name, extra in (("tune", ["--exact-loo", str(args.exact_loo)]), ("tune_no_exact", ["--exact-loo", "0"])):
+            for name, extra in (("tune", ["--exact-loo", str(args.exact_loo)]),
+                                ("tune_no_exact", ["--exact-loo", "0"])):
                 target = tmp / f"{name}-{rep}"
                 say(f"rifscale tune {' '.join(extra)}")
                 wall, _, load = timed([args.rifscale, "tune", str(corpus), "--out", str(target), "-q", *extra])

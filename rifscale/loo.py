@@ -2,7 +2,8 @@ r"""Approximate leave-one-out along a λ path: what ``rifscale tune`` computes (
 
 For every λ of a grid, from the largest down, :func:`rifscale.attribute` fits θ̂(λ)
 starting from the θ̂ of the nearest λ already fitted (the warm start of
-:class:`rifscale.Session`: a few Newton passes per λ), factors H, and one pass over the
+:class:`rifscale.Session`), moved by the Newton step of the new penalty when that λ was
+fitted just before (:func:`predict_theta`: no pass over the data), factors H, and one pass over the
 training rows (:func:`rifscale.kernels.loo.loo_block`) sums the losses of every row's
 approximate leave-one-out logit
 
@@ -50,7 +51,7 @@ ExactAt = Literal["best", "all"]
 #: E‖x‖² of the rows (docs/design.md §8.10 says why that scale).
 GRID_DECADES, GRID_POINTS = (-3.0, 3.0), 13
 #: Training rows retrained exactly (leave-one-out) by default, at the chosen λ.
-EXACT_LOO = 100
+EXACT_LOO = 20
 LOSSES = ("logloss", "error", "brier")
 #: The columns of the table, one row per λ (ascending).
 COLUMNS = (
@@ -158,13 +159,28 @@ def row_scale(train, *, fit_intercept: bool) -> tuple[float, float]:
     return float(total) / max(train.n, 1), math.sqrt(float(top) + float(fit_intercept))
 
 
-def nearest_theta(done: dict, lam: float):
-    """θ̂ of the fitted λ nearest to ``lam`` on a log scale (as :class:`rifscale.Session`
-    chooses its warm start), or None."""
-    if not done:
+def predict_theta(theta: np.ndarray, hessian: np.ndarray, lam0: float, lam: float, *, fit_intercept: bool):
+    """θ̂(λ) predicted from θ̂(λ₀) and the Hessian H there, without a pass over the data:
+    the Newton step of the λ objective from θ̂(λ₀), whose gradient there is (λ − λ₀) D θ̂ and
+    whose Hessian is H + (λ − λ₀) D (only the penalty changed). None when that matrix has
+    no Cholesky factor (the fit then starts from θ̂(λ₀) itself)."""
+    import scipy.linalg
+
+    d = np.ones(len(theta))
+    if fit_intercept:
+        d[-1] = 0.0
+    try:
+        factor = scipy.linalg.cho_factor(hessian + (lam - lam0) * np.diag(d), lower=True, check_finite=False)
+    except (np.linalg.LinAlgError, ValueError):
         return None
-    near = min(done, key=lambda l0: abs(math.log(l0) - math.log(lam)))
-    return np.asarray(done[near]["theta"], dtype=np.float64)
+    start = theta - scipy.linalg.cho_solve(factor, (lam - lam0) * d * theta, check_finite=False)
+    return start if np.isfinite(start).all() else None
+
+
+def nearest_lam(done, lam: float) -> float | None:
+    """The fitted λ nearest to ``lam`` on a log scale (as :class:`rifscale.Session` chooses
+    its warm start), or None."""
+    return min(done, key=lambda l0: abs(math.log(l0) - math.log(lam)), default=None)
 
 
 # ------------------------------------------------------------------------- one λ
@@ -229,8 +245,9 @@ def fit_at(corpus: Corpus, config: RunConfig, lam: float, *, theta0, radius, lay
 
 
 def step(corpus: Corpus, config: RunConfig, lam: float, *, theta0, radius, layout, client,
-         exact_rows: np.ndarray | None) -> tuple[dict, object]:
-    """Fit at ``lam`` and measure it: (table row with ``theta``, the Attribution)."""
+         exact_rows: np.ndarray | None) -> tuple[dict, np.ndarray]:
+    """Fit at ``lam`` and measure it: (its table row, with ``theta`` and ``row_norm_max``;
+    the Hessian at θ̂, for the next λ's start)."""
     t0 = time.perf_counter()
     result = fit_at(corpus, config, lam, theta0=theta0, radius=radius, layout=layout, client=client)
     row = {"lam": lam, **loo_sums(result, client=client),
@@ -240,7 +257,12 @@ def step(corpus: Corpus, config: RunConfig, lam: float, *, theta0, radius, layou
             "fit_rel_error_bound": float(fit.rel_error_bound), "seconds": time.perf_counter() - t0}
     if exact_rows is not None and len(exact_rows):
         row |= exact_loo(result, exact_rows, client=client)
-    return row | {"theta": result.theta.tolist(), "row_norm_max": float(fit.row_norm_max)}, result
+    return row | {"theta": result.theta.tolist(), "row_norm_max": float(fit.row_norm_max)}, fit.hessian
+
+
+def finite_or_none(value):
+    """``value`` as a float when finite (a radius worth reusing), else None."""
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 # ------------------------------------------------------------------------- the path
@@ -276,13 +298,20 @@ def run_path(corpus: Corpus, config: RunConfig, settings: TuneConfig, path: Tune
     LOO at the chosen λ when ``exact_at="best"``."""
     rows = exact_sample(corpus.n, settings.exact_loo, config.seed) if settings.exact_loo else None
     todo = [lam for lam in sorted(path.lams, reverse=True) if lam not in path.steps]
+    last = None  # (λ, H at θ̂) of the step just fitted
     with Bar("tune", total=len(path.lams)) as bar:
         bar.update(len(path.steps), text=f"{len(path.steps)} of {len(path.lams)} lambda values")
         for lam in todo:
-            row, _ = step(corpus, config, lam, theta0=nearest_theta(path.steps, lam), radius=path.radius,
-                          layout=layout, client=client, exact_rows=rows if settings.exact_at == "all" else None)
+            near = nearest_lam(path.steps, lam)
+            start = None if near is None else np.asarray(path.steps[near]["theta"], dtype=np.float64)
+            if last is not None and near == last[0]:
+                predicted = predict_theta(start, last[1], near, lam, fit_intercept=config.fit_intercept)
+                start = predicted if predicted is not None else start
+            row, hessian = step(corpus, config, lam, theta0=start, radius=path.radius, layout=layout, client=client,
+                                exact_rows=rows if settings.exact_at == "all" else None)
+            last = (lam, hessian)
             path.steps[lam] = row
-            path.radius = path.radius or row["row_norm_max"]
+            path.radius = path.radius or finite_or_none(row["row_norm_max"])
             log.info("tune: lam = %.4g: LOO log-loss %.5f, error %.4f (test %.5f, %.4f), %d Newton passes, %.2f s",
                      lam, row["loo_logloss"], row["loo_error"], row["test_logloss"], row["test_error"],
                      row["fit_passes"], row["seconds"])

@@ -38,8 +38,8 @@ from .config import RunConfig
 from .errors import ConfigError, CorpusError, OutputExistsError
 from .io import Corpus, corpus_fingerprint, open_corpus
 from .jobs import _differences
-from .loo import (EXACT_LOO, GRID_DECADES, Criterion, ExactAt, TuneConfig, TunePath, Tuning, finish, plot_tuning,
-                  prepare, run_path, start_path)
+from .loo import (EXACT_LOO, GRID_DECADES, Criterion, ExactAt, TuneConfig, TunePath, Tuning, finish, finite_or_none,
+                  plot_tuning, prepare, run_path, start_path)
 from .outputs import check_inputs, check_output, claim, mark, output_path, publish, remove
 from .rundir import MANIFEST, _json_default, _manifest_or_none, _versions, _write_json
 
@@ -79,8 +79,8 @@ def tune(corpus: Corpus | str | os.PathLike, lams=None, *, out=None, criterion: 
     Tuning
         ``.lam`` (the chosen λ), ``.table`` (one row per λ), ``.plot()``.
     """
-    settings = TuneConfig(lams=None if lams is None else tuple(np.ravel(lams).tolist()), criterion=criterion, exact_loo=exact_loo,
-                          exact_at=exact_at)
+    settings = TuneConfig(lams=None if lams is None else tuple(np.ravel(lams).tolist()), criterion=criterion,
+                          exact_loo=exact_loo, exact_at=exact_at)
     config = (config or RunConfig()).replace(**overrides) if overrides else (config or RunConfig())
     corpus = corpus if isinstance(corpus, Corpus) else open_corpus(corpus)
     if out is not None:
@@ -233,7 +233,7 @@ class TuneJob:
                 path.best_exact = row
             elif row.get("lam") in lams:
                 path.steps[row["lam"]] = row
-                path.radius = path.radius or row.get("row_norm_max")
+                path.radius = path.radius or finite_or_none(row.get("row_norm_max"))
         return path
 
     def _check_corpus_unchanged(self) -> None:
