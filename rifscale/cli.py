@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "training rows exactly without each (certified), reported beside the estimate on the same rows "
                    f"(default {EXACT_LOO}; 0: none)")
     p.add_argument("--exact-loo-at", choices=("best", "all"), default="best", help="retrain them at the chosen λ "
-                   "only (default), or at every λ (each costs about N/3 fits)")
+                   "only (default), or at every λ (each row costs about one Hessian pass over the data)")
     p.add_argument("--no-intercept", action="store_true", help="fit without an (unpenalised) intercept")
     p.add_argument("--tol", type=float, default=defaults.tol, help=f"Newton tolerance (default {defaults.tol})")
     p.add_argument("--max-iter", type=int, default=defaults.max_iter)

@@ -218,6 +218,9 @@ class TuneJob:
     def _resume(self) -> TunePath | None:
         """The steps of an interrupted tune of the same job, or None."""
         state = _manifest_or_none(self.partial)
+        if state is not None and "rifscale_tune" not in state:
+            raise OutputExistsError(f"{str(self.partial)!r} is the checkpoint of another rifscale command (not a tune) "
+                                    "with the same output name; finish that command first, or choose another --out.")
         if state is None or state.get("status") != "partial" or state.get("job") != self.key:
             if state is not None:
                 log.info("discarding the checkpoint %s: it was made by another job", self.partial)
