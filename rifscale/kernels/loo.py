@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._namespace import array_namespace
-from .logistic import log_loss, residual, sigmoid_and_weight
+from .logistic import log_loss, residual
 from .scores import SUB_ROWS, _at_rows
 
 #: Columns of :func:`loo_block`: per-block sums.
