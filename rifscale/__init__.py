@@ -83,6 +83,8 @@ _LAZY = {
     "GroupEstimate": ("estimates.groups", "GroupEstimate"),
     "group_effects": ("estimates.groups", "group_effects"),
     "retrain": ("validation.exact", "retrain_sets"),
+    "tune": ("audits.tuning", "tune"),
+    "open_tune": ("audits.tuning", "open_tune"),
 }
 
 
@@ -121,8 +123,10 @@ __all__ = [
     "list_runs",
     "open_corpus",
     "open_run",
+    "open_tune",
     "retrain",
     "run_job",
     "show_progress",
+    "tune",
     "write_run",
 ]

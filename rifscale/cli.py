@@ -4,6 +4,8 @@ the Python API takes, and calls the library.
     rifscale ingest OUT --npz data.npz [--chunk-rows N]
     rifscale ingest OUT --parquet s3://bucket/table/ [--x-column embedding --y-column label --id-column id]
     rifscale run CORPUS --out RUN [--lam λ] [--no-intercept] [--test-subset paper|all|FILE] [--scheduler ADDR]
+    rifscale tune CORPUS --out TUNE [--lams 0.01 0.1 1 | --lams 1e-3:1e3:13] [--criterion logloss|error|brier]
+    rifscale run CORPUS --out RUN --lam auto --tune TUNE
     rifscale groups RUN --sets sets.json
     rifscale validate RUN [--experiments accuracy sweeps poisoning]
     rifscale verify CORPUS
@@ -95,6 +97,34 @@ def config_from_args(args) -> RunConfig:
     )
 
 
+def _lam_arg(value: str):
+    """``--lam``: a number, or "auto" (the λ chosen by ``--tune TUNE``)."""
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+
+
+def _tuned(args, corpus) -> None:
+    """Resolve ``--lam auto`` / ``--tune TUNE`` into the number ``args.lam``."""
+    if args.tune is None:
+        if args.lam == "auto":
+            raise RifscaleError("--lam auto takes the lam chosen by `rifscale tune`: pass --tune TUNE (the tune "
+                                "directory), or give a number.")
+        if args.lam is None:
+            args.lam = RunConfig().lam
+        return
+    if args.lam not in (None, "auto"):
+        raise RifscaleError(f"--tune {args.tune} chooses lam, but --lam {args.lam:g} was given too; drop one of them "
+                            "(--lam auto --tune TUNE runs at the tuned lam).")
+    from .audits.tuning import tuned_lam
+
+    args.lam = tuned_lam(args.tune, corpus=corpus, fit_intercept=not args.no_intercept)
+    print(f"lam = {args.lam:.6g}, chosen by the tune {args.tune}")
+
+
 def _run(args) -> int:
     from .engine.factor import check_gpu, gpu_policy
     from .engine.fit import describe
@@ -102,8 +132,10 @@ def _run(args) -> int:
     from .corpus.verify import verify_corpus
     from .jobs import Job
 
+    corpus = open_corpus(args.corpus)
+    _tuned(args, corpus)
     config = config_from_args(args)
-    job = Job(open_corpus(args.corpus), args.out, config, overwrite=args.overwrite, warm_start=args.warm_start)
+    job = Job(corpus, args.out, config, overwrite=args.overwrite, warm_start=args.warm_start)
     if job.done is not None:  # the same command on a finished run: nothing to start
         print(f"run {args.out} is already complete (same config and corpus); nothing to do")
         return 0
@@ -121,6 +153,29 @@ def _run(args) -> int:
         f"wrote run {args.out}{resumed}: n = {manifest['n']}, p = {manifest['p']}, fit converged in "
         f"{describe(manifest['fit'])}, {manifest['counts']['flagged_low_margin']} flagged sample(s)"
     )
+    return 0
+
+
+def _tune(args) -> int:
+    from .corpus.model import open_corpus
+    from .audits.loo import TuneConfig, parse_lams
+    from .audits.tuning import TuneJob
+
+    settings = TuneConfig(lams=parse_lams(args.lams) if args.lams else None, criterion=args.criterion,
+                          exact_loo=args.exact_loo, exact_at=args.exact_loo_at)
+    args.lam, args.test_subset, args.metrics = RunConfig().lam, "paper", list(METRICS)  # unused by the tune
+    job = TuneJob(open_corpus(args.corpus), args.out, settings, config_from_args(args), overwrite=args.overwrite)
+    if job.done is not None:
+        print(f"tune {args.out} is already complete (same job): lam = {job.done['best']['lam']:.6g}; nothing to do")
+        return 0
+    with _connect(args) as client:
+        tuning = job.run(client=client)
+    b = tuning.best
+    exact = (f"; exact LOO log-loss {b['exact_logloss']:.5f} on {int(b['exact_n'])} rows (approximate "
+             f"{b['sample_logloss']:.5f} on the same rows)" if b["exact_n"] else "")
+    print(f"wrote tune {args.out}: lam = {tuning.lam:.6g} of {len(tuning.table)} by approximate LOO "
+          f"{tuning.criterion} (LOO log-loss {b['loo_logloss']:.5f}, test log-loss {b['test_logloss']:.5f}{exact}); "
+          f"`rifscale run {args.corpus} --out RUN --lam auto --tune {args.out}` runs at it")
     return 0
 
 
@@ -272,7 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="fit, factor and score every training sample")
     p.add_argument("corpus", help="path of a Zarr corpus")
     p.add_argument("--out", required=True, help="run directory to create")
-    p.add_argument("--lam", type=float, default=defaults.lam, help=f"L2 penalty λ (default {defaults.lam})")
+    p.add_argument("--lam", type=_lam_arg, default=None, help=f"L2 penalty λ (default {defaults.lam}), or 'auto': "
+                   "the λ chosen by --tune")
+    p.add_argument("--tune", metavar="TUNE", help="a tune directory made by `rifscale tune` on this corpus: run at "
+                   "the λ it chose (same as --lam auto --tune TUNE)")
     p.add_argument("--no-intercept", action="store_true", help="fit without an (unpenalised) intercept")
     p.add_argument("--tol", type=float, default=defaults.tol,
                    help=f"Newton stops when a proven bound on the error of theta is <= TOL x |theta| "
@@ -297,6 +355,35 @@ def build_parser() -> argparse.ArgumentParser:
                    "rifscale made); without it a rerun of the same command resumes or does nothing")
     _add_cluster(p)
     p.set_defaults(func=_run)
+
+    from .audits.loo import CRITERIA, EXACT_LOO
+
+    p = sub.add_parser("tune", help="choose λ by approximate leave-one-out over a grid (fits along the path, one "
+                       "leverage pass per λ), with exact LOO of a sample beside it")
+    p.add_argument("corpus", help="path of a Zarr corpus")
+    p.add_argument("--out", required=True, help="tune directory to create (manifest.json, table.parquet, tune.png)")
+    p.add_argument("--lams", nargs="+", metavar="LAM", help="the λ grid: numbers > 0 (0.01 0.1 1 or 0.01,0.1,1), or "
+                   "LO:HI:N for N values log-spaced from LO to HI (default: 13 values over 1e-3..1e3 x E|x|^2, the "
+                   "mean squared row norm of the training features)")
+    p.add_argument("--criterion", choices=CRITERIA, default="logloss", help="the approximate-LOO loss that picks λ "
+                   "(default logloss)")
+    p.add_argument("--exact-loo", type=int, default=EXACT_LOO, metavar="N", help="retrain a seeded sample of N "
+                   "training rows exactly without each (certified), reported beside the estimate on the same rows "
+                   f"(default {EXACT_LOO}; 0: none)")
+    p.add_argument("--exact-loo-at", choices=("best", "all"), default="best", help="retrain them at the chosen λ "
+                   "only (default), or at every λ (each row costs about one Hessian pass over the data)")
+    p.add_argument("--no-intercept", action="store_true", help="fit without an (unpenalised) intercept")
+    p.add_argument("--tol", type=float, default=defaults.tol, help=f"Newton tolerance (default {defaults.tol})")
+    p.add_argument("--max-iter", type=int, default=defaults.max_iter)
+    p.add_argument("--leverage-threshold", type=float, default=defaults.leverage_threshold)
+    p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the exact-LOO sample (default 0)")
+    p.add_argument("--persist", choices=("auto", "always", "never"), default=defaults.persist,
+                   help="keep the training rows in worker memory for all passes (default auto)")
+    p.add_argument("--device", choices=("cpu", "gpu"), default=defaults.device)
+    p.add_argument("--overwrite", action="store_true", help="replace the tune directory if it exists (only one "
+                   "rifscale made); without it a rerun of the same command resumes or does nothing")
+    _add_cluster(p)
+    p.set_defaults(func=_tune)
 
     p = sub.add_parser("verify", help="check a corpus against the sha256 digests recorded at ingest")
     p.add_argument("corpus", help="path of a Zarr corpus")
@@ -373,6 +460,11 @@ def _after_interrupt(args, finished: list) -> str:
 
             if checkpoint_of(args.out).exists():
                 return ". Run the same command again to resume it."
+        elif args.command == "tune":
+            from .audits.tuning import checkpoint_of as tune_checkpoint
+
+            if tune_checkpoint(args.out).exists():
+                return ". The finished λ values are kept; run the same command again to resume from them."
         elif args.command == "validate":
             from .validation.experiments import checkpoint_of
 

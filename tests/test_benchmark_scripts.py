@@ -80,3 +80,18 @@ def test_cluster_benchmark_runs_every_table_on_tiny_sizes(tmp_path):
     for row in res["strong"] + res["weak"]:
         assert row["traffic"]["received_max"] <= row["bound_bytes"] + 64 * 1024
     assert "## Strong scaling" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow  # about 30 s: two tunes, a run and scikit-learn's 5-fold CV, each in a child process
+def test_tune_benchmark_runs_on_tiny_sizes(tmp_path):
+    out = tmp_path / "tune.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_tune.py"), "--n", "3000", "--d", "8",
+                           "--exact-loo", "5", "--no-wait", "--quick", "--tmpdir", str(tmp_path), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["repeats"]
+    assert len(row["tune"]["lams"]) == 13 and row["tune"]["lams"] == row["tune_no_exact"]["lams"]
+    lams = row["tune"]["lams"]
+    assert row["tune"]["lam"] in lams and min(abs(row["sklearn"]["lam"] / lam - 1) for lam in lams) < 1e-12
+    assert row["ratios"]["sklearn_over_tune"] > 0 and row["ratios"]["tune_over_run"] > 0
+    assert "| 0 |" in out.with_suffix(".md").read_text() and str(tmp_path) not in out.with_suffix(".md").read_text()

@@ -166,6 +166,21 @@ def test_reading_a_run_with_xarray_and_pandas_example_runs(tmp_path, monkeypatch
     assert float(one) == frame.loc[12345, "rif_test_loss"]
 
 
+def test_tune_example_runs_and_the_run_takes_the_tuned_lam(tmp_path):
+    import rifscale
+
+    (block,) = [b for b in _blocks("bash", GUIDE / "audits.md") if "rifscale tune" in b]
+    pr = make_problem(300, 8, n_test=60, seed=12, dtype=np.float32)
+    rifscale.ingest(tmp_path / "corpus.zarr", train_X=pr.X, train_y=pr.y, test_X=pr.X_test, test_y=pr.y_test)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    tuned = rifscale.open_tune(tmp_path / "tune")
+    assert rifscale.open_run(tmp_path / "run").manifest["config"]["lam"] == tuned.lam
+
+
 # (page, a string that names the block) of every command or Python block the tests above run
 TESTED = {
     ("README.md", "bash", "make demo"),  # the two commands: make test is CI, make demo is test_cli's demo
@@ -178,6 +193,7 @@ TESTED = {
     ("docs/guide/python.md", "python", "demo_data_path"),
     ("docs/guide/clusters.md", "python", "rifscale.Session"),
     ("docs/guide/outputs.md", "python", "xr.open_zarr"),
+    ("docs/guide/audits.md", "bash", "rifscale tune"),
 }
 
 

@@ -72,6 +72,15 @@ class ModelFamily(Protocol):
     def self_influence(self, z, y, *, theta, solve):
         """Leverage and IF/RIF changes of each row's own prediction under ``solve = H⁻¹``."""
 
+    def loo_rows(self, x, y, *, theta, linv, fit_intercept: bool, threshold: float):
+        """Per row: prediction, its approximate leave-one-out value (one Newton step), leverage, flag."""
+
+    def loo_block(self, x, y, *, theta, linv, fit_intercept: bool, threshold: float):
+        """Sums of the approximate leave-one-out and training losses over the block's rows."""
+
+    def heldout_block(self, x, y, *, theta, fit_intercept: bool):
+        """Sums of the losses at θ over the block's rows (a held-out split)."""
+
 
 #: Families by name.
 FAMILIES: dict[str, ModelFamily] = {BINARY.name: BINARY}

@@ -363,6 +363,81 @@ def metric_values_block(x, y, w=None, *, thetas, fit_intercept: bool):
     return xp.concatenate([xp.sum(loss, axis=0), xp.sum(p, axis=0)])[None, :]
 
 
+
+# Approximate leave-one-out (docs/design.md §8.10). With q_i = z_iᵀH⁻¹z_i = ‖L⁻¹z_i‖², the
+# one-step Newton leave-one-out logit (at θ̂ + Δθ_RIF(i), the removal step of §1.4) is
+# η̃_i = η_i + q_i r_i / (1 − h_i) = η_i + (h_i/α_i)(p_i − y_i)/(1 − h_i), computed from q_i,
+# never as h_i/α_i (0/0 when α_i underflows). A row with 1 − h_i < threshold is flagged and
+# its 1 − h_i taken as the threshold. Losses of a logit: log-loss, 0/1 error ([η > 0] ≠ y,
+# η = 0 predicts class 0 as scikit-learn does) and Brier (σ(η) − y)².
+
+#: Columns of :func:`loo_block`: per-block sums.
+LOO_COLUMNS = ("rows", "loo_logloss", "loo_error", "loo_brier", "train_logloss", "train_error", "train_brier",
+               "leverage", "flagged")
+#: Columns of :func:`heldout_block`: per-block sums.
+HELDOUT_COLUMNS = ("rows", "logloss", "error", "brier")
+
+
+def loo_losses(eta, y):
+    """(log-loss, 0/1 error, Brier) of logits ``eta`` (m,) against labels ``y`` (m,), each (m,) float64."""
+    xp = array_namespace(eta)
+    wrong = (eta > 0) != (xp.asarray(y) == 1)
+    return log_loss(eta, y), wrong.astype(xp.float64), residual(eta, y) ** 2
+
+
+def loo_rows(x, y, *, theta, linv, fit_intercept: bool, threshold: float):
+    """Per row of the block: the logit η_i, the approximate leave-one-out logit η̃_i, the
+    leverage h_i and the flag ``1 − h_i < threshold``.
+
+    Parameters
+    ----------
+    x : (m, d) array
+    y : (m,) array of 0/1
+    theta : (p,) fitted parameters
+    linv : (p, p) inverse of the lower Cholesky factor of H
+
+    Returns
+    -------
+    eta, loo, h : (m,) float64; flag : (m,) bool
+    """
+    xp = array_namespace(x)
+    theta = np.asarray(theta, dtype=np.float64)
+    # the logits come with the leverages' read of the rows, as the column z_iᵀθ̂ of z_iᵀU
+    zu, _, r, _, q, h = _at_rows(x, y, theta, linv, theta[:, None], fit_intercept=fit_intercept)
+    eta = zu[:, 0]
+    one_minus_h = 1.0 - h
+    flag = one_minus_h < threshold
+    loo = eta + q * r / xp.where(flag, threshold, one_minus_h)
+    return eta, loo, h, flag
+
+
+def loo_block(x, y, *, theta, linv, fit_intercept: bool, threshold: float):
+    """Sums over the block's rows of the approximate leave-one-out losses and the training
+    losses at θ̂, the leverages and the flags.
+
+    Returns
+    -------
+    (1, 9) float64 array with columns :data:`LOO_COLUMNS`.
+    """
+    xp = array_namespace(x)
+    eta, loo, h, flag = loo_rows(x, y, theta=theta, linv=linv, fit_intercept=fit_intercept, threshold=threshold)
+    cols = [xp.ones_like(eta), *loo_losses(loo, y), *loo_losses(eta, y), h, flag.astype(xp.float64)]
+    return xp.stack([xp.sum(c) for c in cols])[None, :]
+
+
+def heldout_block(x, y, *, theta, fit_intercept: bool):
+    """Sums over the block's rows of the three losses at θ.
+
+    Returns
+    -------
+    (1, 4) float64 array with columns :data:`HELDOUT_COLUMNS`.
+    """
+    xp = array_namespace(x)
+    eta = design(x, fit_intercept=fit_intercept) @ xp.asarray(theta, dtype=xp.float64)
+    cols = [xp.ones_like(eta), *loo_losses(eta, y)]
+    return xp.stack([xp.sum(c) for c in cols])[None, :]
+
+
 def row_terms(z, y, *, theta):
     """Per-row loss, gradient and Hessian root of a few float64 design rows ``z`` held in
     memory (the rows a retrain adds, a set gathered for its Woodbury update, a poisoned
@@ -415,6 +490,9 @@ class BinaryLogistic:
     metric_values_block = staticmethod(metric_values_block)
     row_terms = staticmethod(row_terms)
     self_influence = staticmethod(self_influence)
+    loo_rows = staticmethod(loo_rows)
+    loo_block = staticmethod(loo_block)
+    heldout_block = staticmethod(heldout_block)
 
     @staticmethod
     def n_params(d: int, *, fit_intercept: bool) -> int:

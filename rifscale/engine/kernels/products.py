@@ -121,3 +121,15 @@ def keep_mask(rows, sets):
         if hi > lo:
             mask[xp.asarray(s[lo:hi] - start), k] = 0.0
     return mask
+
+
+def square_norm_block(x):
+    """(1, 2) float64 array: ``[Σ ‖x_i‖², max ‖x_i‖²]`` over the block's rows (features
+    only, no intercept column; 0 for no rows), in float64 a sub-block at a time."""
+    xp = array_namespace(x)
+    total, top = 0.0, 0.0
+    for s in range(0, x.shape[0], SUB_ROWS):
+        xb = rows_as(x[s : s + SUB_ROWS], np.float64, "rows64") if xp is np else xp.asarray(x[s : s + SUB_ROWS], dtype=xp.float64)
+        sq = xp.einsum("ij,ij->i", xb, xb)
+        total, top = total + float(sq.sum()), max(top, float(sq.max()))
+    return np.array([[total, top]])
