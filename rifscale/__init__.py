@@ -69,6 +69,9 @@ _LAZY = {
     "GroupEstimate": ("groups", "GroupEstimate"),
     "group_effects": ("groups", "group_effects"),
     "retrain": ("exact", "retrain_sets"),
+    "audit": ("audit", "audit"),
+    "Audit": ("audit", "Audit"),
+    "AuditConfig": ("audit", "AuditConfig"),
 }
 
 
@@ -89,6 +92,8 @@ def __dir__():
 
 __all__ = [
     "Attribution",
+    "Audit",
+    "AuditConfig",
     "ClusterError",
     "ConfigError",
     "Corpus",
@@ -101,6 +106,7 @@ __all__ = [
     "RunConfig",
     "Session",
     "attribute",
+    "audit",
     "group_effects",
     "ingest",
     "ingest_parquet",
