@@ -292,7 +292,7 @@ def _pass(source, V, signs, Zt, sign, *, max_size: int, client) -> dict:
     sif = table[:, 4 : 4 + M]
     low = (1.0 - h) < model.leverage_threshold  # flagged rows: RIF undefined, ordered last
     v = da.where(low[:, None], np.inf, sif * signs[None, :] / da.where(low, 1.0, 1.0 - h)[:, None])
-    K = int(min(max_size, train.n))
+    K = int(min(max_size, train.n - 1))  # dask's argtopk fails for k = n (2025.x); removing every row has no fit
     sq = da.sqrt(q)
     gamma = da.fabs(r) * sq
     nzt = np.sqrt(np.einsum("ij,ji->i", Zt, U[:, :N])) if N else np.zeros(0)  # ‖z_t‖_{H⁻¹}
