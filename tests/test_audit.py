@@ -53,7 +53,7 @@ def test_bisection_finds_the_smallest_achieving_prefix_of_every_monotone_predica
     """Bug: a bisection that skips the smallest achieving k (an off-by-one in the bracket)."""
     for kmax in (1, 2, 7, 50):
         for threshold in [*range(1, kmax + 1), None]:
-            for guess in (math.inf, 1, threshold or 3, 3 * (threshold or 1)):
+            for guess in (math.inf, 1, threshold or 3, 3 * (threshold or 1), 8 * (threshold or 1) + 4):
                 for fanout in (1, 2, 8):
                     s = _bisect(kmax, threshold, guess, fanout)
                     assert s.hi == threshold, (kmax, threshold, guess, fanout)
@@ -137,10 +137,10 @@ def test_bisection_agrees_with_a_brute_force_scan_of_the_prefixes(synchronous):
     """The greedy prefix is the reference's RIF order, and the size found is the smallest
     prefix whose exact retrain flips the point, scanning every size. Bug: a bisection that
     skips the smallest flipping k (planted: lo + 1 after each round)."""
-    n, d, lam = 50, 5, 0.5
-    pr, ref, res, Zt = _setup(n, d, lam, seed=11)
-    spread = np.argsort(np.abs(Zt @ ref.theta))[[0, 6, 12, 18, 24, 30]].tolist()  # margins small to median
-    out = audit(res, ids=spread, max_size=n - 1, fanout=2, refine=False)
+    n, d, lam = 120, 5, 0.5
+    pr, ref, res, Zt = _setup(n, d, lam, seed=11, n_test=80)
+    spread = np.argsort(np.abs(Zt @ ref.theta))[[8, 24, 40, 48, 56]].tolist()  # small to large margins
+    out = audit(res, ids=spread, max_size=n - 1, fanout=1, refine=False)  # one size per round: a true bisection
     checked = 0
     for r in out.points:
         z = Zt[r["test_row"]]
@@ -151,7 +151,7 @@ def test_bisection_agrees_with_a_brute_force_scan_of_the_prefixes(synchronous):
             assert r["size"] == first, (r["test_id"], r["size"], first)
             assert r["train_rows"] == sorted(order[:first].tolist())
             checked += first > 1
-    assert checked >= 2  # sizes beyond 1: the bisection had something to skip
+    assert checked >= 4  # sizes beyond 1: the bisection had something to skip
 
 
 def _min_flip(ref, z, upto):
