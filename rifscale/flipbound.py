@@ -40,6 +40,21 @@ def _first_not_excluded(excluded: np.ndarray) -> int:
     return int(bad[0]) + 1 if bad.size else excluded.size + 1
 
 
+def curvature_factor(removed, gamma, rho, mass) -> np.ndarray:
+    """μ′ for removals with ``Σ_T h_i ≤ removed`` and ``‖Σ_T g_i‖_{H⁻¹} ≤ gamma`` (arrays
+    of one value per case): the largest ``κ x / (−log(1 − x))`` over the radii ρ, with
+    ``κ = 1 − removed − mass(ρ)`` and ``x = ρ gamma / κ``; 0 where no ρ gives κ > 0 and
+    x < 1 (nothing proven). Then ``s_t z_tᵀΔθ_T ≥ −Σ_{i∈T} c_i / μ′`` for every such T."""
+    removed, gamma = np.atleast_1d(removed)[:, None], np.atleast_1d(gamma)[:, None]
+    kappa = 1.0 - removed - np.asarray(mass)[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.asarray(rho)[None, :] * gamma / kappa
+        ok = (kappa > 0) & (x < 1) & np.isfinite(x)
+        xs = np.where(ok, x, 0.5)
+        psi = np.where(xs > 0, xs / -np.log1p(-xs), 1.0)
+    return np.where(ok, kappa * psi, 0.0).max(axis=1)
+
+
 def h_metric_bound(margin: float, c: np.ndarray, h: np.ndarray, gamma: np.ndarray, rho: np.ndarray,
                    mass: np.ndarray) -> int:
     """Lower bound on any flip set's size by the H-metric argument.
@@ -57,15 +72,7 @@ def h_metric_bound(margin: float, c: np.ndarray, h: np.ndarray, gamma: np.ndarra
     k ≥ 1: no set of fewer than k rows flips the point; K + 1 when no size up to K can flip it.
     """
     C = np.cumsum(c) * (1 + SLACK)
-    Hk = np.cumsum(h)[:, None]
-    G = np.cumsum(gamma)[:, None]
-    kappa = 1.0 - Hk - np.asarray(mass)[None, :]  # (K, G)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x = np.asarray(rho)[None, :] * G / kappa
-        ok = (kappa > 0) & (x < 1) & np.isfinite(x)
-        xs = np.where(ok, x, 0.5)
-        psi = np.where(xs > 0, xs / -np.log1p(-xs), 1.0)
-        mu = np.where(ok, kappa * psi, 0.0).max(axis=1) * (1 - SLACK)
+    mu = curvature_factor(np.cumsum(h), np.cumsum(gamma), rho, mass) * (1 - SLACK)
     return _first_not_excluded(C < mu * margin)
 
 
