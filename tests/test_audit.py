@@ -262,13 +262,15 @@ def test_the_margin_bound_holds_for_every_set_as_a_theorem(n, d, lam, icpt):
     mass = np.array([ref.h[sq > v].sum() for v in rho])
     rng = np.random.default_rng(0)
     tight, proven = 0.0, 0
-    for zt in Reference.augment(pr.X_test, icpt):
+    own = np.argsort(ref.h)[-n // 4 :][:: n // 24][:6]  # training rows as test points, removed alone: the bound is nearly tight there
+    for k, zt in enumerate([*Reference.augment(pr.X_test, icpt), *ref.Z[own]]):
         s = 1.0 if zt @ ref.theta > 0 else -1.0
         u = ref.Hinv @ zt
         c = (np.sqrt(zt @ u) * gam - s * ref.r * (ref.Z @ u)) / 2
         ce = (np.linalg.norm(zt) * np.abs(ref.r) * np.linalg.norm(ref.Z, axis=1) - s * ref.r * (ref.Z @ zt)) / 2
         order = np.argsort(s * ref.r * (ref.Z @ u))  # the most helpful first: where the bound is tested hardest
         sets = [order[:k] for k in (1, 2, 3, 5)] + [rng.choice(n, k, replace=False) for k in (1, 2, 4, 8)]
+        sets += [own[k - 6 : k - 5]] if k >= 6 else []
         for T in sets:
             change = s * (zt @ ref.delta_exact(T))
             mu = curvature_factor(ref.h[T].sum(), gam[T].sum(), rho, mass)[0]
@@ -278,4 +280,4 @@ def test_the_margin_bound_holds_for_every_set_as_a_theorem(n, d, lam, icpt):
                 tight = max(tight, change / (-c[T].sum() / mu)) if change < 0 else tight
             if not icpt:
                 assert change >= -ce[T].sum() / lam * (1 + 1e-9)
-    assert proven >= 5 and tight > 0.2, (proven, tight)
+    assert proven >= 5 and tight > (0.9 if n > d else 0.3), (proven, tight)
