@@ -108,7 +108,7 @@ class Refinement:
         if self.minimal:
             return {}
         out = {("single", int(j)): self.rows[self.rows != j] for j in self.rows}
-        m = len(self.pending)
+        m = min(len(self.pending), self.rows.size - 1)  # never the empty set: removing nothing changes nothing
         while m >= 2:
             drop = np.asarray(self.pending[:m])
             out[("multi", m)] = self.rows[~np.isin(self.rows, drop)]

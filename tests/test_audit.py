@@ -79,6 +79,13 @@ def test_refinement_keeps_only_needed_members():
     while not ref.done:
         ref.take({tag: (np.isin([2, 5, 6], rows).sum() >= 2, float(rows.size), None) for tag, rows in ref.sets().items()})
     assert ref.rows.size == 2 and set(ref.rows) <= {2, 5, 6}
+    # every member droppable alone (any one row does it): never an empty set, ends with one
+    ref = Refinement(np.arange(6), (True, 0.0, None))
+    while not ref.done:
+        sets = ref.sets()
+        assert all(rows.size >= 1 for rows in sets.values())
+        ref.take({tag: (rows.size >= 1, float(rows.size), None) for tag, rows in sets.items()})
+    assert ref.rows.size == 1 and ref.minimal
 
 
 def test_a_flip_counts_only_when_the_retrain_certifies_its_sign():
