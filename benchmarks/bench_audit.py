@@ -101,7 +101,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", nargs="+", default=["demo", "dgtn", "tall"], choices=["demo", "dgtn", "tall"])
     ap.add_argument("--out", type=Path, default=HERE / "results" / f"audit-{time.strftime('%Y-%m-%d')}.json")
+    ap.add_argument("--log", action="store_true", help="log rifscale's progress to stderr")
     args = ap.parse_args()
+    if args.log:
+        rifscale.show_progress(stream=__import__("sys").stderr, bars=False)
     dask.config.set(scheduler="threads")
     results = []
     for name in args.data:

@@ -71,6 +71,8 @@ class AuditConfig:
         reach of the lower bound
     fanout : sizes checked per target and bisection round (one batched retrain per round)
     refine : drop unneeded members after the bisection
+    refine_max : refine only sets of at most this many rows (a round retrains the set less
+        each member); larger sets are reported with ``minimal`` None (not checked)
     tol : the retrains' certificate tolerance (:data:`rifscale.exact.TOL`)
     batch_sets : at most this many sets per batched retrain
     """
@@ -82,6 +84,7 @@ class AuditConfig:
     fanout: int = 8
     screen: int = 256
     refine: bool = True
+    refine_max: int = 128
     tol: float = TOL
     batch_sets: int = 512
 
@@ -90,7 +93,8 @@ class AuditConfig:
         if ids.size and not np.issubdtype(ids.dtype, np.integer):
             raise ConfigError(f"ids must be integer test ids; got {list(self.ids)[:5]!r}.")
         object.__setattr__(self, "ids", tuple(int(i) for i in ids))
-        for name, low in (("least_robust", 0), ("max_size", 1), ("fanout", 1), ("screen", 1), ("batch_sets", 1)):
+        for name, low in (("least_robust", 0), ("max_size", 1), ("fanout", 1), ("screen", 1), ("batch_sets", 1),
+                          ("refine_max", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
                 raise ConfigError(f"The {name!r} parameter must be an integer >= {low}; got {v!r}.")
@@ -130,12 +134,12 @@ class Audit:
 
 
 POINT_COLUMNS = ("test_id", "test_row", "label", "predicted", "margin", "rif_estimate", "lower_bound", "found", "size",
-                 "prefix_size", "gap", "minimal", "train_ids", "train_rows", "retrained_margin", "margin_error", "exact_change",
-                 "if_change", "rif_change", "ns_change", "error_bound", "retrain_certified", "bisection_rounds",
-                 "refinement_rounds")
+                 "prefix_size", "gap", "minimal", "train_ids", "train_rows", "retrained_margin", "margin_error",
+                 "exact_change", "if_change", "rif_change", "ns_change", "error_bound", "retrain_certified",
+                 "bisection_rounds", "refinement_rounds")
 ACCURACY_COLUMNS = ("target_drop", "n_test", "correct_before", "accuracy_before", "needed", "found", "size",
-                    "prefix_size",                    "minimal", "train_ids", "train_rows", "certified_drop", "accuracy_after", "accuracy_after_at_most",
-                    "error_bound", "ordering_points", "bisection_rounds", "refinement_rounds")
+                    "prefix_size", "minimal", "train_ids", "train_rows", "certified_drop", "accuracy_after",
+                    "accuracy_after_at_most", "error_bound", "ordering_points", "bisection_rounds", "refinement_rounds")
 
 
 def audit(source, config: AuditConfig | None = None, *, client=None, **overrides) -> Audit:
@@ -221,8 +225,11 @@ def audit(source, config: AuditConfig | None = None, *, client=None, **overrides
     judge.rounds(targets, "bisection")
     refinements = {}
     for key, s in targets.items():
-        if s.found is not None and config.refine:
+        if s.found is not None and config.refine and s.found[0].size <= config.refine_max:
             refinements[key] = Refinement(*s.found)
+        elif s.found is not None and config.refine:
+            log.warning("audit: the set of %d rows found for %s is not refined (refine_max = %d): its minimality is "
+                        "not checked", s.found[0].size, key, config.refine_max)
     judge.rounds(refinements, "refinement")
     timings["search"] = time.perf_counter() - t
 
@@ -374,7 +381,7 @@ def _final(key, search, refinements):
     if key in refinements:
         ref = refinements[key]
         return ref.rows, ref.judgement, ref.minimal
-    return (*search.found, False) if search.found is not None else None
+    return (*search.found, None) if search.found is not None else None  # not refined: minimality not checked
 
 
 def _train_ids(source) -> np.ndarray:
@@ -399,7 +406,7 @@ def _point_records(source, points, refinements, *, train_ids) -> list:
             rows, (_, signed, fit), minimal = final
             err = float(margin_error(np.abs(pt.z) @ np.abs(fit.theta), np.linalg.norm(pt.z), fit.error_bound))
             change = {m: float(pt.z @ deltas[key].delta[m]) for m in ("if", "rif", "ns")}
-            rec.update(found=True, size=int(rows.size), gap=int(rows.size) - pt.lower_bound, minimal=bool(minimal),
+            rec.update(found=True, size=int(rows.size), gap=int(rows.size) - pt.lower_bound, minimal=minimal,
                        train_ids=train_ids[rows].tolist(), train_rows=rows.tolist(),
                        retrained_margin=float(pt.z @ fit.theta), margin_error=err,
                        exact_change=float(pt.z @ fit.delta), if_change=change["if"], rif_change=change["rif"],
@@ -420,7 +427,7 @@ def _accuracy_record(acc, searches, refinements, train_ids) -> dict:
     if best is not None:
         m, (rows, (_, neg_drop, fit, correct), minimal) = best
         key = f"a{m}"
-        rec.update(found=True, size=int(rows.size), minimal=bool(minimal), train_ids=train_ids[rows].tolist(),
+        rec.update(found=True, size=int(rows.size), minimal=minimal, train_ids=train_ids[rows].tolist(),
                    train_rows=rows.tolist(), certified_drop=-neg_drop, accuracy_after=correct / acc["n_test"],
                    accuracy_after_at_most=(acc["correct"] + neg_drop) / acc["n_test"],
                    error_bound=float(fit.error_bound), ordering_points=m, prefix_size=dict(searches)[m].hi,

@@ -195,7 +195,8 @@ def _audit(args) -> int:
     from .auditdir import format_audit, run_audit
 
     config = AuditConfig(ids=tuple(args.ids or ()), least_robust=args.least_robust, accuracy_drop=args.accuracy_drop,
-                         max_size=args.max_size, fanout=args.fanout, screen=args.screen, refine=not args.no_refine)
+                         max_size=args.max_size, fanout=args.fanout, screen=args.screen, refine=not args.no_refine,
+                         refine_max=args.refine_max)
     with _connect(args) as client:
         result = run_audit(args.run, args.out, config, corpus=args.corpus, overwrite=args.overwrite, client=client)
     print(format_audit(result))
@@ -383,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screen", type=int, default=audit_defaults.screen, help="--least-robust ranks this many test "
                    f"points of smallest |margin| (default {audit_defaults.screen})")
     p.add_argument("--no-refine", action="store_true", help="skip dropping unneeded members (sets may not be minimal)")
+    p.add_argument("--refine-max", type=int, default=audit_defaults.refine_max, help="refine only sets of at most "
+                   f"this many rows; larger ones are reported with minimality unchecked (default {audit_defaults.refine_max})")
     p.add_argument("--corpus", help="corpus path, if it moved since the run")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only one rifscale made)")
     _add_cluster(p)
