@@ -100,7 +100,8 @@ class AuditConfig:
                 raise ConfigError(f"The {name!r} parameter must be an integer >= {low}; got {v!r}.")
         drop = self.accuracy_drop
         if drop is not None and not (isinstance(drop, numbers.Real) and 0 < drop <= 1):
-            raise ConfigError(f"accuracy_drop must be a fraction in (0, 1] (0.01 = one percentage point); got {drop!r}.")
+            raise ConfigError(f"accuracy_drop must be a fraction in (0, 1] (0.01 = one percentage point); "
+                              f"got {drop!r}.")
         if not (isinstance(self.tol, numbers.Real) and 0 < self.tol < 1):
             raise ConfigError(f"tol must be in (0, 1); got {self.tol!r}.")
         if not self.ids and not self.least_robust and drop is None:
@@ -331,7 +332,8 @@ class _Judge:
     def rounds(self, targets: dict, phase: str) -> None:
         with progress.Bar(f"audit: {phase}", total=len(targets)) as bar:
             while True:
-                wanted = {(key, tag): rows for key, s in targets.items() if not s.done for tag, rows in s.sets().items()}
+                wanted = {(key, tag): rows for key, s in targets.items() if not s.done
+                          for tag, rows in s.sets().items()}
                 if not wanted:
                     break
                 judged = self.judge(wanted)
@@ -410,7 +412,8 @@ def _point_records(source, points, refinements, *, train_ids) -> list:
                        train_ids=train_ids[rows].tolist(), train_rows=rows.tolist(),
                        retrained_margin=float(pt.z @ fit.theta), margin_error=err,
                        exact_change=float(pt.z @ fit.delta), if_change=change["if"], rif_change=change["rif"],
-                       ns_change=change["ns"], error_bound=float(fit.error_bound), retrain_certified=bool(fit.certified))
+                       ns_change=change["ns"], error_bound=float(fit.error_bound),
+                       retrain_certified=bool(fit.certified))
         records.append({k: rec.get(k) for k in POINT_COLUMNS})
     return records
 

@@ -385,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"points of smallest |margin| (default {audit_defaults.screen})")
     p.add_argument("--no-refine", action="store_true", help="skip dropping unneeded members (sets may not be minimal)")
     p.add_argument("--refine-max", type=int, default=audit_defaults.refine_max, help="refine only sets of at most "
-                   f"this many rows; larger ones are reported with minimality unchecked (default {audit_defaults.refine_max})")
+                   "this many rows; larger ones are reported with minimality unchecked "
+                   f"(default {audit_defaults.refine_max})")
     p.add_argument("--corpus", help="corpus path, if it moved since the run")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only one rifscale made)")
     _add_cluster(p)

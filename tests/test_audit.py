@@ -77,7 +77,8 @@ def test_refinement_keeps_only_needed_members():
     # any two of {2, 5, 6}: the result has two members, each needed
     ref = Refinement(np.array([0, 2, 5, 6, 7]), (True, 0.0, None))
     while not ref.done:
-        ref.take({tag: (np.isin([2, 5, 6], rows).sum() >= 2, float(rows.size), None) for tag, rows in ref.sets().items()})
+        ref.take({tag: (np.isin([2, 5, 6], rows).sum() >= 2, float(rows.size), None)
+                  for tag, rows in ref.sets().items()})
     assert ref.rows.size == 2 and set(ref.rows) <= {2, 5, 6}
     # every member droppable alone (any one row does it): never an empty set, ends with one
     ref = Refinement(np.arange(6), (True, 0.0, None))
@@ -212,6 +213,13 @@ def test_accuracy_audit_is_certified_and_minimal_by_the_reference(synchronous):
         assert before - correct(ref.theta + ref.delta_exact(T[T != j])) < a["needed"]
 
 
+def test_sets_above_refine_max_are_reported_unchecked(synchronous):
+    pr, ref, res, Zt = _setup(60, 8, 1.0, seed=7)
+    robust = np.argsort(np.abs(Zt @ ref.theta))[[30]].tolist()
+    r = audit(res, ids=robust, refine_max=1).points[0]
+    assert r["found"] and r["size"] == r["prefix_size"] > 1 and r["minimal"] is None and r["refinement_rounds"] == 0
+
+
 def test_config_errors_name_the_problem(synchronous):
     pr, ref, res, Zt = _setup(40, 4, 1.0, seed=1, n_test=10)
     with pytest.raises(ConfigError, match="Nothing to audit"):
@@ -269,7 +277,8 @@ def test_the_margin_bound_holds_for_every_set_as_a_theorem(n, d, lam, icpt):
     mass = np.array([ref.h[sq > v].sum() for v in rho])
     rng = np.random.default_rng(0)
     tight, proven = 0.0, 0
-    own = np.argsort(ref.h)[-n // 4 :][:: n // 24][:6]  # training rows as test points, removed alone: the bound is nearly tight there
+    # training rows as test points, removed alone: the bound is nearly tight there
+    own = np.argsort(ref.h)[-n // 4 :][:: n // 24][:6]
     for k, zt in enumerate([*Reference.augment(pr.X_test, icpt), *ref.Z[own]]):
         s = 1.0 if zt @ ref.theta > 0 else -1.0
         u = ref.Hinv @ zt
