@@ -123,6 +123,12 @@ class Audit:
     counts: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        c = self.counts
+        acc = "" if self.accuracy is None else f", accuracy audit: {'found' if self.accuracy['found'] else 'none'}"
+        return (f"Audit({c.get('points')} point(s): {c.get('flips_found')} certified flip set(s), {c.get('minimal')} "
+                f"checked minimal; {c.get('retrains')} exact retrains{acc}; .points_frame(), .accuracy_frame())")
+
     def points_frame(self):
         import pandas as pd
 
