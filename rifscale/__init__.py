@@ -85,6 +85,9 @@ _LAZY = {
     "retrain": ("validation.exact", "retrain_sets"),
     "tune": ("audits.tuning", "tune"),
     "open_tune": ("audits.tuning", "open_tune"),
+    "audit": ("audits.audit", "audit"),
+    "Audit": ("audits.audit", "Audit"),
+    "AuditConfig": ("audits.audit", "AuditConfig"),
 }
 
 
@@ -105,6 +108,8 @@ def __dir__():
 
 __all__ = [
     "Attribution",
+    "Audit",
+    "AuditConfig",
     "ClusterError",
     "ConfigError",
     "Corpus",
@@ -117,6 +122,7 @@ __all__ = [
     "RunConfig",
     "Session",
     "attribute",
+    "audit",
     "group_effects",
     "ingest",
     "ingest_parquet",

@@ -11,6 +11,7 @@ the Python API takes, and calls the library.
     rifscale verify CORPUS
     rifscale runs DIR
     rifscale export RUN --out scores.parquet [--top K --by rif_test_loss]
+    rifscale audit RUN --out AUDIT [--ids ID ...] [--least-robust N] [--accuracy-drop X]
     rifscale demo [--out DIR]
 """
 
@@ -247,6 +248,22 @@ def _validate(args) -> int:
     return 0
 
 
+def _audit(args) -> int:
+    from .audits.audit import AuditConfig
+    from .audits.auditdir import format_audit, run_audit
+
+    config = AuditConfig(ids=tuple(args.ids or ()), least_robust=args.least_robust, accuracy_drop=args.accuracy_drop,
+                         max_size=args.max_size, fanout=args.fanout, screen=args.screen, refine=not args.no_refine,
+                         refine_max=args.refine_max)
+    with _connect(args) as client:
+        result = run_audit(args.run, args.out, config, corpus=args.corpus, overwrite=args.overwrite, client=client)
+    print(format_audit(result))
+    print(f"wrote {args.out}: {result.counts['flips_found']} of {result.counts['points']} flip set(s) found, each "
+          f"certified by an exact retrain ({result.counts['retrains']} retrains in {result.counts['retrain_rounds']} "
+          "batched rounds)")
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -437,6 +454,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace RUN/validation and RUN/report")
     _add_cluster(p)
     p.set_defaults(func=_validate)
+
+    from .audits.audit import AuditConfig
+
+    audit_defaults = AuditConfig(least_robust=1)
+    p = sub.add_parser("audit", help="smallest training sets found whose removal flips test predictions (or lowers "
+                       "the test accuracy), each certified by an exact retrain, with a proven lower bound")
+    p.add_argument("run", help="a run directory made by `rifscale run`")
+    p.add_argument("--out", required=True, help="audit directory to create (points.parquet/.csv, manifest.json)")
+    p.add_argument("--ids", nargs="+", type=int, metavar="ID", help="test ids of the points to audit")
+    p.add_argument("--least-robust", type=int, default=0, metavar="N", help="also audit the N test points whose "
+                   "flip the RIF estimate puts at the fewest removals")
+    p.add_argument("--accuracy-drop", type=float, metavar="X", help="also find the fewest removals that lower the "
+                   "test accuracy by at least X (a fraction: 0.01 = one percentage point)")
+    p.add_argument("--max-size", type=int, default=audit_defaults.max_size, help="largest removal set searched "
+                   f"(default {audit_defaults.max_size})")
+    p.add_argument("--fanout", type=int, default=audit_defaults.fanout, help="set sizes checked per point and "
+                   f"bisection round, all in one batched retrain (default {audit_defaults.fanout})")
+    p.add_argument("--screen", type=int, default=audit_defaults.screen, help="--least-robust ranks this many test "
+                   f"points of smallest |margin| (default {audit_defaults.screen})")
+    p.add_argument("--no-refine", action="store_true", help="skip dropping unneeded members (sets may not be minimal)")
+    p.add_argument("--refine-max", type=int, default=audit_defaults.refine_max, help="refine only sets of at most "
+                   "this many rows; larger ones are reported with minimality unchecked "
+                   f"(default {audit_defaults.refine_max})")
+    p.add_argument("--corpus", help="corpus path, if it moved since the run")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only one rifscale made)")
+    _add_cluster(p)
+    p.set_defaults(func=_audit)
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded Fashion-MNIST data")
     p.add_argument("--out", default="rifscale-demo", help="output directory (default ./rifscale-demo)")

@@ -181,6 +181,24 @@ def test_tune_example_runs_and_the_run_takes_the_tuned_lam(tmp_path):
     assert rifscale.open_run(tmp_path / "run").manifest["config"]["lam"] == tuned.lam
 
 
+def test_audit_example_runs_on_a_run(tmp_path):
+    import pandas as pd
+
+    import rifscale
+
+    (block,) = [b for b in _blocks("bash", GUIDE / "audits.md") if "rifscale audit" in b]
+    pr = make_problem(200, 10, n_test=50, seed=3, dtype=np.float32)
+    rifscale.ingest(tmp_path / "corpus.zarr", train_X=pr.X, train_y=pr.y, test_X=pr.X_test, test_y=pr.y_test)
+    rifscale.run_job(tmp_path / "corpus.zarr", tmp_path / "run")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    points = pd.read_parquet(tmp_path / "audit" / "points.parquet")
+    assert len(points) == 3 and points["found"].all() and points["retrain_certified"].all()
+
+
 # (page, a string that names the block) of every command or Python block the tests above run
 TESTED = {
     ("README.md", "bash", "make demo"),  # the two commands: make test is CI, make demo is test_cli's demo
@@ -194,6 +212,7 @@ TESTED = {
     ("docs/guide/clusters.md", "python", "rifscale.Session"),
     ("docs/guide/outputs.md", "python", "xr.open_zarr"),
     ("docs/guide/audits.md", "bash", "rifscale tune"),
+    ("docs/guide/audits.md", "bash", "rifscale audit"),
 }
 
 

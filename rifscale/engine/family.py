@@ -72,6 +72,9 @@ class ModelFamily(Protocol):
     def self_influence(self, z, y, *, theta, solve):
         """Leverage and IF/RIF changes of each row's own prediction under ``solve = H⁻¹``."""
 
+    def audit_block(self, x, y, *, theta, linv, U, Wz, fit_intercept: bool):
+        """Per training row: the quantities of the flip-set audits and the IF scores of linear metrics."""
+
     def loo_rows(self, x, y, *, theta, linv, fit_intercept: bool, threshold: float):
         """Per row: prediction, its approximate leave-one-out value (one Newton step), leverage, flag."""
 

@@ -438,6 +438,39 @@ def heldout_block(x, y, *, theta, fit_intercept: bool):
     return xp.stack([xp.sum(c) for c in cols])[None, :]
 
 
+
+# Flip-set audits (docs/design.md §8.11): per training row r, α, q = ‖L⁻¹z‖², ‖z‖ and the
+# IF scores of linear metrics (test margins), from one read of the rows.
+
+def audit_block(x, y, *, theta, linv, U, Wz, fit_intercept: bool):
+    """One block's audit columns.
+
+    Parameters
+    ----------
+    x : (m, d) array;  y : (m,) array of 0/1
+    theta : (p,) fitted parameters;  linv : (p, p) inverse of the lower Cholesky factor of H
+    U : (p, M) columns ``u_t = H⁻¹ v_t``
+    Wz : (p, J) columns ``w_j`` (J may be 0)
+
+    Returns
+    -------
+    (m, 4 + M + J) float64 array: ``r, α, q, ‖z‖``, then ``s_IF`` for each column of U,
+    then ``z_iᵀ w_j`` for each column of Wz.
+    """
+    xp = array_namespace(x)
+    M = U.shape[1]
+    W = np.concatenate([np.asarray(theta, dtype=np.float64)[:, None], np.asarray(U, dtype=np.float64),
+                        np.asarray(Wz, dtype=np.float64)], axis=1)
+    zw, q = design_products(x, linv, W, fit_intercept=fit_intercept)
+    eta = zw[:, 0]
+    _, alpha = sigmoid_and_weight(eta)
+    r = residual(eta, y)
+    x64 = xp.asarray(x, dtype=xp.float64)
+    znorm = xp.sqrt(xp.einsum("ij,ij->i", x64, x64) + (1.0 if fit_intercept else 0.0))
+    cols = xp.stack([r, alpha, q, znorm], axis=1)
+    return xp.concatenate([cols, r[:, None] * zw[:, 1 : 1 + M], zw[:, 1 + M :]], axis=1)
+
+
 def row_terms(z, y, *, theta):
     """Per-row loss, gradient and Hessian root of a few float64 design rows ``z`` held in
     memory (the rows a retrain adds, a set gathered for its Woodbury update, a poisoned
@@ -490,6 +523,7 @@ class BinaryLogistic:
     metric_values_block = staticmethod(metric_values_block)
     row_terms = staticmethod(row_terms)
     self_influence = staticmethod(self_influence)
+    audit_block = staticmethod(audit_block)
     loo_rows = staticmethod(loo_rows)
     loo_block = staticmethod(loo_block)
     heldout_block = staticmethod(heldout_block)
