@@ -140,3 +140,29 @@ def _poisoning(ns, out):
     # removing every planted copy gives back the clean model
     assert ns["restored"].converged and ns["restore_error"] < 1e-8
     assert f"planted copies in the top {K} by self-RIF" in out
+
+
+@checks("05-audits.ipynb")
+def _audits(ns, out):
+    tuned, table, cv_lam = ns["tuned"], ns["table"], ns["cv_lam"]
+    # the choice is the lowest approximate-LOO log-loss, not the lowest training loss
+    assert tuned.lam == table["loo_logloss"].idxmin() != table["train_logloss"].idxmin()
+    # the estimate agrees with the exact leave-one-out of the rows retrained exactly
+    best = table.loc[tuned.lam]
+    assert bool(best["exact_certified"])
+    assert abs(best["sample_logloss"] - best["exact_logloss"]) <= 0.03 * best["exact_logloss"]
+    # 5-fold CV picks a lambda whose test loss is as good (within 2 %) as the LOO choice's, or worse
+    assert cv_lam in set(table.index)
+    assert table.loc[tuned.lam, "test_logloss"] <= 1.02 * table.loc[cv_lam, "test_logloss"]
+    # every audited point's flip is found, certified by its retrain (the margin changed sign)
+    points = ns["points"]
+    assert len(points) == 5 and points["found"].all() and points["retrain_certified"].all()
+    assert (np.sign(points["retrained_margin"]) != np.sign(points["margin"])).all()
+    assert points["minimal"].all() and (points["lower_bound"] <= points["size"]).all()
+    # RIF predicts the exact margin change better than IF
+    rif = np.abs(points["rif_change"] - points["exact_change"]).median()
+    if_ = np.abs(points["if_change"] - points["exact_change"]).median()
+    assert rif < if_
+    accuracy = ns["found"].accuracy_frame()
+    assert len(accuracy) == 1 and accuracy["certified_drop"].iloc[0] >= accuracy["target_drop"].iloc[0] * 500 - 1e-9
+    assert "LogisticRegressionCV: lam" in out
