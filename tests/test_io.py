@@ -115,7 +115,7 @@ def test_open_corpus_errors_name_problem_and_fix(tmp_path, pr):
         rifscale.open_corpus(_hand_made(tmp_path, pr=pr, n_y=100))
     bad = pr.y.astype(np.int16)
     bad[77] = -1
-    with pytest.raises(CorpusError, match=r"labels outside \{0, 1\} \(min -1, max 1; first bad row 77\)"):
+    with pytest.raises(CorpusError, match=r"labels outside 0\.\.999 \(min -1, max 1; first bad row 77\)"):
         rifscale.open_corpus(_hand_made(tmp_path, pr=pr, y=bad))
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from .kernels.logistic import BINARY
+from .kernels.softmax import Softmax
 
 
 @runtime_checkable
@@ -38,6 +39,13 @@ class ModelFamily(Protocol):
 
     def n_params(self, d: int, *, fit_intercept: bool) -> int:
         """Length p of θ for d features."""
+
+    def penalty_diag(self, p: int, *, fit_intercept: bool):
+        """Diagonal of D in ``(λ/2)‖Dθ‖²`` (p,): 1 for penalised entries, 0 for the intercept(s)."""
+
+    def check_labels(self, split: str, lo: int, hi: int, counts=None) -> None:
+        """Raise :class:`~rifscale.errors.CorpusError` for labels the model cannot take (``lo``,
+        ``hi``: the split's smallest and largest label; ``counts``: its rows per label, if known)."""
 
     def newton_block(self, x, y, w=None, *, theta, fit_intercept: bool, hessian: str | None):
         """``[Σ w ℓ, Σ w ‖g‖ (the gradient's rounding scale), Σ w g (p), Σ w ∇²ℓ (p², or none)]``."""
@@ -73,7 +81,20 @@ class ModelFamily(Protocol):
         """Leverage and IF/RIF changes of each row's own prediction under ``solve = H⁻¹``."""
 
 
-#: Families by name.
+#: Families by name (a softmax family also needs its number of classes: :func:`family_for`).
 FAMILIES: dict[str, ModelFamily] = {BINARY.name: BINARY}
 
-__all__ = ["BINARY", "FAMILIES", "ModelFamily"]
+#: The values of ``RunConfig.model``.
+MODELS = ("binary", "softmax")
+
+
+def family_for(model: str, n_classes: int | None = None) -> ModelFamily:
+    """The family a run's ``model`` names: :data:`BINARY`, or ``Softmax(n_classes)``."""
+    if model == "binary":
+        return BINARY
+    if model == "softmax":
+        return Softmax(n_classes)
+    raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
+
+
+__all__ = ["BINARY", "FAMILIES", "MODELS", "ModelFamily", "Softmax", "family_for"]

@@ -422,9 +422,9 @@ def summary_html(title: str, rows: dict) -> str:
     return f"<div><strong>{html.escape(title)}</strong><table>{body}</table></div>"
 
 
-def score_columns(metrics) -> list[str]:
-    """The per-sample columns of a run, in order."""
-    base = ["prob", "residual", "alpha", "leverage", "self_if", "self_rif", "flags"]
+def score_columns(metrics, columns=SCORE_COLUMNS) -> list[str]:
+    """The per-sample columns of a run, in order (``columns``: the model family's ``score_columns``)."""
+    base = ["flags" if c == "flag" else c for c in columns]
     return [*base, *(f"if_{m}" for m in metrics), *(f"rif_{m}" for m in metrics)]
 
 

@@ -29,6 +29,8 @@ from typing import ClassVar
 import numpy as np
 
 from ..._namespace import array_namespace
+from ...errors import CorpusError
+from ..newton import penalty_diag
 from ._scratch import rows_as, scratch
 from .products import SUB_ROWS, design, design_products, gram_accumulate, keep_mask
 
@@ -420,6 +422,21 @@ class BinaryLogistic:
     def n_params(d: int, *, fit_intercept: bool) -> int:
         """p = d + 1 with an intercept (θ's last entry), else d."""
         return d + int(fit_intercept)
+
+    @staticmethod
+    def penalty_diag(p: int, *, fit_intercept: bool) -> np.ndarray:
+        """Ones, with a zero for the intercept (θ's last entry)."""
+        return penalty_diag(p, fit_intercept=fit_intercept)
+
+    @staticmethod
+    def check_labels(split: str, lo: int, hi: int, counts=None) -> None:
+        """Labels must be 0/1."""
+        if lo < 0 or hi > 1:
+            raise CorpusError(
+                f"{split}/y holds labels outside {{0, 1}} (min {lo}, max {hi}): the binary model needs two classes "
+                "0 and 1. For labels 0..K-1 use the softmax model (`rifscale run --model softmax`, or "
+                "attribute(..., model='softmax'))."
+            )
 
     def __dask_tokenize__(self):
         return ("rifscale-model-family", type(self).__qualname__, self.name)
