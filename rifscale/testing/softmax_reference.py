@@ -72,10 +72,10 @@ class SoftmaxReference:
         eta = self.logits(theta, Z)
         R = self.probs(eta)
         R[np.arange(len(y)), y] -= 1.0
-        J = self.jacobians(Z)
-        g = np.einsum("ikp,ik->p", J, R) + self.lam * self.D @ theta
-        A = self.curvature(eta)
-        H = np.einsum("ikp,ikl,ilq->pq", J, A, J) + self.lam * self.D
+        g = np.einsum("ik,ia->ka", R, Z).ravel() + self.lam * self.D @ theta
+        A = self.curvature(eta)  # H = Σ J_iᵀ A_i J_i with J_i = I_K ⊗ z_iᵀ: block (k, l) is Σ A_ikl z_i z_iᵀ
+        KQ = self.K * self.q
+        H = np.einsum("ikl,ia,ib->kalb", A, Z, Z, optimize=True).reshape(KQ, KQ) + self.lam * self.D
         return g, H
 
     def solve(self, H, v):
@@ -138,7 +138,8 @@ class SoftmaxReference:
 
     def leave_out_hessian(self, T):
         T = np.atleast_1d(T)
-        return self.H - np.einsum("ikp,ikl,ilq->pq", self.J[T], self.A[T], self.J[T])
+        KQ = self.K * self.q
+        return self.H - np.einsum("ikl,ia,ib->kalb", self.A[T], self.Z[T], self.Z[T], optimize=True).reshape(KQ, KQ)
 
     def delta_ns(self, T):
         return self.solve(self.leave_out_hessian(T), self.G[np.atleast_1d(T)].sum(axis=0))
