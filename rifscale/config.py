@@ -162,7 +162,9 @@ class RunConfig:
         Returns
         -------
         dict
-            Field name to value; ``metrics`` as a list.
+            Field name to value; ``metrics`` as a list. ``model`` only when it is not
+            "binary" (binary runs' manifests and job keys stay as they were before the
+            field existed).
 
         Examples
         --------
@@ -172,4 +174,6 @@ class RunConfig:
         """
         d = asdict(self)
         d["metrics"] = list(self.metrics)
+        if d["model"] == "binary":
+            del d["model"]
         return d

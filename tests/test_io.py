@@ -73,8 +73,8 @@ def test_ingest_refuses_nan_and_leaves_nothing_behind(tmp_path, pr):
 
 def test_ingest_refuses_bad_labels_and_existing_output(tmp_path, pr):
     y = pr.y.astype(np.int64)
-    y[12] = 2
-    with pytest.raises(CorpusError, match=r"label outside \{0, 1\} at row 12 \(value 2\)"):
+    y[12] = 200  # classes are 0..127 (0/1 for the binary model)
+    with pytest.raises(CorpusError, match=r"label outside 0\.\.127 at row 12 \(value 200\)"):
         rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X, train_y=y)
     rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X, train_y=pr.y)
     with pytest.raises(OutputExistsError, match="already exists.*--overwrite"):

@@ -43,6 +43,10 @@ class ModelFamily(Protocol):
     def penalty_diag(self, p: int, *, fit_intercept: bool):
         """Diagonal of D in ``(λ/2)‖Dθ‖²`` (p,): 1 for penalised entries, 0 for the intercept(s)."""
 
+    def record(self) -> dict | None:
+        """What a run's manifest records to read the model back (:func:`family_from_record`);
+        None for the binary model (its runs record nothing, as before the seam)."""
+
     def check_labels(self, split: str, lo: int, hi: int, counts=None) -> None:
         """Raise :class:`~rifscale.errors.CorpusError` for labels the model cannot take (``lo``,
         ``hi``: the split's smallest and largest label; ``counts``: its rows per label, if known)."""
@@ -97,4 +101,11 @@ def family_for(model: str, n_classes: int | None = None) -> ModelFamily:
     raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
 
 
-__all__ = ["BINARY", "FAMILIES", "MODELS", "ModelFamily", "Softmax", "family_for"]
+def family_from_record(record: dict | None) -> ModelFamily:
+    """The family of a run from its manifest's ``model`` entry (absent: binary)."""
+    if not record:
+        return BINARY
+    return family_for(record["family"], record.get("n_classes"))
+
+
+__all__ = ["BINARY", "FAMILIES", "MODELS", "ModelFamily", "Softmax", "family_for", "family_from_record"]

@@ -429,6 +429,11 @@ class BinaryLogistic:
         return penalty_diag(p, fit_intercept=fit_intercept)
 
     @staticmethod
+    def record() -> None:
+        """Nothing: a run without a ``model`` record is binary."""
+        return None
+
+    @staticmethod
     def check_labels(split: str, lo: int, hi: int, counts=None) -> None:
         """Labels must be 0/1."""
         if lo < 0 or hi > 1:

@@ -265,6 +265,10 @@ class Softmax:
             D[p - (self.n_classes - 1) :] = 0.0
         return D
 
+    def record(self) -> dict:
+        """The manifest's ``model`` entry: the family and K."""
+        return {"family": self.name, "n_classes": self.n_classes}
+
     def check_labels(self, split: str, lo: int, hi: int, counts=None) -> None:
         """Labels must be 0..K−1; with ``counts`` (training class counts) every class needs a row."""
         K = self.n_classes
