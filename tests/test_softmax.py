@@ -205,3 +205,34 @@ def test_labels_are_checked_by_the_family():
     with pytest.raises(ConfigError, match="'model' parameter"):
         rifscale.RunConfig(model="multiclass")
     assert BINARY.penalty_diag(3, fit_intercept=True).tolist() == [1.0, 1.0, 0.0]
+
+
+def test_cli_run_groups_and_reading_the_run_back(tmp_path, capsys):
+    """`rifscale ingest` (labels 0..3) + `rifscale run --model softmax` + `rifscale groups`: the
+    manifest records the family and K, the run reads back as softmax with the scores of the
+    Python API, and `rifscale run` without --model refuses the labels (exit 2)."""
+    import json
+
+    from rifscale.cli import main
+
+    pr = make_softmax_problem(120, 6, 4, n_test=40, seed=5)
+    np.savez(tmp_path / "d.npz", train_X=pr.X, train_y=pr.y, test_X=pr.X_test, test_y=pr.y_test)
+    assert main(["ingest", str(tmp_path / "c.zarr"), "--npz", str(tmp_path / "d.npz"), "--chunk-rows", "50"]) == 0
+    assert main(["run", str(tmp_path / "c.zarr"), "--out", str(tmp_path / "bin")]) == 2
+    assert "--model softmax" in capsys.readouterr().err and not (tmp_path / "bin").exists()
+    assert main(["run", str(tmp_path / "c.zarr"), "--out", str(tmp_path / "run"), "--model", "softmax",
+                 "--test-subset", "all"]) == 0
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["model"] == {"family": "softmax", "n_classes": 4} and manifest["config"]["model"] == "softmax"
+    assert manifest["p"] == 4 * 6 + 3
+    run = rifscale.open_run(tmp_path / "run")
+    assert run.model.family == Softmax(4)
+    ref = SoftmaxReference(pr.X, pr.y, n_classes=4, lam=1.0)
+    frame = run.to_dataframe()
+    assert rel(frame["rif_test_loss"].to_numpy(), ref.scores("test_loss", pr.X_test, pr.y_test)[1]) <= TOL
+    (tmp_path / "sets.json").write_text(json.dumps({"few": [0, 5, 9]}))
+    assert main(["groups", str(tmp_path / "run"), "--sets", str(tmp_path / "sets.json")]) == 0
+    groups = run.groups_dataframe()
+    ns = groups.query("set == 'few' and method == 'ns' and metric == 'test_loss' and form == 'linear'")["value"]
+    _, grad = ref.test_metric("test_loss", pr.X_test, pr.y_test, ref.theta)
+    assert abs(float(ns.iloc[0]) - grad @ ref.delta_ns(np.array([0, 5, 9]))) <= TOL * abs(grad @ ref.delta_ns([0, 5, 9]))
