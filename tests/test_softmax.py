@@ -236,3 +236,31 @@ def test_cli_run_groups_and_reading_the_run_back(tmp_path, capsys):
     ns = groups.query("set == 'few' and method == 'ns' and metric == 'test_loss' and form == 'linear'")["value"]
     _, grad = ref.test_metric("test_loss", pr.X_test, pr.y_test, ref.theta)
     assert abs(float(ns.iloc[0]) - grad @ ref.delta_ns(np.array([0, 5, 9]))) <= TOL * abs(grad @ ref.delta_ns([0, 5, 9]))
+
+
+@pytest.mark.parametrize("hessian", ["float64", "float32"])
+def test_the_two_hessian_summations_agree_also_for_confident_rows(monkeypatch, hessian):
+    """The block Hessian as one stacked symmetric product (diagonal blocks as Grams of the
+    accurate p_k(1 − p_k)) equals the K(K+1)/2 weighted Grams to rounding, also when every row
+    is predicted with p_y ≈ 1 (the diagonal blocks of the stacked product, ``Σ p_k z zᵀ −
+    Σ p_k² z zᵀ``, would cancel there: planted, this test fails)."""
+    import rifscale.engine.kernels.softmax as sm
+
+    K, d = 5, 7
+    pr = make_softmax_problem(400, d, K, seed=4)
+    fam = Softmax(K)
+    P = fam.n_params(d, fit_intercept=True)
+    theta = np.random.default_rng(1).normal(size=P)
+    eta = np.hstack([pr.X, np.ones((400, 1))]) @ expand(theta, K, d, True)
+    top2 = np.sort(eta, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    keep = margin > np.median(margin)  # rows clear of ties, labelled with their predicted class ...
+    X, y = pr.X[keep], np.argmax(eta[keep], axis=1)
+    theta *= 18.0 / margin[keep].min()  # ... and every one predicted with 1 − p_y ≈ e^{-18}
+    w = (np.arange(len(y)) % 3 != 0).astype(np.float64)
+    out = {}
+    for method in ("stacked", "grams"):
+        monkeypatch.setattr(sm, "HESSIAN_METHOD", method)
+        out[method] = fam.newton_block(X, y, w, theta=theta, fit_intercept=True, hessian=hessian)[0]
+    Hs, Hg = (out[m][2 + P :].reshape(P, P) for m in ("stacked", "grams"))
+    assert rel(Hs, Hg) <= (1e-12 if hessian == "float64" else 1e-5)

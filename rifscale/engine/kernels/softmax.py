@@ -206,14 +206,38 @@ class _Rows:
             yield slice(s, s + xb.shape[0]), z
 
 
-def _gram_blocks(z, A, out, *, dtype=np.float64):
-    """``out[k, l] += Σ_i A_ikl z_i z_iᵀ`` for k ≤ l (K(K+1)/2 weighted Grams, in ``dtype``,
-    summed in float64); the lower blocks are filled by :func:`_symmetric`."""
+#: How a block's Hessian is summed: "stacked" (one symmetric product of the m × Kq rows
+#: ``p_ik z_i``, the K diagonal blocks replaced by weighted Grams) or "grams" (K(K+1)/2
+#: weighted Grams). The same numbers up to rounding; benchmarks/bench_softmax.py times both.
+HESSIAN_METHOD = "stacked"
+
+
+def _gram_blocks(z, A, out, *, dtype=np.float64, p=None, w=None, method=None):
+    """``out[k, l] += Σ_i w_i A_ikl z_i z_iᵀ`` for k ≤ l (the lower blocks are filled by
+    :func:`_symmetric`), the products in ``dtype`` and summed in float64.
+
+    "grams": K(K+1)/2 weighted Grams. "stacked" (needs ``p``): the off-diagonal blocks
+    ``−Σ w p_k p_l z zᵀ`` from one product ``YᵀY`` of ``Y = [√w p_1 z, …, √w p_K z]`` (m × Kq;
+    NumPy runs ``Yᵀ @ Y`` as a symmetric rank-k update), the diagonal blocks as weighted Grams
+    of the accurate ``A_kk = p_k (1 − p_k)`` (``YᵀY``'s would be ``Σ p_k z zᵀ − Σ p_k² z zᵀ``,
+    which cancels when p_k → 1).
+    """
     K = A.shape[1]
     zc = z.astype(dtype, copy=False)
+    wA = A if w is None else w[:, None, None] * A
+    if (method or HESSIAN_METHOD) == "stacked" and p is not None and K > 2:
+        m, q = z.shape
+        s = p if w is None else p * np.sqrt(w)[:, None]
+        Y = (s[:, :, None].astype(dtype) * zc[:, None, :]).reshape(m, K * q)
+        G = (Y.T @ Y).reshape(K, q, K, q)
+        for k in range(K):
+            out[k, k] += ((zc * wA[:, k, k, None].astype(dtype)).T @ zc).astype(np.float64)
+            for l in range(k + 1, K):
+                out[k, l] -= G[k, :, l, :]
+        return
     for k in range(K):
         for l in range(k, K):
-            out[k, l] += ((zc * A[:, k, l, None].astype(dtype)).T @ zc).astype(np.float64)
+            out[k, l] += ((zc * wA[:, k, l, None].astype(dtype)).T @ zc).astype(np.float64)
 
 
 def _symmetric(S):
@@ -305,15 +329,16 @@ class Softmax:
         S = np.zeros((K, K, q, q)) if hessian else None
         loss = scale = 0.0
         for rows, z in _Rows(x, fit_intercept):
-            l, _, r, A = row_quantities(z @ Theta, y[rows])
+            l, p, r, A = row_quantities(z @ Theta, y[rows])
+            wb = None
             if w is not None:
                 wb = np.asarray(w[rows], dtype=np.float64)
-                l, r, A = wb * l, wb[:, None] * r, wb[:, None, None] * A
+                l, r = wb * l, wb[:, None] * r
             loss += float(l.sum())
             scale += float(np.linalg.norm(r, axis=1) @ np.linalg.norm(z, axis=1))
             G += z.T @ r
             if hessian:
-                _gram_blocks(z, A, S, dtype=np.float32 if hessian == "float32" else np.float64)
+                _gram_blocks(z, A, S, dtype=np.float32 if hessian == "float32" else np.float64, p=p, w=wb)
         parts = [np.array([loss, scale]), reduce(G, K, d, fit_intercept)]
         if hessian:
             parts.append(reduce_hessian(_symmetric(S), K, d, fit_intercept).ravel())
@@ -365,7 +390,7 @@ class Softmax:
         hess = []
         want = set(newton)
         for t in range(T):
-            l, _, r, A = row_quantities(eta[:, :, t], y)
+            l, p, r, A = row_quantities(eta[:, :, t], y)
             wt = keep[:, t]
             loss[t] = wt @ l
             r = wt[:, None] * r
@@ -373,7 +398,7 @@ class Softmax:
             G[:, :, t] = z.T @ r
             if t in want:
                 S = np.zeros((K, K, q, q))
-                _gram_blocks(z, wt[:, None, None] * A, S)
+                _gram_blocks(z, A, S, p=p, w=wt)
                 hess.append((t, reduce_hessian(_symmetric(S), K, d, fit_intercept).ravel()))
         hess = [h for _, h in sorted(hess, key=lambda th: list(newton).index(th[0]))]
         return np.concatenate([loss, scale, reduce(G, K, d, fit_intercept).ravel(), *hess])[None, :]
@@ -465,7 +490,7 @@ class Softmax:
                  reduce(z.T @ (w[:, None] * s), K, d, fit_intercept), np.array([float(w @ flag)])]
         if gram:
             S = np.zeros((K, K, z.shape[1], z.shape[1]))
-            _gram_blocks(z, w[:, None, None] * A, S)
+            _gram_blocks(z, A, S, w=w)
             parts.append(reduce_hessian(_symmetric(S), K, d, fit_intercept).ravel())
         return np.concatenate(parts)[None, :]
 
