@@ -398,6 +398,11 @@ def check_objective(train, config: RunConfig, *, test=None):
         counts = np.asarray(small_compute(da.bincount(train.y.astype(np.int64), minlength=max(hi + 1, 2)))[0]) \
             if lo >= 0 else None
     family = family_for(config.model, max(hi + 1, 2) if config.model == "softmax" else None)
+    if config.device not in family.devices:
+        raise ConfigError(
+            f"The {config.model} model runs on {' or '.join(family.devices)} only (its kernels are NumPy); "
+            f"device = {config.device!r} is not supported for it yet. Use --device cpu."
+        )
     family.check_labels("train", lo, hi, counts)
     if tested:
         family.check_labels("test", int(tested[0]), int(tested[1]))

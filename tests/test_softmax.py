@@ -204,6 +204,10 @@ def test_labels_are_checked_by_the_family():
         rifscale.attribute(corpus, lam=0.0, model="softmax")
     with pytest.raises(ConfigError, match="'model' parameter"):
         rifscale.RunConfig(model="multiclass")
+    from rifscale.pipeline import check_objective
+
+    with pytest.raises(ConfigError, match="device = 'gpu' is not supported"):  # (after the GPU check of a run)
+        check_objective(corpus.train, rifscale.RunConfig(model="softmax", device="gpu"))
     assert BINARY.penalty_diag(3, fit_intercept=True).tolist() == [1.0, 1.0, 0.0]
 
 
@@ -264,3 +268,32 @@ def test_the_two_hessian_summations_agree_also_for_confident_rows(monkeypatch, h
         out[method] = fam.newton_block(X, y, w, theta=theta, fit_intercept=True, hessian=hessian)[0]
     Hs, Hg = (out[m][2 + P :].reshape(P, P) for m in ("stacked", "grams"))
     assert rel(Hs, Hg) <= (1e-12 if hessian == "float64" else 1e-5)
+
+
+def test_poisoning_experiment_against_the_reference():
+    """`rifscale validate`'s poisoning for softmax: a test point added with the next class; the
+    exact change of its margin when removed again (certified poisoned fit) and the RIF estimate
+    (the exact Newton step from θ_P, its first-order margin change) match the dense reference."""
+    from rifscale.validation.experiments import poisoning
+
+    n, d, K, lam = 90, 12, 3, 1.0
+    pr = make_softmax_problem(n, d, K, n_test=30, seed=6)
+    corpus = rifscale.Corpus.from_arrays(pr.X, pr.y, pr.X_test, pr.y_test, chunk_rows=40)
+    result = rifscale.attribute(corpus, lam=lam, model="softmax", test_subset="all")
+    rows = poisoning(result, n_points=2, seed=1)
+    ref = SoftmaxReference(pr.X, pr.y, n_classes=K, lam=lam)
+    for row in rows:
+        assert row["converged"] and row["certified"]
+        t = row["test_row"]
+        flipped = (pr.y_test[t] + 1) % K
+        poisoned = SoftmaxReference(np.vstack([pr.X, pr.X_test[t]]), np.append(pr.y, flipped), n_classes=K, lam=lam)
+        xt, yt = pr.X_test[t : t + 1], np.array([flipped])
+
+        def margin(theta, ref=poisoned):
+            return ref.test_metric("test_prediction", xt, yt, theta)
+
+        exact = margin(ref.theta)[0] - margin(poisoned.theta)[0]
+        assert abs(row["exact"] - exact) <= TOL * abs(exact)
+        rif = margin(poisoned.theta)[1] @ poisoned.newton_step_without(n)
+        assert abs(row["rif"] - rif) <= TOL * abs(rif)
+        assert 0 < row["leverage"] < 1 and abs(row["rif"] - exact) < abs(row["if"] - exact)

@@ -36,6 +36,8 @@ class ModelFamily(Protocol):
     score_columns: tuple[str, ...]
     #: c with ``|ℓ‴| ≤ c ‖z‖ ℓ″``: the error certificates use the radius ``c · max ‖z_i‖``.
     self_concordance: float
+    #: Where its kernels run (``RunConfig.device`` values).
+    devices: tuple[str, ...]
 
     def n_params(self, d: int, *, fit_intercept: bool) -> int:
         """Length p of θ for d features."""
@@ -83,6 +85,13 @@ class ModelFamily(Protocol):
 
     def self_influence(self, z, y, *, theta, solve):
         """Leverage and IF/RIF changes of each row's own prediction under ``solve = H⁻¹``."""
+
+    def other_label(self, y):
+        """A label other than each of ``y`` (the poisoning experiment's flipped label)."""
+
+    def prediction_change(self, z, y, *, before, after):
+        """The change of a design row's own prediction (the quantity of :meth:`self_influence`)
+        from θ = ``before`` to ``after``."""
 
 
 #: Families by name (a softmax family also needs its number of classes: :func:`family_for`).

@@ -405,6 +405,7 @@ class BinaryLogistic:
     #: ``|ℓ‴| ≤ c ‖z‖ ℓ″`` along any direction: the logistic loss is generalised
     #: self-concordant with c = 1 (the error certificates' radius is c · max ‖z_i‖).
     self_concordance: ClassVar[float] = 1.0
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "gpu")
 
     newton_block = staticmethod(newton_block)
     loss_block = staticmethod(loss_block)
@@ -427,6 +428,16 @@ class BinaryLogistic:
     def penalty_diag(p: int, *, fit_intercept: bool) -> np.ndarray:
         """Ones, with a zero for the intercept (θ's last entry)."""
         return penalty_diag(p, fit_intercept=fit_intercept)
+
+    @staticmethod
+    def other_label(y):
+        """1 − y."""
+        return 1.0 - y
+
+    @staticmethod
+    def prediction_change(z, y, *, before, after):
+        """The logit's change ``zᵀ(after − before)``."""
+        return z @ (after - before)
 
     @staticmethod
     def record() -> None:

@@ -267,6 +267,8 @@ class Softmax:
     score_columns: ClassVar[tuple[str, ...]] = SCORE_COLUMNS
     #: ``H(θ′) ⪰ e^{−c R ‖θ′−θ‖} H(θ)`` with c = √2 (docs/design.md §9.4).
     self_concordance: ClassVar[float] = math.sqrt(2.0)
+    #: NumPy kernels only (the chunks stay on the host).
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
 
     def __post_init__(self):
         if isinstance(self.n_classes, bool) or int(self.n_classes) != self.n_classes or not (
@@ -288,6 +290,21 @@ class Softmax:
         if fit_intercept:
             D[p - (self.n_classes - 1) :] = 0.0
         return D
+
+    def other_label(self, y):
+        """The next class, ``(y + 1) mod K``."""
+        return (np.asarray(y) + 1) % self.n_classes
+
+    def prediction_change(self, z, y, *, before, after):
+        """The change of the margin ``η_y − logsumexp_{k≠y} η_k`` of design row(s) z from θ =
+        ``before`` to ``after`` (a float for one row given as a vector)."""
+        z = np.asarray(z, dtype=np.float64)
+        rows = np.atleast_2d(z)
+        d, fit_intercept = self._dims(len(before), rows.shape[1])
+        yy = np.atleast_1d(y)
+        m = [_others(rows @ expand(t, self.n_classes, d, fit_intercept), yy)[0] for t in (before, after)]
+        change = m[1] - m[0]
+        return change[0] if z.ndim == 1 else change
 
     def record(self) -> dict:
         """The manifest's ``model`` entry: the family and K."""
