@@ -421,21 +421,30 @@ class Softmax:
         return np.concatenate([loss, scale, reduce(G, K, d, fit_intercept).ravel(), *hess])[None, :]
 
     # -- scores -----------------------------------------------------------------------------
-    def _leverage_blocks(self, z, linv, fit_intercept: bool):
-        """M_i = J_i H⁻¹ J_iᵀ (m, K, K) from ``V_k = z (L⁻¹ E)_kᵀ``; ``(L⁻¹E)_k`` vanishes
-        above row k d (L⁻¹ is lower-triangular), so only rows ≥ k d are multiplied."""
+    def _leverage_operands(self, linv, d: int, fit_intercept: bool):
+        """``(L⁻¹E)_kᵀ`` for each class k, (q, P − k d): the rows of L⁻¹E below k d (above
+        them it vanishes, L⁻¹ being lower-triangular), C-contiguous for the products."""
         K = self.n_classes
-        m, q = z.shape
-        d = q - int(fit_intercept)
         linv = np.asarray(linv, dtype=np.float64)
         Q = basis(K)
-        V = []
+        ops = []
         for k in range(K):
             top = k * d
             part = linv[top:, top : top + d]  # (P − kd, d)
             if fit_intercept:
                 part = np.concatenate([part, (linv[top:, K * d :] @ Q[k])[:, None]], axis=1)
-            V.append(z @ part.T)  # (m, P − kd)
+            ops.append(np.ascontiguousarray(part.T))
+        return ops
+
+    def _leverage_blocks(self, z, linv, fit_intercept: bool, ops=None):
+        """M_i = J_i H⁻¹ J_iᵀ (m, K, K) from ``V_k = z (L⁻¹ E)_kᵀ`` (:meth:`_leverage_operands`,
+        given as ``ops`` or made from ``linv``)."""
+        K = self.n_classes
+        m, q = z.shape
+        if ops is None:
+            ops = self._leverage_operands(linv, q - int(fit_intercept), fit_intercept)
+        d = q - int(fit_intercept)
+        V = [z @ op for op in ops]  # (m, P − kd) each
         M = np.empty((m, K, K))
         for k in range(K):
             for l in range(k, K):
@@ -454,12 +463,13 @@ class Softmax:
                                expand(U, K, d, fit_intercept).reshape(q, K * nm)], axis=1)
         P = linv.shape[0]
         step = max(16, min(SUB_ROWS, LEVERAGE_VALUES // (K * P)))
+        ops = self._leverage_operands(linv, d, fit_intercept)
         out = []
         for rows, z in _Rows(x, fit_intercept, step):
             zb = z @ both
             eta, u = zb[:, :K], zb[:, K:].reshape(zb.shape[0], K, nm)
             _, p, r, A = row_quantities(eta, y[rows])
-            M = self._leverage_blocks(z, linv, fit_intercept)
+            M = self._leverage_blocks(z, linv, fit_intercept, ops)
             h, flag, s = rescaled(A, M, r, threshold=threshold)
             out.append((p, r, A, M, u, h, flag, s, _others(eta, y[rows])[1]))
         if not out:
