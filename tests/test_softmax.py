@@ -297,3 +297,16 @@ def test_poisoning_experiment_against_the_reference():
         rif = margin(poisoned.theta)[1] @ poisoned.newton_step_without(n)
         assert abs(row["rif"] - rif) <= TOL * abs(rif)
         assert 0 < row["leverage"] < 1 and abs(row["rif"] - exact) < abs(row["if"] - exact)
+
+
+def test_a_session_warm_starts_each_model_from_its_own_fits(synchronous):
+    """A Session mixing the binary and the softmax model on one corpus (labels 0/1) starts each
+    fit from an earlier fit of the same model (θ's differ in length), and gives the fresh answer."""
+    pr = make_softmax_problem(80, 5, 2, n_test=20, seed=2)
+    corpus = rifscale.Corpus.from_arrays(pr.X, pr.y, pr.X_test, pr.y_test, chunk_rows=40)
+    with rifscale.Session(corpus) as session:
+        session.attribute(lam=1.0)
+        soft = session.attribute(lam=1.0, model="softmax")
+        again = session.attribute(lam=2.0, model="softmax")
+    assert rel(soft.theta, rifscale.attribute(corpus, lam=1.0, model="softmax").theta) <= TOL
+    assert rel(again.theta, rifscale.attribute(corpus, lam=2.0, model="softmax").theta) <= TOL
