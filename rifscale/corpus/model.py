@@ -129,7 +129,7 @@ class Corpus:
         X : (n, d) array
             Training features, float32 or float64 (NumPy, Zarr or Dask).
         y : (n,) array
-            Training labels in {0, 1}.
+            Training labels: classes 0/1 (binary model) or 0..K−1 (``model="softmax"``).
         X_test, y_test : arrays, optional
             The test split (both or neither), with the same d.
         chunk_rows : int, default 65536
@@ -138,12 +138,12 @@ class Corpus:
         Returns
         -------
         Corpus
-            Validated: finite X, 0/1 labels, the same d in both splits.
+            Validated: finite X, integer labels 0..999, the same d in both splits.
 
         Raises
         ------
         CorpusError
-            Naming the array and the problem (labels outside {0, 1}, NaN/Inf, ...).
+            Naming the array and the problem (negative labels, NaN/Inf, ...).
 
         Examples
         --------
