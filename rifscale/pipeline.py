@@ -19,7 +19,7 @@ import numpy as np
 
 from .cluster import current_client, small_compute
 from .config import RunConfig
-from .errors import ConfigError, CorpusError
+from .errors import CorpusError
 from .engine.factor import factor_hessian
 from .engine.family import family_for
 from .engine.fit import FitResult, describe, fit
@@ -388,21 +388,11 @@ def check_objective(train, config: RunConfig, *, test=None):
     parts = [train.y.min(), train.y.max()] + ([test.y.min(), test.y.max()] if test is not None else [])
     lo, hi, *tested = small_compute(*parts)
     lo, hi = int(lo), int(hi)
+    family = family_for(config.model, max(hi + 1, 2))  # softmax: K from the training labels
+    family.check_settings(lam=config.lam, device=config.device)
     counts = None
-    if config.model == "softmax":
-        if config.lam == 0:
-            raise ConfigError(
-                "The softmax model needs lam > 0: adding one vector to every class's weights leaves the loss "
-                "unchanged, so only the penalty pins the weights down. Use e.g. --lam 1.0."
-            )
-        counts = np.asarray(small_compute(da.bincount(train.y.astype(np.int64), minlength=max(hi + 1, 2)))[0]) \
-            if lo >= 0 else None
-    family = family_for(config.model, max(hi + 1, 2) if config.model == "softmax" else None)
-    if config.device not in family.devices:
-        raise ConfigError(
-            f"The {config.model} model runs on {' or '.join(family.devices)} only (its kernels are NumPy); "
-            f"device = {config.device!r} is not supported for it yet. Use --device cpu."
-        )
+    if family.counts_labels and lo >= 0:  # rows per class, for the family's check of empty classes
+        counts = np.asarray(small_compute(da.bincount(train.y.astype(np.int64), minlength=hi + 1))[0])
     family.check_labels("train", lo, hi, counts)
     if tested:
         family.check_labels("test", int(tested[0]), int(tested[1]))

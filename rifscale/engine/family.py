@@ -38,6 +38,8 @@ class ModelFamily(Protocol):
     self_concordance: float
     #: Where its kernels run (``RunConfig.device`` values).
     devices: tuple[str, ...]
+    #: Whether :meth:`check_labels` needs the training rows per label (one more light pass).
+    counts_labels: bool
 
     def n_params(self, d: int, *, fit_intercept: bool) -> int:
         """Length p of θ for d features."""
@@ -48,6 +50,9 @@ class ModelFamily(Protocol):
     def record(self) -> dict | None:
         """What a run's manifest records to read the model back (:func:`family_from_record`);
         None for the binary model (its runs record nothing, as before the seam)."""
+
+    def check_settings(self, *, lam: float, device: str) -> None:
+        """Raise :class:`~rifscale.errors.ConfigError` for settings the model cannot run with."""
 
     def check_labels(self, split: str, lo: int, hi: int, counts=None) -> None:
         """Raise :class:`~rifscale.errors.CorpusError` for labels the model cannot take (``lo``,

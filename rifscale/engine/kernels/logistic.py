@@ -406,6 +406,7 @@ class BinaryLogistic:
     #: self-concordant with c = 1 (the error certificates' radius is c · max ‖z_i‖).
     self_concordance: ClassVar[float] = 1.0
     devices: ClassVar[tuple[str, ...]] = ("cpu", "gpu")
+    counts_labels: ClassVar[bool] = False
 
     newton_block = staticmethod(newton_block)
     loss_block = staticmethod(loss_block)
@@ -443,6 +444,10 @@ class BinaryLogistic:
     def record() -> None:
         """Nothing: a run without a ``model`` record is binary."""
         return None
+
+    @staticmethod
+    def check_settings(*, lam: float, device: str) -> None:
+        """Any λ ≥ 0 (λ = 0 is checked after the fit) and device."""
 
     @staticmethod
     def check_labels(split: str, lo: int, hi: int, counts=None) -> None:

@@ -269,6 +269,7 @@ class Softmax:
     self_concordance: ClassVar[float] = math.sqrt(2.0)
     #: NumPy kernels only (the chunks stay on the host).
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    counts_labels: ClassVar[bool] = True
 
     def __post_init__(self):
         if isinstance(self.n_classes, bool) or int(self.n_classes) != self.n_classes or not (
@@ -309,6 +310,20 @@ class Softmax:
     def record(self) -> dict:
         """The manifest's ``model`` entry: the family and K."""
         return {"family": self.name, "n_classes": self.n_classes}
+
+    def check_settings(self, *, lam: float, device: str) -> None:
+        """λ > 0 (adding one vector to every class's weights changes no logit difference: only
+        the penalty pins W down) and the CPU (NumPy kernels)."""
+        if lam == 0:
+            raise ConfigError(
+                "The softmax model needs lam > 0: adding one vector to every class's weights leaves the loss "
+                "unchanged, so only the penalty pins the weights down. Use e.g. --lam 1.0."
+            )
+        if device not in self.devices:
+            raise ConfigError(
+                f"The softmax model runs on the CPU only for now (its kernels are NumPy); device = {device!r} is "
+                "not supported for it yet. Use --device cpu."
+            )
 
     def check_labels(self, split: str, lo: int, hi: int, counts=None) -> None:
         """Labels must be 0..K−1; with ``counts`` (training class counts) every class needs a row."""
