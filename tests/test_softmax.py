@@ -217,6 +217,8 @@ def test_cli_run_groups_and_reading_the_run_back(tmp_path, capsys):
     Python API, and `rifscale run` without --model refuses the labels (exit 2)."""
     import json
 
+    import pandas as pd
+
     from rifscale.cli import main
 
     pr = make_softmax_problem(120, 6, 4, n_test=40, seed=5)
@@ -234,6 +236,10 @@ def test_cli_run_groups_and_reading_the_run_back(tmp_path, capsys):
     ref = SoftmaxReference(pr.X, pr.y, n_classes=4, lam=1.0)
     frame = run.to_dataframe()
     assert rel(frame["rif_test_loss"].to_numpy(), ref.scores("test_loss", pr.X_test, pr.y_test)[1]) <= TOL
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "top.csv"), "--top", "5", "--by",
+                 "rif_test_loss"]) == 0
+    top = pd.read_csv(tmp_path / "top.csv", index_col="id")
+    assert list(top.columns[:2]) == ["prob_label", "leverage"] and len(top) == 5
     (tmp_path / "sets.json").write_text(json.dumps({"few": [0, 5, 9]}))
     assert main(["groups", str(tmp_path / "run"), "--sets", str(tmp_path / "sets.json")]) == 0
     groups = run.groups_dataframe()
