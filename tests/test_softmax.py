@@ -316,3 +316,27 @@ def test_a_session_warm_starts_each_model_from_its_own_fits(synchronous):
         again = session.attribute(lam=2.0, model="softmax")
     assert rel(soft.theta, rifscale.attribute(corpus, lam=1.0, model="softmax").theta) <= TOL
     assert rel(again.theta, rifscale.attribute(corpus, lam=2.0, model="softmax").theta) <= TOL
+
+
+def test_flags_follow_the_largest_eigenvalue_and_make_rif_nan():
+    """With the threshold between the leverages, exactly the rows with 1 − λ_max(A_i M_i) below it
+    are flagged (by the reference's eigenvalues; the trace would flag others), their RIF values
+    are NaN, the others' are unchanged, and a set holding a flagged row has a NaN RIF."""
+    n, d, K, lam = 70, 45, 3, 0.8
+    pr = make_softmax_problem(n, d, K, n_test=60, seed=3)
+    ref = SoftmaxReference(pr.X, pr.y, n_classes=K, lam=lam)
+    threshold = float(1 - np.quantile(ref.h, 0.8))  # the top fifth of the leverages
+    trace = np.trace(ref.A @ ref.M, axis1=1, axis2=2)
+    assert np.any((1 - trace < threshold) != (1 - ref.h < threshold))  # the trace would flag other rows
+    corpus = rifscale.Corpus.from_arrays(pr.X, pr.y, pr.X_test, pr.y_test, chunk_rows=30)
+    result = rifscale.attribute(corpus, lam=lam, model="softmax", test_subset="all", leverage_threshold=threshold)
+    frame = result.to_dataframe()
+    flags = frame["flags"].to_numpy()
+    assert np.array_equal(flags, 1 - ref.h < threshold) and flags.sum() == round(0.2 * n)
+    s_if, s_rif = ref.scores("test_loss", pr.X_test, pr.y_test)
+    assert np.isnan(frame["rif_test_loss"].to_numpy()[flags]).all() and np.isnan(frame["self_rif"].to_numpy()[flags]).all()
+    assert rel(frame["rif_test_loss"].to_numpy()[~flags], s_rif[~flags]) <= TOL
+    flagged, clean = np.flatnonzero(flags)[:1], np.flatnonzero(~flags)[:3]
+    est = rifscale.group_effects(result, {"with": np.concatenate([flagged, clean]), "without": clean})
+    assert est["with"].n_flagged == 1 and np.isnan(est["with"].delta["rif"]).all()
+    assert rel(full(est["without"].delta["rif"], K, d), ref.delta_rif(clean)) <= TOL
