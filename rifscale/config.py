@@ -20,6 +20,9 @@ TestSubsetMode = Literal["paper", "all"]
 Persist = Literal["auto", "always", "never"]
 Device = Literal["cpu", "gpu"]
 Model = Literal["binary", "softmax"]
+#: Largest number of classes of the softmax model (and of a corpus's labels, 0..MAX_CLASSES−1):
+#: its P × P Hessian, P = K(d + 1) − 1, must fit a worker.
+MAX_CLASSES = 1000
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import zarr
 
 from .checks import short_chunks, check_chunks_present, read_array
 from ..cluster import small_compute
-from ..engine.kernels.softmax import MAX_CLASSES
+from ..config import MAX_CLASSES
 from ..errors import CorpusError
 from ..outputs import filesystem, is_url, local_path
 

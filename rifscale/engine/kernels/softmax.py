@@ -36,6 +36,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ...config import MAX_CLASSES
 from ...errors import ConfigError, CorpusError
 from ._scratch import rows_as
 from .products import SUB_ROWS, design, keep_mask
@@ -45,8 +46,6 @@ from .products import SUB_ROWS, design, keep_mask
 #: IF and RIF change of the row's own margin, and the flag.
 SCORE_COLUMNS = ("prob_label", "leverage", "self_if", "self_rif", "flag")
 
-#: Largest number of classes: the P × P Hessian (P = K(d + 1) − 1) must fit a worker.
-MAX_CLASSES = 1000
 
 #: Most float64 values of the per-class products ``L⁻¹ J_iᵀ`` held at once in the scores pass.
 LEVERAGE_VALUES = 2**22
