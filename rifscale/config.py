@@ -19,6 +19,10 @@ METRICS: tuple[MetricName, ...] = get_args(MetricName)
 TestSubsetMode = Literal["paper", "all"]
 Persist = Literal["auto", "always", "never"]
 Device = Literal["cpu", "gpu"]
+Model = Literal["binary", "softmax"]
+#: Largest number of classes of the softmax model (and of a corpus's labels, 0..MAX_CLASSES−1):
+#: its P × P Hessian, P = K(d + 1) − 1, must fit a worker.
+MAX_CLASSES = 1000
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,10 @@ class RunConfig:
         Where the row-chunk kernels run: "gpu" moves each chunk to CuPy on the workers
         (float64 accumulation, host arrays at reduction boundaries); an error when no
         worker sees a CUDA device.
+    model : "binary" or "softmax"
+        The model family: binary logistic regression (labels 0/1), or multinomial softmax
+        regression over K classes (labels 0..K−1, K from the training labels; scikit-learn's
+        multinomial ``LogisticRegression(C = 1/λ)``, docs/design.md §9).
 
     Raises
     ------
@@ -86,6 +94,7 @@ class RunConfig:
     paper_random: int = 50
     persist: Persist = "auto"
     device: Device = "cpu"
+    model: Model = "binary"
 
     def __post_init__(self) -> None:
         if isinstance(self.lam, bool) or not isinstance(self.lam, numbers.Real):
@@ -117,7 +126,7 @@ class RunConfig:
                 "The 'test_subset' parameter must be 'paper', 'all' or an existing .npy/.json/.txt "
                 f"file of test row indices. Got {self.test_subset!r}, which is none of these."
             )
-        for name, allowed in (("persist", get_args(Persist)), ("device", get_args(Device))):
+        for name, allowed in (("persist", get_args(Persist)), ("device", get_args(Device)), ("model", get_args(Model))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(
                     f"The '{name}' parameter must be one of {allowed}. Got {getattr(self, name)!r} instead."
@@ -156,7 +165,9 @@ class RunConfig:
         Returns
         -------
         dict
-            Field name to value; ``metrics`` as a list.
+            Field name to value; ``metrics`` as a list. ``model`` only when it is not
+            "binary" (binary runs' manifests and job keys stay as they were before the
+            field existed).
 
         Examples
         --------
@@ -166,4 +177,6 @@ class RunConfig:
         """
         d = asdict(self)
         d["metrics"] = list(self.metrics)
+        if d["model"] == "binary":
+            del d["model"]
         return d

@@ -43,7 +43,7 @@ class ConfigError(RifscaleError, ValueError):
 class CorpusError(RifscaleError, ValueError):
     """A Zarr corpus (or an ingest source) does not follow the rifscale layout.
 
-    Also a :class:`ValueError`: labels outside {0, 1}, non-finite values, duplicate ids,
+    Also a :class:`ValueError`: labels the model cannot take, non-finite values, duplicate ids,
     a missing or damaged chunk, train and test of different widths, a corpus changed
     under a run.
 
@@ -53,10 +53,10 @@ class CorpusError(RifscaleError, ValueError):
     >>> import rifscale
     >>> X = np.zeros((4, 2))
     >>> try:
-    ...     rifscale.Corpus.from_arrays(X, np.array([0, 1, 2, 1]))
+    ...     rifscale.Corpus.from_arrays(X, np.array([0, 1, -1, 1]))
     ... except rifscale.CorpusError as exc:
     ...     print(exc)
-    train/y holds labels outside {0, 1} (min 0, max 2; first bad row 2). ...
+    train/y holds labels outside 0..999 (min -1, max 1; first bad row 2). ...
     """
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import RunConfig
-from .engine.family import BINARY
+from .engine.family import family_from_record
 from .errors import ConfigError, CorpusError, OutputExistsError
 from .estimates.groups import GroupEstimate, group_effects, normalise_sets, store_groups
 from .corpus.model import Corpus, corpus_fingerprint, open_corpus
@@ -64,7 +64,12 @@ def warm_start_theta(previous, corpus: Corpus, config: RunConfig) -> np.ndarray:
     if manifest.get("status") != "complete":
         raise ConfigError(f"--warm-start {str(previous)!r} is not a complete run (status {manifest.get('status')!r}).")
     theta = read_theta(previous)
-    p = BINARY.n_params(corpus.d, fit_intercept=config.fit_intercept)
+    if manifest["config"].get("model", "binary") != config.model:
+        raise ConfigError(
+            f"--warm-start {str(previous)!r} is a {manifest['config'].get('model', 'binary')} run; this run fits the "
+            f"{config.model} model. Warm-start only from a run of the same model."
+        )
+    p = family_from_record(manifest.get("model")).n_params(corpus.d, fit_intercept=config.fit_intercept)
     if theta.shape != (p,) or manifest["config"]["fit_intercept"] != config.fit_intercept:
         raise ConfigError(
             f"--warm-start {str(previous)!r} has theta of shape {theta.shape} (d = {manifest['d']}, intercept "
@@ -207,7 +212,7 @@ class Job:
         resumed = None
         if "model" in state["stages"]:
             stage = state["stages"]["model"]
-            model = read_model(partial, stage["config"])
+            model = read_model(partial, stage["config"], stage)  # its factor and model family records
             corpus, scores, layout = rescore(self.corpus, config, model, client=client)
             fit_record, timings = stage["fit"], dict(stage["timings"])
             resumed = "model"
@@ -227,7 +232,8 @@ class Job:
             remove_within(partial, ".model.partial")
             state["stages"]["model"] = {"fit": fit_record, "timings": timings, "layout": layout,
                                         "config": config.to_dict(),
-                                        "factor": {"backend": model.factor.backend, "worker": model.factor.worker}}
+                                        "factor": {"backend": model.factor.backend, "worker": model.factor.worker},
+                                        **({"model": model.family.record()} if model.family.record() else {})}
             write_run_json(partial / MANIFEST, state)
         remove_within(partial, "scores")  # a killed scores pass: recompute it all
         t = time.perf_counter()

@@ -21,7 +21,7 @@ from .cluster import current_client, small_compute
 from .config import RunConfig
 from .errors import CorpusError
 from .engine.factor import factor_hessian
-from .engine.family import BINARY
+from .engine.family import family_for
 from .engine.fit import FitResult, describe, fit
 from .corpus.model import Corpus, open_corpus
 from .corpus.checks import find_nonfinite
@@ -176,7 +176,7 @@ class Attribution:
         from .runs.format import _frame, score_columns
 
         named = {k.removeprefix("scores/"): v for k, v in self.scores.named().items()}
-        cols = list(columns or score_columns(self.model.metrics))
+        cols = list(columns or score_columns(self.model.metrics, self.scores.columns))
         values = dask.compute(self.corpus.train.ids, *[named[c] for c in cols])
         return _frame(values[0], dict(zip(cols, values[1:])))
 
@@ -298,8 +298,7 @@ def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = Non
         train, layout = corpus.train, dict(_layout)
     timings = {}
     t = time.perf_counter()
-    check_objective(train, config)
-    family = BINARY  # the model family of every stage below (rifscale.engine.family)
+    family = check_objective(train, config, test=corpus.test)  # the model family of every stage below
     fitted = fit(
         train.X,
         train.y,
@@ -366,11 +365,23 @@ def _setup(corpus, config, client, overrides):
     return corpus, config, client
 
 
-def check_objective(train, config: RunConfig) -> None:
-    """Refuse, before the fit, labels whose objective has no finite minimum: a single class
-    with an unpenalised intercept (or lam = 0). (Overflowing features are caught by the
-    fit's first pass, which reads X anyway.)"""
-    lo, hi = small_compute(train.y.min(), train.y.max())
+def check_objective(train, config: RunConfig, *, test=None):
+    """The model family of ``config.model`` (rifscale.engine.family; softmax with K = the
+    largest training label + 1), after refusing labels it cannot take (the family's
+    ``check_labels``, on both splits) and objectives without a finite minimum: a single
+    class with an unpenalised intercept (or lam = 0), softmax with lam = 0. (Overflowing
+    features are caught by the fit's first pass, which reads X anyway.)"""
+    parts = [train.y.min(), train.y.max()] + ([test.y.min(), test.y.max()] if test is not None else [])
+    lo, hi, *tested = small_compute(*parts)
+    lo, hi = int(lo), int(hi)
+    family = family_for(config.model, max(hi + 1, 2))  # softmax: K from the training labels
+    family.check_settings(lam=config.lam, device=config.device)
+    counts = None
+    if family.counts_labels and lo >= 0:  # rows per class, for the family's check of empty classes
+        counts = np.asarray(small_compute(da.bincount(train.y.astype(np.int64), minlength=hi + 1))[0])
+    family.check_labels("train", lo, hi, counts)
+    if tested:
+        family.check_labels("test", int(tested[0]), int(tested[1]))
     if lo == hi and (config.fit_intercept or config.lam == 0):
         why = "the unpenalised intercept" if config.fit_intercept else "lam = 0"
         raise CorpusError(
@@ -378,3 +389,4 @@ def check_objective(train, config: RunConfig) -> None:
             "would push the logits to infinity and the scores would mean nothing). Use a training set "
             "with both classes."
         )
+    return family

@@ -91,7 +91,7 @@ class Session:
             test = replace(test, X=tX, y=ty, ids=tids)
         self.corpus = replace(self._source, train=replace(train, ids=ids), test=test)
         self._closed = False
-        self._fits = []  # (lam, fit_intercept, theta) of every fit made through the session
+        self._fits = []  # (lam, (fit_intercept, model), theta) of every fit made through the session
         self._radius = {}  # fit_intercept -> max ‖z_i‖ of the held rows (the certificates' R)
         log.info("session: corpus %s held in %s (%d row blocks)", self.corpus.path or "in memory",
                  "worker memory" if self.client is not None else "this process", self.layout["blocks"])
@@ -143,20 +143,21 @@ class Session:
         cfg = (config or RunConfig()).replace(**overrides)
         start = None
         if theta0 is None and warm:
-            start = self._nearest(cfg.lam, cfg.fit_intercept)
+            start = self._nearest(cfg.lam, (cfg.fit_intercept, cfg.model))
             if start is not None:
                 log.info("session: the fit starts from the theta of lam = %g", start[0])
         result = attribute(self.corpus, config, client=self.client, theta0=theta0 if start is None else start[1],
                            _layout=self.layout, _radius=self._radius.get(cfg.fit_intercept) if warm else None,
                            **overrides)
-        self._fits.append((cfg.lam, cfg.fit_intercept, result.theta))
+        self._fits.append((cfg.lam, (cfg.fit_intercept, cfg.model), result.theta))
         if np.isfinite(result.fit.row_norm_max):
             self._radius[cfg.fit_intercept] = float(result.fit.row_norm_max)
         return result
 
-    def _nearest(self, lam: float, fit_intercept: bool):
-        """``(λ, θ̂)`` of the earlier fit nearest to ``lam`` on a log scale, or None."""
-        same = [(lam0, theta) for lam0, icpt, theta in self._fits if icpt == fit_intercept]
+    def _nearest(self, lam: float, kind):
+        """``(λ, θ̂)`` of the earlier fit of the same ``kind`` (intercept setting and model)
+        nearest to ``lam`` on a log scale, or None."""
+        same = [(lam0, theta) for lam0, kind0, theta in self._fits if kind0 == kind]
         if not same:
             return None
         return min(same, key=lambda f: abs(np.log(max(f[0], 1e-300)) - np.log(max(lam, 1e-300))))

@@ -95,3 +95,18 @@ def test_tune_benchmark_runs_on_tiny_sizes(tmp_path):
     assert row["tune"]["lam"] in lams and min(abs(row["sklearn"]["lam"] / lam - 1) for lam in lams) < 1e-12
     assert row["ratios"]["sklearn_over_tune"] > 0 and row["ratios"]["tune_over_run"] > 0
     assert "| 0 |" in out.with_suffix(".md").read_text() and str(tmp_path) not in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_bench_softmax_runs_on_tiny_sizes(tmp_path):
+    """benchmarks/bench_softmax.py with its dense NumPy peer: writes its JSON and Markdown, and
+    the peer's RIF agrees with rifscale's to scikit-learn's tolerance."""
+    out = tmp_path / "softmax.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_softmax.py"), "--n", "1500", "--d", "6",
+                           "--K", "3", "--chunk-rows", "500", "--block-rows", "500", "--peer-scores", "--out",
+                           str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["softmax"]["certified"] and res["hessian_block"]["stacked_vs_grams_rel"] < 1e-12
+    assert res["peer_scores"]["rif_rel_to_rifscale"] < 1e-4 and res["sklearn"]["rel_W"] < 1e-4
+    assert out.with_suffix(".md").read_text().startswith("# bench_softmax")

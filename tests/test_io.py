@@ -73,8 +73,8 @@ def test_ingest_refuses_nan_and_leaves_nothing_behind(tmp_path, pr):
 
 def test_ingest_refuses_bad_labels_and_existing_output(tmp_path, pr):
     y = pr.y.astype(np.int64)
-    y[12] = 2
-    with pytest.raises(CorpusError, match=r"label outside \{0, 1\} at row 12 \(value 2\)"):
+    y[12] = 200  # classes are 0..127 (0/1 for the binary model)
+    with pytest.raises(CorpusError, match=r"label outside 0\.\.127 at row 12 \(value 200\)"):
         rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X, train_y=y)
     rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X, train_y=pr.y)
     with pytest.raises(OutputExistsError, match="already exists.*--overwrite"):
@@ -115,7 +115,7 @@ def test_open_corpus_errors_name_problem_and_fix(tmp_path, pr):
         rifscale.open_corpus(_hand_made(tmp_path, pr=pr, n_y=100))
     bad = pr.y.astype(np.int16)
     bad[77] = -1
-    with pytest.raises(CorpusError, match=r"labels outside \{0, 1\} \(min -1, max 1; first bad row 77\)"):
+    with pytest.raises(CorpusError, match=r"labels outside 0\.\.999 \(min -1, max 1; first bad row 77\)"):
         rifscale.open_corpus(_hand_made(tmp_path, pr=pr, y=bad))
 
 

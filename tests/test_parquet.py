@@ -114,7 +114,7 @@ def test_each_task_reads_one_row_group_of_the_columns_it_needs(memory_root):
     (lambda t: {**t, "embedding": pa.array([[1.0, 2.0]] * 99 + [None])}, "is null at row 99"),
     (lambda t: {**t, "id": np.array([str(i) for i in range(100)])}, "rifscale ids are integers"),
     (lambda t: {**t, "split": np.array(["train", "validation"] * 50)}, "holds ['validation']"),
-    (lambda t: {**t, "label": np.full(100, 2)}, "label outside {0, 1} at row 0 (value 2)"),
+    (lambda t: {**t, "label": np.full(100, -1)}, "label outside 0..127 at row 0 (value -1)"),
 ])
 def test_bad_tables_are_refused_naming_the_column_and_row(memory_root, tmp_path, change, message):
     table = {"embedding": pa.array([[1.0, 2.0]] * 100), "label": np.arange(100) % 2, "id": np.arange(100),

@@ -40,6 +40,7 @@ from ..engine.factor import broadcast
 from .flipbound import flip_lower_bound
 from .flipsearch import Bisection, Refinement
 from ..estimates.groups import set_statistics
+from ..engine.family import AuditKernels
 from ..engine.kernels.margins import accuracy_block, margin_error
 from ..estimates.metrics import rows_of_ids
 
@@ -231,6 +232,9 @@ def audit(source, config: AuditConfig | None = None, *, client=None, **overrides
     """
     config = replace(config, **overrides) if config is not None else AuditConfig(**overrides)
     corpus, model = source.corpus, source.model
+    if not isinstance(model.family, AuditKernels):  # a family without the audit kernels (softmax, for now)
+        raise ConfigError(f"rifscale audit supports the binary model only (this run's model is {model.family.name!r}); "
+                          "multiclass flip sets are not built yet.")
     if corpus.test is None:
         raise ConfigError("The corpus has no test split: there are no test predictions to audit.")
     t0 = time.perf_counter()

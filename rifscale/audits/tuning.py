@@ -50,6 +50,12 @@ FORMAT = 1
 TABLE, PLOT, STEPS, BEST_EXACT = "table.parquet", "tune.png", "steps", "best-exact.json"
 
 
+def _binary_only(config: RunConfig) -> None:
+    if config.model != "binary":
+        raise ConfigError(f"rifscale tune supports the binary model only (got model {config.model!r}); the "
+                          "multiclass leave-one-out (K x K leverage blocks) is not built yet.")
+
+
 def tune(corpus: Corpus | str | os.PathLike, lams=None, *, out=None, criterion: Criterion = "logloss",
          exact_loo: int = EXACT_LOO, exact_at: ExactAt = "best", config: RunConfig | None = None, client=None,
          overwrite: bool = False, **overrides) -> Tuning:
@@ -96,6 +102,7 @@ def tune(corpus: Corpus | str | os.PathLike, lams=None, *, out=None, criterion: 
     settings = TuneConfig(lams=None if lams is None else tuple(np.ravel(lams).tolist()), criterion=criterion,
                           exact_loo=exact_loo, exact_at=exact_at)
     config = (config or RunConfig()).replace(**overrides) if overrides else (config or RunConfig())
+    _binary_only(config)
     corpus = corpus if isinstance(corpus, Corpus) else open_corpus(corpus)
     if out is not None:
         return TuneJob(corpus, out, settings, config, overwrite=overwrite).run(client=client)
@@ -131,6 +138,7 @@ class TuneJob:
     the output's lock and does the work."""
 
     def __init__(self, corpus: Corpus, out, settings: TuneConfig, config: RunConfig, *, overwrite: bool = False):
+        _binary_only(config)
         self.out = output_path(out, "tune")
         self.corpus, self.settings, self.config, self.overwrite = corpus, settings, config, overwrite
         check_inputs(self.out, [corpus.path])

@@ -17,6 +17,7 @@ import zarr
 
 from .checks import short_chunks, check_chunks_present, read_array
 from ..cluster import small_compute
+from ..config import MAX_CLASSES
 from ..errors import CorpusError
 from ..outputs import filesystem, is_url, local_path
 
@@ -120,7 +121,7 @@ class Corpus:
         X : (n, d) array
             Training features, float32 or float64 (NumPy, Zarr or Dask).
         y : (n,) array
-            Training labels in {0, 1}.
+            Training labels: classes 0/1 (binary model) or 0..K−1 (``model="softmax"``).
         X_test, y_test : arrays, optional
             The test split (both or neither), with the same d.
         chunk_rows : int, default 65536
@@ -129,12 +130,12 @@ class Corpus:
         Returns
         -------
         Corpus
-            Validated: finite X, 0/1 labels, the same d in both splits.
+            Validated: finite X, integer labels 0..999, the same d in both splits.
 
         Raises
         ------
         CorpusError
-            Naming the array and the problem (labels outside {0, 1}, NaN/Inf, ...).
+            Naming the array and the problem (negative labels, NaN/Inf, ...).
 
         Examples
         --------
@@ -224,12 +225,15 @@ def validate_split(name: str, split: Split) -> None:
 
 
 def _check_labels(name: str, y: da.Array) -> None:
+    """Labels are classes 0, 1, ... (the model checks them against its classes: 0/1 for the
+    binary model, 0..K−1 for softmax, when a run starts)."""
     lo, hi = small_compute(y.min(), y.max())
-    if lo < 0 or hi > 1:
-        bad = int(da.argmax((y < 0) | (y > 1)).compute())
+    if lo < 0 or hi >= MAX_CLASSES:
+        bad = int(da.argmax((y < 0) | (y >= MAX_CLASSES)).compute())
         raise CorpusError(
-            f"{name}/y holds labels outside {{0, 1}} (min {lo}, max {hi}; first bad row {bad}). "
-            "Binary logistic regression needs y in {0, 1}: map your classes to 0/1 before ingesting."
+            f"{name}/y holds labels outside 0..{MAX_CLASSES - 1} (min {lo}, max {hi}; first bad row {bad}). "
+            "Labels are class numbers: 0/1 for binary logistic regression, 0..K-1 for the softmax model; "
+            "map your classes to these before ingesting."
         )
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from .kernels.logistic import BINARY
+from .kernels.softmax import Softmax
 
 
 @runtime_checkable
@@ -35,9 +36,27 @@ class ModelFamily(Protocol):
     score_columns: tuple[str, ...]
     #: c with ``|ℓ‴| ≤ c ‖z‖ ℓ″``: the error certificates use the radius ``c · max ‖z_i‖``.
     self_concordance: float
+    #: Where its kernels run (``RunConfig.device`` values).
+    devices: tuple[str, ...]
+    #: Whether :meth:`check_labels` needs the training rows per label (one more light pass).
+    counts_labels: bool
 
     def n_params(self, d: int, *, fit_intercept: bool) -> int:
         """Length p of θ for d features."""
+
+    def penalty_diag(self, p: int, *, fit_intercept: bool):
+        """Diagonal of D in ``(λ/2)‖Dθ‖²`` (p,): 1 for penalised entries, 0 for the intercept(s)."""
+
+    def record(self) -> dict | None:
+        """What a run's manifest records to read the model back (:func:`family_from_record`);
+        None for the binary model (its runs record nothing, as before the seam)."""
+
+    def check_settings(self, *, lam: float, device: str) -> None:
+        """Raise :class:`~rifscale.errors.ConfigError` for settings the model cannot run with."""
+
+    def check_labels(self, split: str, lo: int, hi: int, counts=None) -> None:
+        """Raise :class:`~rifscale.errors.CorpusError` for labels the model cannot take (``lo``,
+        ``hi``: the split's smallest and largest label; ``counts``: its rows per label, if known)."""
 
     def newton_block(self, x, y, w=None, *, theta, fit_intercept: bool, hessian: str | None):
         """``[Σ w ℓ, Σ w ‖g‖ (the gradient's rounding scale), Σ w g (p), Σ w ∇²ℓ (p², or none)]``."""
@@ -72,6 +91,19 @@ class ModelFamily(Protocol):
     def self_influence(self, z, y, *, theta, solve):
         """Leverage and IF/RIF changes of each row's own prediction under ``solve = H⁻¹``."""
 
+    def other_label(self, y):
+        """A label other than each of ``y`` (the poisoning experiment's flipped label)."""
+
+    def prediction_change(self, z, y, *, before, after):
+        """The change of a design row's own prediction (the quantity of :meth:`self_influence`)
+        from θ = ``before`` to ``after``."""
+
+
+@runtime_checkable
+class AuditKernels(Protocol):
+    """What a family needs besides :class:`ModelFamily` for the audits (``rifscale tune``,
+    ``rifscale audit``): the binary family has them; the audits refuse a family without."""
+
     def audit_block(self, x, y, *, theta, linv, U, Wz, fit_intercept: bool):
         """Per training row: the quantities of the flip-set audits and the IF scores of linear metrics."""
 
@@ -85,7 +117,27 @@ class ModelFamily(Protocol):
         """Sums of the losses at θ over the block's rows (a held-out split)."""
 
 
-#: Families by name.
+#: Families by name (a softmax family also needs its number of classes: :func:`family_for`).
 FAMILIES: dict[str, ModelFamily] = {BINARY.name: BINARY}
 
-__all__ = ["BINARY", "FAMILIES", "ModelFamily"]
+#: The values of ``RunConfig.model``.
+MODELS = ("binary", "softmax")
+
+
+def family_for(model: str, n_classes: int | None = None) -> ModelFamily:
+    """The family a run's ``model`` names: :data:`BINARY`, or ``Softmax(n_classes)``."""
+    if model == "binary":
+        return BINARY
+    if model == "softmax":
+        return Softmax(n_classes)
+    raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
+
+
+def family_from_record(record: dict | None) -> ModelFamily:
+    """The family of a run from its manifest's ``model`` entry (absent: binary)."""
+    if not record:
+        return BINARY
+    return family_for(record["family"], record.get("n_classes"))
+
+
+__all__ = ["AuditKernels", "BINARY", "FAMILIES", "MODELS", "ModelFamily", "Softmax", "family_for", "family_from_record"]

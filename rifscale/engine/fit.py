@@ -319,7 +319,8 @@ class NewtonFit:
             start = np.asarray(theta0, dtype=np.float64).copy()
             if start.shape != (self.p,):
                 raise ConfigError(
-                    f"theta0 has shape {start.shape}; expected ({self.p},) = d + fit_intercept for d = {X.shape[1]}."
+                    f"theta0 has shape {start.shape}; expected ({self.p},), the {self.family.name} model's parameters "
+                    f"for d = {X.shape[1]} (intercept {self.fit_intercept})."
                 )
         else:
             start, self.warm = subsample_start(X, self.y, self.weights, lam=self.lam, fit_intercept=self.fit_intercept,

@@ -55,14 +55,15 @@ def newton_points_block(x, y, w=None, *, points, fit_intercept: bool, family: Mo
 
 
 def unpack(packed: np.ndarray, theta: np.ndarray, *, lam: float, fit_intercept: bool,
-           hessian: str | None = "float64") -> Objective:
-    """Add the penalty to summed ``newton_block`` terms."""
+           hessian: str | None = "float64", family: ModelFamily = BINARY) -> Objective:
+    """Add the family's penalty to summed ``newton_block`` terms."""
     p = theta.shape[0]
+    D = family.penalty_diag(p, fit_intercept=fit_intercept)
     loss, grad, floor = penalised(theta, float(packed[0]), packed[2 : 2 + p], float(packed[1]),
-                                  lam=lam, fit_intercept=fit_intercept)
+                                  lam=lam, fit_intercept=fit_intercept, D=D)
     H = None
     if hessian:
-        H = penalised_hessian(packed[2 + p :].reshape(p, p), lam=lam, fit_intercept=fit_intercept)
+        H = penalised_hessian(packed[2 + p :].reshape(p, p), lam=lam, fit_intercept=fit_intercept, D=D)
     return Objective(theta=theta, loss=float(loss), grad=grad, hessian=H, hessian_dtype=hessian,
                      grad_floor=float(floor))
 
@@ -75,7 +76,7 @@ def objectives(X: da.Array, y: da.Array, points, *, lam: float, fit_intercept: b
     packed = reduce_blocks(newton_points_block, X, y, weights, width=sum(widths), points=points,
                            fit_intercept=fit_intercept, family=family)
     edges = np.cumsum([0, *widths])
-    return [unpack(packed[a:b], th, lam=lam, fit_intercept=fit_intercept, hessian=h)
+    return [unpack(packed[a:b], th, lam=lam, fit_intercept=fit_intercept, hessian=h, family=family)
             for a, b, (th, h) in zip(edges[:-1], edges[1:], points)]
 
 

@@ -47,7 +47,7 @@ def penalty_diag(p: int, *, fit_intercept: bool) -> np.ndarray:
     return D
 
 
-def penalised(thetas, loss, grad, scale, *, lam: float, fit_intercept: bool):
+def penalised(thetas, loss, grad, scale, *, lam: float, fit_intercept: bool, D=None):
     """Add the penalty to row sums at one θ (shape (p,)) or K of them (shape (p, K)).
 
     Parameters
@@ -55,6 +55,8 @@ def penalised(thetas, loss, grad, scale, *, lam: float, fit_intercept: bool):
     thetas : (p,) or (p, K)
     loss, scale : float or (K,) sums of ``w ℓ`` and of ``w |r| ‖z‖`` over the rows
     grad : (p,) or (p, K) sums of ``w r z``
+    D : (p,) array, optional
+        The penalty's diagonal (the model family's ``penalty_diag``); None: :func:`penalty_diag`.
 
     Returns
     -------
@@ -62,7 +64,7 @@ def penalised(thetas, loss, grad, scale, *, lam: float, fit_intercept: bool):
     which the gradient is rounding noise (``ROUNDING_FACTOR ε (Σ|r|‖z‖ + λ‖Dθ‖)``).
     """
     thetas = np.asarray(thetas, dtype=np.float64)
-    D = penalty_diag(thetas.shape[0], fit_intercept=fit_intercept)
+    D = penalty_diag(thetas.shape[0], fit_intercept=fit_intercept) if D is None else np.asarray(D, dtype=np.float64)
     Dt = D * thetas if thetas.ndim == 1 else D[:, None] * thetas
     loss = loss + 0.5 * lam * np.sum(Dt * thetas, axis=0)
     grad = grad + lam * Dt
@@ -70,10 +72,11 @@ def penalised(thetas, loss, grad, scale, *, lam: float, fit_intercept: bool):
     return loss, grad, floor
 
 
-def penalised_hessian(h, *, lam: float, fit_intercept: bool) -> np.ndarray:
-    """``Σ w α z zᵀ + λ D`` from the summed row terms (symmetrised against rounding)."""
+def penalised_hessian(h, *, lam: float, fit_intercept: bool, D=None) -> np.ndarray:
+    """``Σ w α z zᵀ + λ D`` from the summed row terms (symmetrised against rounding); ``D``
+    as in :func:`penalised`."""
     h = np.asarray(h, dtype=np.float64)
-    D = penalty_diag(h.shape[0], fit_intercept=fit_intercept)
+    D = penalty_diag(h.shape[0], fit_intercept=fit_intercept) if D is None else np.asarray(D, dtype=np.float64)
     return 0.5 * (h + h.T) + lam * np.diag(D)
 
 

@@ -25,9 +25,12 @@ class Scores:
 
     table: da.Array
     metrics: tuple[str, ...]
+    columns: tuple[str, ...] = SCORE_COLUMNS  # the family's per-sample columns (``score_columns``)
 
     def column(self, name: str) -> da.Array:
-        return self.table[:, SCORE_COLUMNS.index(name)]
+        if name not in self.columns:
+            raise KeyError(f"this model's scores have no column {name!r}; they have {list(self.columns)}")
+        return self.table[:, self.columns.index(name)]
 
     @property
     def prob(self) -> da.Array:
@@ -59,35 +62,28 @@ class Scores:
 
     @property
     def if_scores(self) -> dict[str, da.Array]:
-        base = len(SCORE_COLUMNS)
+        base = len(self.columns)
         return {m: self.table[:, base + k] for k, m in enumerate(self.metrics)}
 
     @property
     def rif_scores(self) -> dict[str, da.Array]:
-        base = len(SCORE_COLUMNS) + len(self.metrics)
+        base = len(self.columns) + len(self.metrics)
         return {m: self.table[:, base + k] for k, m in enumerate(self.metrics)}
 
     def layout(self) -> list[tuple[str, int, str]]:
         """``(run-group name, column of the table, dtype)`` of every stored score column, in
         the order of :meth:`named` (flags are stored as booleans)."""
-        base = len(SCORE_COLUMNS)
+        base = len(self.columns)
         out = [(f"scores/{name if name != 'flag' else 'flags'}", k, "bool" if name == "flag" else "float64")
-               for k, name in enumerate(SCORE_COLUMNS)]
+               for k, name in enumerate(self.columns)]
         out += [(f"scores/if_{m}", base + k, "float64") for k, m in enumerate(self.metrics)]
         out += [(f"scores/rif_{m}", base + len(self.metrics) + k, "float64") for k, m in enumerate(self.metrics)]
         return out
 
     def named(self) -> dict[str, da.Array]:
         """Every output array by its run-group name (see the README)."""
-        out = {
-            "scores/prob": self.prob,
-            "scores/residual": self.residual,
-            "scores/alpha": self.alpha,
-            "scores/leverage": self.leverage,
-            "scores/self_if": self.self_if,
-            "scores/self_rif": self.self_rif,
-            "scores/flags": self.flags,
-        }
+        out = {"scores/flags" if n == "flag" else f"scores/{n}": self.flags if n == "flag" else self.column(n)
+               for n in self.columns}
         out.update({f"scores/if_{m}": a for m, a in self.if_scores.items()})
         out.update({f"scores/rif_{m}": a for m, a in self.rif_scores.items()})
         return out
@@ -99,11 +95,11 @@ def score_table(train: Split, model: FittedModel, *, client=None) -> Scores:
         model.family.score_block,
         train.X,
         train.y,
-        width=len(SCORE_COLUMNS) + 2 * len(model.metrics),
+        width=len(model.family.score_columns) + 2 * len(model.metrics),
         theta=model.theta,
         linv=broadcast(model.factor.linv, client=client),
         U=model.U,
         fit_intercept=model.fit_intercept,
         threshold=model.leverage_threshold,
     )
-    return Scores(table=table, metrics=model.metrics)
+    return Scores(table=table, metrics=model.metrics, columns=tuple(model.family.score_columns))

@@ -47,6 +47,7 @@ import zarr
 from ..config import RunConfig
 from ..corpus.model import Corpus, open_corpus
 from ..engine.factor import Factor
+from ..engine.family import family_from_record
 from ..engine.kernels import to_numpy
 from ..engine.kernels.logistic import SCORE_COLUMNS
 from ..engine.model import FittedModel, MetricAtOptimum
@@ -194,7 +195,8 @@ def _write_scores_by_block(run_dir: Path, corpus: Corpus, model: FittedModel, sc
                for name, _, dtype in columns}
     zarr.open_group(str(run_dir), mode="a").attrs.update({"rifscale_run": FORMAT})  # the run root is a group
     write = dask.delayed(_store_score_block, pure=False)
-    tasks = [write(table, ids, start, targets=targets, columns=columns, lev=SCORE_LEVERAGE, flag=SCORE_FLAG)
+    lev, flag = scores.columns.index("leverage"), scores.columns.index("flag")
+    tasks = [write(table, ids, start, targets=targets, columns=columns, lev=lev, flag=flag)
              for start, table, ids in zip(range(0, corpus.n, rows), scores.table.to_delayed().ravel(),
                                           corpus.train.ids.to_delayed().ravel())]
     (stats,) = progress_compute(tasks, label="scores", show=progress or None)
@@ -211,10 +213,6 @@ def _write_scores_by_block(run_dir: Path, corpus: Corpus, model: FittedModel, sc
     }
 
 
-#: Columns of the score table that the per-block writer summarises.
-SCORE_LEVERAGE, SCORE_FLAG = SCORE_COLUMNS.index("leverage"), SCORE_COLUMNS.index("flag")
-
-
 def _store_score_block(table, ids, start: int, *, targets: dict, columns, lev: int, flag: int) -> np.ndarray:
     """Write one block's rows of every score column (its chunk of each array); returns
     ``[flagged rows, max leverage, sum of leverages]``."""
@@ -228,6 +226,7 @@ def _store_score_block(table, ids, start: int, *, targets: dict, columns, lev: i
 
 def build_manifest(corpus: Corpus, config: RunConfig, model: FittedModel, *, fit: dict, layout: dict,
               timings: dict, status: str, job: dict | None = None) -> dict:
+    record = model.family.record()  # the model family and its K (binary: nothing)
     return {
         "rifscale_run": FORMAT,
         "status": status,
@@ -244,6 +243,7 @@ def build_manifest(corpus: Corpus, config: RunConfig, model: FittedModel, *, fit
         "layout": dict(layout),
         "timings": dict(timings),
         "versions": _versions(),
+        **({"model": record} if record else {}),
     }
 
 
@@ -381,7 +381,8 @@ class Run:
         prob, residual, alpha, leverage, self_if, self_rif, flags, if_<metric>,
         rif_<metric> (or the ``columns`` named). Reads them into memory: about
         (7 + 2M) x 8 bytes per training row."""
-        return _frame(self.ids, {c: self.array(f"scores/{c}") for c in (columns or score_columns(self.model.metrics))})
+        cols = columns or score_columns(self.model.metrics, self.model.family.score_columns)
+        return _frame(self.ids, {c: self.array(f"scores/{c}") for c in cols})
 
     def groups_dataframe(self):
         """The stored group estimates (``rifscale groups``) as a long DataFrame: set x
@@ -422,9 +423,9 @@ def summary_html(title: str, rows: dict) -> str:
     return f"<div><strong>{html.escape(title)}</strong><table>{body}</table></div>"
 
 
-def score_columns(metrics) -> list[str]:
-    """The per-sample columns of a run, in order."""
-    base = ["prob", "residual", "alpha", "leverage", "self_if", "self_rif", "flags"]
+def score_columns(metrics, columns=SCORE_COLUMNS) -> list[str]:
+    """The per-sample columns of a run, in order (``columns``: the model family's ``score_columns``)."""
+    base = ["flags" if c == "flag" else c for c in columns]
     return [*base, *(f"if_{m}" for m in metrics), *(f"rif_{m}" for m in metrics)]
 
 
@@ -456,6 +457,7 @@ def read_model(path: Path, cfg: dict, manifest: dict | None = None) -> FittedMod
         metric=MetricAtOptimum(names=tuple(cfg["metrics"]), values=read("metric_values"),
                                grads=read("metric_gradients")),
         leverage_threshold=cfg["leverage_threshold"],
+        family=family_from_record((manifest or {}).get("model")),
     )
 
 

@@ -102,7 +102,7 @@ def export(run, out, *, fmt: str | None = None, top: int | None = None, by: str 
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"Cannot tell the export format of {str(out)!r}; name a .parquet or .csv file, or pass "
                           f"--format from {EXPORT_FORMATS}.")
-    available = score_columns(run.model.metrics)
+    available = score_columns(run.model.metrics, run.model.family.score_columns)
     columns = list(columns or available)
     bad = [c for c in [*columns, *([by] if by else [])] if c not in available]
     if bad:

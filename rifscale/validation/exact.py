@@ -230,7 +230,7 @@ def retrain_sets(source, sets, *, tol: float = TOL, client=None) -> dict[str, Re
     names = list(fits)
     thetas = np.stack([fits[k].theta for k in names], axis=1)
     after = kernels.to_numpy(metric_values(source.corpus.test, model.test_subset, thetas, names=model.metrics,
-                                           fit_intercept=model.fit_intercept).compute())
+                                           fit_intercept=model.fit_intercept, family=model.family).compute())
     return {k: dataclasses.replace(fits[k], changes={m: float(after[i, j] - model.metric.values[i])
                                                      for i, m in enumerate(model.metrics)})
             for j, k in enumerate(names)}
@@ -297,12 +297,14 @@ def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, 
                 family=model.family,
                 client=client,
             )
+            D = model.family.penalty_diag(p, fit_intercept=model.fit_intercept)
             loss, grads, floors = penalised(thetas, packed[:K], packed[2 * K : 2 * K + p * K].reshape(p, K),
-                                            packed[K : 2 * K], lam=model.lam, fit_intercept=model.fit_intercept)
+                                            packed[K : 2 * K], lam=model.lam, fit_intercept=model.fit_intercept, D=D)
             hess = packed[2 * K + p * K :].reshape(len(newton), p, p)
             for j, s in enumerate(active):  # a problem's passes: those that evaluated it
                 s.passes, s.last = s.passes + 1, npass
-                H = penalised_hessian(hess[slot[j]], lam=model.lam, fit_intercept=model.fit_intercept) if j in slot else None
+                H = (penalised_hessian(hess[slot[j]], lam=model.lam, fit_intercept=model.fit_intercept, D=D)
+                     if j in slot else None)
                 a_loss, a_grad, a_scale, a_hess = _added_terms(s, thetas[:, j], H is not None, model.family)
                 if H is not None:
                     H = H + a_hess

@@ -309,15 +309,17 @@ def sweeps(corpus: Corpus, config, *, lams=None, fractions=(0.25, 0.5, 1.0), str
 
 def poisoning(source, *, n_points: int = 100, seed: int = 0, client=None, batch_points: int = BATCH_SETS,
               checkpoint: "Checkpoint | None" = None) -> list[dict]:
-    """Poisoning: for test point (x, y), fit with (x, 1 − y) added; the change of x's logit
-    when the poisoned row is removed again, predicted by IF and RIF at the poisoned fit,
-    against the exact answer ``z_xᵀ(θ̂ − θ_P)`` (removing the row restores the clean fit)."""
+    """Poisoning: for test point (x, y), fit with (x, y′) added (y′ = 1 − y; softmax: the next
+    class, the family's ``other_label``); the change of x's own prediction (its logit; softmax:
+    its margin for y′) when the poisoned row is removed again, predicted by IF and RIF at the
+    poisoned fit, against the exact answer, e.g. ``z_xᵀ(θ̂ − θ_P)`` (removing the row restores
+    the clean fit)."""
     corpus, model = source.corpus, source.model
     test = corpus.test
     idx = np.sort(np.random.default_rng([seed, 7]).choice(test.n, min(n_points, test.n), replace=False))
     x, y = dask.compute(test.X[idx], test.y[idx])
     x, y = kernels.to_numpy(x).astype(np.float64), kernels.to_numpy(y).astype(np.float64)
-    flipped = 1.0 - y
+    flipped = model.family.other_label(y)
     fits, hessians = [], []
     for b, part in enumerate(_batches(list(range(len(idx))), batch_points)):
         names = [f"poison-{j}" for j in part]
@@ -342,7 +344,8 @@ def poisoning(source, *, n_points: int = 100, seed: int = 0, client=None, batch_
             z[j : j + 1], flipped[j : j + 1], theta=f.theta, solve=lambda v, H=H: np.linalg.solve(H, v)))
         rows.append({
             "test_row": int(idx[j]), "label": int(y[j]), "converged": True, "leverage": h,
-            "exact": float(z[j] @ (model.theta - f.theta)), "if": s_if, "rif": s_rif,
+            "exact": float(model.family.prediction_change(z[j], flipped[j], before=f.theta, after=model.theta)),
+            "if": s_if, "rif": s_rif,
             "passes": f.passes, "certified": f.certified, "rel_error_bound": f.rel_error_bound,
         })
     return rows

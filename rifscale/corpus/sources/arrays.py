@@ -210,14 +210,21 @@ def checked_x(x, *, label: str, out_dtype, rows: int, block_info=None):
     return x
 
 
+#: Largest label a corpus stores (as int8): up to 128 classes 0..127.
+MAX_STORED_LABEL = 127
+
+
 def checked_y(y, *, label: str, block_info=None):
+    """Class labels 0..127 as int8 (0/1 for the binary model, 0..K−1 for softmax; the model
+    checks them against its classes when a run starts)."""
     y = np.asarray(y)
-    bad = ~np.isin(y, (0, 1))
+    bad = ~np.isin(y, np.arange(MAX_STORED_LABEL + 1))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         start = block_info[0]["array-location"][0][0]
         raise CorpusError(
-            f"{label} holds a label outside {{0, 1}} at row {start + i} (value {y[i].item()!r}). "
-            "Map your two classes to 0 and 1 before ingesting."
+            f"{label} holds a label outside 0..{MAX_STORED_LABEL} at row {start + i} (value {y[i].item()!r}). "
+            "Labels are class numbers: 0 and 1 for the binary model, 0..K-1 for softmax; map your classes to "
+            "these before ingesting."
         )
     return y.astype(np.int8)

@@ -29,6 +29,8 @@ from typing import ClassVar
 import numpy as np
 
 from ..._namespace import array_namespace
+from ...errors import CorpusError
+from ..newton import penalty_diag
 from ._scratch import rows_as, scratch
 from .products import SUB_ROWS, design, design_products, gram_accumulate, keep_mask
 
@@ -511,6 +513,8 @@ class BinaryLogistic:
     #: ``|ℓ‴| ≤ c ‖z‖ ℓ″`` along any direction: the logistic loss is generalised
     #: self-concordant with c = 1 (the error certificates' radius is c · max ‖z_i‖).
     self_concordance: ClassVar[float] = 1.0
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "gpu")
+    counts_labels: ClassVar[bool] = False
 
     newton_block = staticmethod(newton_block)
     loss_block = staticmethod(loss_block)
@@ -532,6 +536,40 @@ class BinaryLogistic:
     def n_params(d: int, *, fit_intercept: bool) -> int:
         """p = d + 1 with an intercept (θ's last entry), else d."""
         return d + int(fit_intercept)
+
+    @staticmethod
+    def penalty_diag(p: int, *, fit_intercept: bool) -> np.ndarray:
+        """Ones, with a zero for the intercept (θ's last entry)."""
+        return penalty_diag(p, fit_intercept=fit_intercept)
+
+    @staticmethod
+    def other_label(y):
+        """1 − y."""
+        return 1.0 - y
+
+    @staticmethod
+    def prediction_change(z, y, *, before, after):
+        """The logit's change ``zᵀ(after − before)``."""
+        return z @ (after - before)
+
+    @staticmethod
+    def record() -> None:
+        """Nothing: a run without a ``model`` record is binary."""
+        return None
+
+    @staticmethod
+    def check_settings(*, lam: float, device: str) -> None:
+        """Any λ ≥ 0 (λ = 0 is checked after the fit) and device."""
+
+    @staticmethod
+    def check_labels(split: str, lo: int, hi: int, counts=None) -> None:
+        """Labels must be 0/1."""
+        if lo < 0 or hi > 1:
+            raise CorpusError(
+                f"{split}/y holds labels outside {{0, 1}} (min {lo}, max {hi}): the binary model needs two classes "
+                "0 and 1. For labels 0..K-1 use the softmax model (`rifscale run --model softmax`, or "
+                "attribute(..., model='softmax'))."
+            )
 
     def __dask_tokenize__(self):
         return ("rifscale-model-family", type(self).__qualname__, self.name)
