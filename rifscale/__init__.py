@@ -76,7 +76,7 @@ _LAZY = {
     "attribute": ("pipeline", "attribute"),
     "Session": ("session", "Session"),
     "list_runs": ("runs.listing", "list_runs"),
-    "open_run": ("runs.format", "open_run"),
+    "open_run": ("runs.reading", "open_run"),
     "run_job": ("jobs", "run_job"),
     "write_run": ("runs.format", "write_run"),
     "ingest_parquet": ("corpus.sources.parquet", "ingest_parquet"),

@@ -21,8 +21,8 @@ from .estimates.groups import GroupEstimate, group_effects, normalise_sets, stor
 from .corpus.model import Corpus, corpus_fingerprint, open_corpus
 from .outputs import (atomic_dir, check_inputs, check_output, claim, mark, output_path, publish, remove,
     remove_within)
-from .runs.format import (FORMAT, MANIFEST, Run, json_default, build_manifest, manifest_or_none, read_model,
-    read_theta, write_run_json, write_model, write_scores, checkpoint_of, open_run, read_manifest)
+from .runs.format import FORMAT, MANIFEST, json_default, build_manifest, write_run_json, write_model, write_scores
+from .runs.reading import Run, manifest_or_none, read_model, read_theta, checkpoint_of, open_run, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ def _partial_state(partial: Path, key: dict) -> dict | None:
 def run_groups(run_path, sets, *, corpus=None, overwrite: bool = False, client=None,
                by_id: bool = False) -> dict[str, GroupEstimate]:
     """The job behind ``rifscale groups`` (``run_path``: a path or an open
-    :class:`~rifscale.runs.format.Run`): open the run, check the sets, claim
+    :class:`~rifscale.runs.reading.Run`): open the run, check the sets, claim
     ``RUN/groups`` (refused before any work if it exists and ``overwrite`` is not given),
     estimate and write it."""
     run = run_path if isinstance(run_path, Run) else open_run(run_path, corpus=corpus)

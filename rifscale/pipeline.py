@@ -3,7 +3,7 @@
 ``attribute`` fits, factors, picks the test subset, computes the metric gradients and
 returns an :class:`Attribution` whose per-sample scores are still lazy; ``rescore``
 rebuilds the lazy scores of a model read back from disk. Writing and reading run
-directories (and resuming killed runs) is :mod:`rifscale.runs.format`'s job.
+directories (and resuming killed runs) is :mod:`rifscale.runs.format`'s job (reading them back, :mod:`rifscale.runs.reading`'s).
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ class Attribution:
         ('id', 1000, True)
         >>> top = frame["rif_test_loss"].abs().nlargest(10).index  # the ten most influential ids
         """
-        from .runs.format import _frame, score_columns
+        from .runs.reading import _frame, score_columns
 
         named = {k.removeprefix("scores/"): v for k, v in self.scores.named().items()}
         cols = list(columns or score_columns(self.model.metrics, self.scores.columns))
@@ -185,7 +185,7 @@ class Attribution:
                 f"metrics = {list(self.model.metrics)}, fit: {describe(self.fit.record())}; scores lazy)")
 
     def _repr_html_(self) -> str:
-        from .runs.format import summary_html
+        from .runs.reading import summary_html
 
         return summary_html("rifscale attribution", {
             "n × d": f"{self.corpus.n} × {self.corpus.d}", "λ": self.config.lam,

@@ -85,6 +85,7 @@ def test_the_run_format_never_imports_the_pipeline_or_the_jobs():
 #: its own package or of any stage *below* its own, never one above or beside it.
 LAYERS = (
     ("cli",),
+    ("commands",),
     ("demo",),
     ("audits",),
     ("jobs",),
@@ -145,3 +146,15 @@ def unresolved_imports() -> list[tuple[str, str]]:
 
 def test_every_import_names_a_module_of_the_package():
     assert unresolved_imports() == []
+
+
+def test_every_lazy_public_name_resolves_where_the_package_says():
+    """``rifscale.X`` is imported on first use from the module ``_LAZY`` names: a module moved
+    without its entry would fail only when a user touches the name."""
+    import importlib
+
+    import rifscale
+
+    for name, (module, attr) in rifscale._LAZY.items():
+        assert hasattr(importlib.import_module(f"rifscale.{module}"), attr), name
+    assert set(rifscale._LAZY) <= set(rifscale.__all__)

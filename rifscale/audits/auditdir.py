@@ -69,7 +69,7 @@ def run_audit(run, out, config: AuditConfig, *, corpus=None, overwrite: bool = F
     """The job behind ``rifscale audit RUN --out AUDIT``: open the run, claim ``out``
     (refused before any work if it exists and ``overwrite`` is not given), audit, write."""
     from ..outputs import atomic_dir, output_path
-    from ..runs.format import Run, open_run
+    from ..runs.reading import Run, open_run
 
     run = run if isinstance(run, Run) else open_run(run, corpus=corpus)
     source = {"run": str(run.path), "corpus": {"path": run.corpus.path, "fingerprint": run.corpus.fingerprint}}

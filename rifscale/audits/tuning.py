@@ -41,7 +41,8 @@ from ..jobs import _differences
 from .loo import (EXACT_LOO, GRID_DECADES, Criterion, ExactAt, TuneConfig, TunePath, Tuning, finish, finite_or_none,
     plot_tuning, prepare, run_path, start_path)
 from ..outputs import check_inputs, check_output, claim, mark, output_path, publish, remove
-from ..runs.format import MANIFEST, json_default, manifest_or_none, _versions, write_run_json
+from ..runs.format import MANIFEST, json_default, _versions, write_run_json
+from ..runs.reading import manifest_or_none
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from .format import MANIFEST, Run, open_run, run_location, score_columns
+from .format import MANIFEST
+from .reading import Run, open_run, run_location, score_columns
 from ..errors import ConfigError
 from ..outputs import output_path
 

@@ -62,7 +62,7 @@ def make_sets(source, *, strategies=DEFAULT_STRATEGIES, sizes=None, seed: int = 
 def checkpoint_of(run) -> Path:
     """Where ``validate`` keeps the finished batches of the run at ``run``:
     ``RUN/.validation.partial``."""
-    from ..runs.format import run_location
+    from ..runs.reading import run_location
 
     return run_location(run) / ".validation.partial"
 
@@ -389,7 +389,7 @@ def run_validation(run_path, *, experiments=("accuracy",), strategies=DEFAULT_ST
     from ..errors import ConfigError
     from ..engine.fit import describe
     from ..outputs import atomic_dirs
-    from ..runs.format import open_run
+    from ..runs.reading import open_run
     from .report import accuracy_figure, poisoning_figure, sweeps_figure, write_json, write_report
 
     bad = [e for e in experiments if e not in EXPERIMENTS]
