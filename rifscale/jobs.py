@@ -47,11 +47,11 @@ def job_key(corpus: Corpus, config: RunConfig, *, warm_start=None) -> dict:
     return json.loads(json.dumps(key, default=json_default))
 
 
-def _differences(a: dict, b: dict) -> list[str]:
+def job_differences(a: dict, b: dict) -> list[str]:
     out = []
     for k in sorted(set(a) | set(b)):
         if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            out += [f"{k}.{d}" for d in _differences(a[k], b[k])]
+            out += [f"{k}.{d}" for d in job_differences(a[k], b[k])]
         elif a.get(k) != b.get(k):
             out.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}")
     return out
@@ -167,7 +167,7 @@ class Job:
             return done
         if done is not None and not self.overwrite:
             why = ("it was written from the Python API (write_run), not by this command" if done.get("job") is None
-                   else f"it was made by a different job ({'; '.join(_differences(done['job'], self.key)[:4])})")
+                   else f"it was made by a different job ({'; '.join(job_differences(done['job'], self.key)[:4])})")
             raise OutputExistsError(
                 f"{str(out)!r} is a complete run, but {why}. Choose another --out, or pass --overwrite to replace it."
             )
@@ -250,22 +250,7 @@ class Job:
         return manifest
 
     def _check_corpus_unchanged(self) -> None:
-        """Refuse to publish when the corpus is no longer the one the job started on (e.g.
-        re-ingested with --overwrite while a streaming run read it): the rows read may mix
-        both versions. The checkpoint goes too, since its stages may have read either."""
-        if self.corpus.path is None:
-            return
-        try:
-            now = corpus_fingerprint(self.corpus.path)
-        except CorpusError as exc:
-            now = f"unreadable: {exc}"
-        if now != self.key["corpus_fingerprint"]:
-            remove(self.partial)
-            raise CorpusError(
-                f"The corpus {self.corpus.path!r} changed while this run read it (fingerprint "
-                f"{self.key['corpus_fingerprint']} -> {now}): its rows may mix two versions, so nothing was written. "
-                "Run the same command again to compute on the corpus as it is now."
-            )
+        check_corpus_unchanged(self.corpus, self.key["corpus_fingerprint"], self.partial, what="run")
 
 
 def _complete_manifest(path: Path) -> dict | None:
@@ -296,3 +281,23 @@ def run_groups(run_path, sets, *, corpus=None, overwrite: bool = False, client=N
         estimates = group_effects(run, sets, client=client)
         store_groups(tmp, estimates)
     return estimates
+
+
+def check_corpus_unchanged(corpus, fingerprint: str, partial: Path, *, what: str) -> None:
+    """Refuse to publish a job's output when its corpus is no longer the one it started on
+    (e.g. re-ingested with --overwrite while a streaming job read it): the rows read may mix
+    both versions. The checkpoint ``partial`` goes too, since its stages may have read
+    either."""
+    if corpus.path is None:
+        return
+    try:
+        now = corpus_fingerprint(corpus.path)
+    except CorpusError as exc:
+        now = f"unreadable: {exc}"
+    if now != fingerprint:
+        remove(partial)
+        raise CorpusError(
+            f"The corpus {corpus.path!r} changed while this {what} read it (fingerprint {fingerprint} -> {now}): its "
+            "rows may mix two versions, so nothing was written. Run the same command again to compute on the "
+            "corpus as it is now."
+        )

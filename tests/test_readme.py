@@ -21,6 +21,17 @@ def _blocks(lang: str, page: Path = README) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", page.read_text(), flags=re.S)
 
 
+def run_block(block: str, cwd: Path, *, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a bash block of the docs as a user pastes it (``set -euo pipefail``), with this
+    environment's ``rifscale`` first on PATH; fail with its stderr unless it succeeds."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def test_python_example_runs(tmp_path, monkeypatch, capsys):
     (code,) = _blocks("python")
     monkeypatch.chdir(tmp_path)
@@ -45,11 +56,7 @@ def test_command_line_example_runs(tmp_path):
     pr = make_problem(300, 12, n_test=80, seed=8, dtype=np.float32)
     for name, arr in {"X": pr.X, "y": pr.y, "Xt": pr.X_test, "yt": pr.y_test}.items():
         np.save(tmp_path / f"{name}.npy", arr)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", cli[0]], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_block(cli[0], tmp_path)
     assert (tmp_path / "run" / "groups" / "zarr.json").exists()
     assert "first_ten" in done.stdout
 
@@ -60,11 +67,7 @@ def test_batch_job_example_runs_and_the_rerun_does_nothing(tmp_path):
     (block,) = [b for b in _blocks("bash", GUIDE / "batch-jobs.md") if "rifscale verify" in b]
     pr = make_problem(300, 6, n_test=40, seed=9, dtype=np.float32)
     rifscale.ingest(tmp_path / "corpus.zarr", train_X=pr.X, train_y=pr.y, test_X=pr.X_test, test_y=pr.y_test)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_block(block, tmp_path, timeout=300)
     assert "match the sha256 digests recorded at ingest" in done.stdout
     assert "is already complete (same config and corpus); nothing to do" in done.stdout
     (run,) = (tmp_path / "runs").iterdir()
@@ -86,11 +89,7 @@ def test_parquet_example_runs_and_exports_ids_of_the_table(tmp_path):
         table = pa.table({"embedding": pa.FixedSizeListArray.from_arrays(pa.array(pr.X[rows].ravel()), 5),
                           "label": pr.y[rows], "doc_id": ids[rows], "split": split[rows]})
         pq.write_table(table, tmp_path / "embeddings" / f"part-{k}.parquet", row_group_size=100)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_block(block, tmp_path, timeout=300)
     top = pd.read_parquet(tmp_path / "top.parquet")
     assert len(top) == 10 and set(top.index) <= set(ids[split == "train"])
 
@@ -138,11 +137,7 @@ def test_npy_npz_and_zarr_sources_example_runs(tmp_path):
     for name, arr in {"X": pr.X, "y": pr.y, "Xt": pr.X_test, "yt": pr.y_test}.items():
         np.save(tmp_path / f"{name}.npy", arr)
     np.savez(tmp_path / "data.npz", train_X=pr.X, train_y=pr.y, test_X=pr.X_test, test_y=pr.y_test)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_block(block, tmp_path, timeout=300)
     # the three corpora hold the same rows, whichever way they were given
     corpora = [rifscale.open_corpus(tmp_path / name) for name in ("corpus.zarr", "from-npz.zarr", "mixed.zarr")]
     for c in corpora:
@@ -172,11 +167,7 @@ def test_tune_example_runs_and_the_run_takes_the_tuned_lam(tmp_path):
     (block,) = [b for b in _blocks("bash", GUIDE / "audits.md") if "rifscale tune" in b]
     pr = make_problem(300, 8, n_test=60, seed=12, dtype=np.float32)
     rifscale.ingest(tmp_path / "corpus.zarr", train_X=pr.X, train_y=pr.y, test_X=pr.X_test, test_y=pr.y_test)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_block(block, tmp_path, timeout=600)
     tuned = rifscale.open_tune(tmp_path / "tune")
     assert rifscale.open_run(tmp_path / "run").manifest["config"]["lam"] == tuned.lam
 
@@ -190,11 +181,7 @@ def test_audit_example_runs_on_a_run(tmp_path):
     pr = make_problem(200, 10, n_test=50, seed=3, dtype=np.float32)
     rifscale.ingest(tmp_path / "corpus.zarr", train_X=pr.X, train_y=pr.y, test_X=pr.X_test, test_y=pr.y_test)
     rifscale.run_job(tmp_path / "corpus.zarr", tmp_path / "run")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_block(block, tmp_path, timeout=600)
     points = pd.read_parquet(tmp_path / "audit" / "points.parquet")
     assert len(points) == 3 and points["found"].all() and points["retrain_certified"].all()
 

@@ -36,8 +36,8 @@ import numpy as np
 
 from ..config import RunConfig
 from ..errors import ConfigError, CorpusError, OutputExistsError
-from ..corpus.model import Corpus, corpus_fingerprint, open_corpus
-from ..jobs import _differences
+from ..corpus.model import Corpus, open_corpus
+from ..jobs import job_differences, check_corpus_unchanged
 from .loo import (EXACT_LOO, GRID_DECADES, Criterion, ExactAt, TuneConfig, TunePath, Tuning, finish, finite_or_none,
     plot_tuning, prepare, run_path, start_path)
 from ..outputs import check_inputs, check_output, claim, mark, output_path, publish, remove
@@ -156,7 +156,7 @@ class TuneJob:
         if done is not None and done.get("job") == self.key:
             return done
         if done is not None and not self.overwrite:
-            changes = "; ".join(_differences(done.get("job") or {}, self.key)[:4])
+            changes = "; ".join(job_differences(done.get("job") or {}, self.key)[:4])
             raise OutputExistsError(f"{str(out)!r} is a complete tune made by a different job ({changes}). Choose "
                                     "another --out, or pass --overwrite to replace it.")
         check_output(out, overwrite=self.overwrite)
@@ -263,19 +263,7 @@ class TuneJob:
         return path
 
     def _check_corpus_unchanged(self) -> None:
-        if self.corpus.path is None:
-            return
-        try:
-            now = corpus_fingerprint(self.corpus.path)
-        except CorpusError as exc:
-            now = f"unreadable: {exc}"
-        if now != self.key["corpus_fingerprint"]:
-            remove(self.partial)
-            raise CorpusError(
-                f"The corpus {self.corpus.path!r} changed while this tune read it (fingerprint "
-                f"{self.key['corpus_fingerprint']} -> {now}): nothing was written. Run the same command again to "
-                "tune on the corpus as it is now."
-            )
+        check_corpus_unchanged(self.corpus, self.key["corpus_fingerprint"], self.partial, what="tune")
 
 
 def _save_plot(tuning: Tuning, file: Path) -> None:
