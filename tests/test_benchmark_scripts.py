@@ -94,6 +94,7 @@ def test_tune_benchmark_runs_on_tiny_sizes(tmp_path):
     lams = row["tune"]["lams"]
     assert row["tune"]["lam"] in lams and min(abs(row["sklearn"]["lam"] / lam - 1) for lam in lams) < 1e-12
     assert row["ratios"]["sklearn_over_tune"] > 0 and row["ratios"]["tune_over_run"] > 0
+    assert row["ratios"]["sklearn_defaults_over_tune"] > 0 and row["sklearn_defaults"]["fit_s"] > 0
     assert "| 0 |" in out.with_suffix(".md").read_text() and str(tmp_path) not in out.with_suffix(".md").read_text()
 
 

@@ -11,7 +11,8 @@ import pytest
 import rifscale
 from rifscale.validation.exact import retrain
 from rifscale.engine.fit import fit
-from rifscale.engine.newton import carry_curvature, certify, curvature
+from rifscale.engine.newton import carry_curvature, certify, curvature, leave_out_curvature
+from rifscale.estimates.groups import LeaveOutHessian
 from rifscale.testing import Reference, make_problem
 
 from .conftest import corpus_of
@@ -102,6 +103,71 @@ def test_carried_curvature_is_a_lower_bound_at_the_new_point():
         carried = carry_curvature(curvature(Ha), distance=dist, radius=R)
         assert carried <= np.linalg.eigvalsh(Hb)[0]
     assert curvature(_at(ref, 0.5 * ref.theta)[1]) > np.linalg.eigvalsh(_at(ref, ref.theta)[1])[0]  # premise
+
+
+def _leave_out_bound(H, roots, *, direct: bool) -> float:
+    """leave_out_curvature of H − rootsᵀroots from H's factor, as the retrains compute it."""
+    L = np.linalg.cholesky(H)
+    linv = np.linalg.inv(L)
+    lo = (LeaveOutHessian.direct(H, roots.T @ roots, linv, threshold=0.0) if direct
+          else LeaveOutHessian.woodbury(linv, roots, threshold=0.0))
+    return leave_out_curvature(curvature(H), lo.relative_min, lo.removed, trace=float(np.trace(H)), p=H.shape[0])
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_leave_out_curvature_is_a_lower_bound_and_tight_where_it_can_be(direct):
+    """μ₀ of H_{−T} at θ̂ from H's factor (what lets a retrain certify without a Hessian
+    pass). Bugs: μ₀ = λ_min(H) (removing rows lowers the curvature: no bound at all),
+    or ρ = 1 − Σ h_i (the set's summed leverage instead of the largest eigenvalue of its
+    leverage block: valid but loose, so sets that could certify from θ̂ would not).
+    Random sets must give a lower bound on λ_min(H − S); rows along H's eigenvectors, whose
+    removal lowers λ_min by a known amount, must give it to 1e-9."""
+    rng = np.random.default_rng(7)
+    p = 12
+    Q, _ = np.linalg.qr(rng.normal(size=(p, p)))
+    evals = np.geomspace(0.5, 50.0, p)
+    H = (Q * evals) @ Q.T
+    for k in (1, 3, 8):
+        for _ in range(20):
+            roots = rng.normal(size=(k, p)) * rng.uniform(0.05, 0.5)
+            true = np.linalg.eigvalsh(H - roots.T @ roots)[0]
+            if true <= 0:
+                continue
+            bound = _leave_out_bound(H, roots, direct=direct)
+            assert bound <= true, (k, bound, true)
+    # one row along the weakest direction: λ_min(H − S) = λ₁ − a², and ρ λ₁ is exactly that
+    a = 0.6
+    roots = a * Q[:, [0]].T
+    assert _leave_out_bound(H, roots, direct=direct) == pytest.approx(evals[0] - a**2, rel=1e-9)
+    # two rows, along the weakest and the third direction: ρ = 1 − max(a²/λ₁, b²/λ₃)
+    b = 0.9
+    roots = np.stack([a * Q[:, 0], b * Q[:, 2]])
+    true = np.linalg.eigvalsh(H - roots.T @ roots)[0]
+    assert true == pytest.approx(evals[0] - a**2)  # the premise: the weakest direction stays the weakest
+    assert _leave_out_bound(H, roots, direct=direct) == pytest.approx(true, rel=1e-9)
+    # a removal that leaves H_{−T} singular up to rounding: nothing is proven (−inf), never a
+    # tiny positive or a negative "bound"
+    assert _leave_out_bound(H, (1 - 1e-14) * np.sqrt(evals[0]) * Q[:, [0]].T, direct=direct) == -np.inf
+
+
+def test_single_row_retrains_certify_from_the_factor_without_a_hessian_pass(synchronous):
+    """Leave-one-out retrains (what ``rifscale tune`` checks its estimate with) start from
+    μ₀ of H_{−i}(θ̂) ⪰ (1 − h_i) H(θ̂), carried to each chord point: no set needs its own
+    p × p Hessian (bug: the anchor ignored, each set paying a pass of n p² work). The bound
+    they record must still hold against the dense reference retrain."""
+    pr = make_problem(300, 20, seed=21)
+    ref = Reference(pr.X, pr.y, lam=0.5)
+    res = rifscale.attribute(corpus_of(pr, 64), lam=0.5, test_subset="all")
+    rows = [0, 17, 42, 99, 250]
+    out = retrain(res, {str(i): [i] for i in rows})
+    for i in rows:
+        r = out[str(i)]
+        keep = np.ones(300, dtype=bool)
+        keep[i] = False
+        exact = ref.newton(keep, ref.theta)
+        assert r.certified and r.hessians == 0 and r.method == "chord", r
+        assert np.linalg.norm(r.theta - exact) <= r.error_bound <= 1e-8 * np.linalg.norm(r.delta)
+        assert r.mu <= np.linalg.eigvalsh(ref.grad_hess(r.theta, keep)[1])[0]
 
 
 @pytest.mark.parametrize("data", ["d>n", "shifted"])

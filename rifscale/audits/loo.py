@@ -247,9 +247,9 @@ def fit_at(corpus: Corpus, config: RunConfig, lam: float, *, theta0, radius, lay
 
 
 def step(corpus: Corpus, config: RunConfig, lam: float, *, theta0, radius, layout, client,
-         exact_rows: np.ndarray | None) -> tuple[dict, np.ndarray]:
+         exact_rows: np.ndarray | None):
     """Fit at ``lam`` and measure it: (its table row, with ``theta`` and ``row_norm_max``;
-    the Hessian at θ̂, for the next λ's start)."""
+    the fitted :class:`~rifscale.pipeline.Attribution`, whose Hessian at θ̂ starts the next λ)."""
     t0 = time.perf_counter()
     result = fit_at(corpus, config, lam, theta0=theta0, radius=radius, layout=layout, client=client)
     row = {"lam": lam, **loo_sums(result, client=client),
@@ -260,7 +260,7 @@ def step(corpus: Corpus, config: RunConfig, lam: float, *, theta0, radius, layou
             "fit_rel_error_bound": float(fit.rel_error_bound), "seconds": time.perf_counter() - t0}
     if exact_rows is not None and len(exact_rows):
         row |= exact_loo(result, exact_rows, client=client)
-    return row | {"theta": result.theta.tolist(), "row_norm_max": float(fit.row_norm_max)}, fit.hessian
+    return row | {"theta": result.theta.tolist(), "row_norm_max": float(fit.row_norm_max)}, result
 
 
 def finite_or_none(value):
@@ -302,6 +302,7 @@ def run_path(corpus: Corpus, config: RunConfig, settings: TuneConfig, path: Tune
     rows = exact_sample(corpus.n, settings.exact_loo, config.seed) if settings.exact_loo else None
     todo = [lam for lam in sorted(path.lams, reverse=True) if lam not in path.steps]
     last = None  # (λ, H at θ̂) of the step just fitted
+    kept = None  # (λ, Attribution) of the best λ fitted in this call: the exact LOO needs no refit
     with Bar("tune", total=len(path.lams)) as bar:
         bar.update(len(path.steps), text=f"{len(path.steps)} of {len(path.lams)} lambda values")
         for lam in todo:
@@ -310,9 +311,12 @@ def run_path(corpus: Corpus, config: RunConfig, settings: TuneConfig, path: Tune
             if last is not None and near == last[0]:
                 predicted = predict_theta(start, last[1], near, lam, fit_intercept=config.fit_intercept)
                 start = predicted if predicted is not None else start
-            row, hessian = step(corpus, config, lam, theta0=start, radius=path.radius, layout=layout, client=client,
-                                exact_rows=rows if settings.exact_at == "all" else None)
-            last = (lam, hessian)
+            row, result = step(corpus, config, lam, theta0=start, radius=path.radius, layout=layout, client=client,
+                               exact_rows=rows if settings.exact_at == "all" else None)
+            last = (lam, result.fit.hessian)
+            value = row[f"loo_{settings.criterion}"]
+            if kept is None or value < path.steps[kept[0]][f"loo_{settings.criterion}"]:  # ties: the larger λ
+                kept = (lam, result)
             path.steps[lam] = row
             path.radius = path.radius or finite_or_none(row["row_norm_max"])
             log.info("tune: lam = %.4g: LOO log-loss %.5f, error %.4f (test %.5f, %.4f), %d Newton passes, %.2f s",
@@ -323,8 +327,11 @@ def run_path(corpus: Corpus, config: RunConfig, settings: TuneConfig, path: Tune
             bar.update(len(path.steps), text=f"lambda = {lam:.3g} done")
     if rows is not None and settings.exact_at == "best" and path.best_exact is None:
         lam = path.lams[select(table_of(path), settings.criterion)]
-        result = fit_at(corpus, config, lam, theta0=np.asarray(path.steps[lam]["theta"]), radius=path.radius,
-                        layout=layout, client=client)
+        if kept is not None and kept[0] == lam:
+            result = kept[1]
+        else:  # chosen among λ values fitted before a resume: fitted again, from its θ̂
+            result = fit_at(corpus, config, lam, theta0=np.asarray(path.steps[lam]["theta"]), radius=path.radius,
+                            layout=layout, client=client)
         path.best_exact = {"lam": lam, **exact_loo(result, rows, client=client)}
         log.info("tune: exact LOO of %d rows at lam = %.4g: log-loss %.5f (approximate %.5f on the same rows)",
                  len(rows), lam, path.best_exact["exact_logloss"], path.best_exact["sample_logloss"])

@@ -13,9 +13,9 @@ the rules that must not differ between the places that minimise
   parameter vectors at once, and gives each gradient's rounding floor;
 * :func:`accept`: the step-acceptance test of every line search (Armijo, or — once the
   loss is at its rounding floor — a lower gradient norm);
-* :func:`certify`, :func:`curvature`, :func:`carry_curvature`: a proven bound on the
-  distance from θ to the minimiser, from ∇L at θ and a lower bound on the smallest
-  eigenvalue of H there (docs/design.md §8.9);
+* :func:`certify`, :func:`curvature`, :func:`carry_curvature`, :func:`leave_out_curvature`:
+  a proven bound on the distance from θ to the minimiser, from ∇L at θ and a lower bound
+  on the smallest eigenvalue of H there (docs/design.md §8.9);
 * :func:`stop_reason`: the stopping test (certified to the tolerance, or rounding floor);
 * :func:`newton_direction`: ``−H⁻¹ g`` by Cholesky, with the errors that say why not.
 """
@@ -115,6 +115,31 @@ def curvature(hessian: np.ndarray) -> float:
         return -math.inf
     low = float(scipy.linalg.eigvalsh(H, subset_by_index=[0, 0], check_finite=False)[0])
     return low - 2.0 * ROUNDING_FACTOR * EPS * float(np.trace(H))
+
+
+def leave_out_curvature(mu: float, relative_min: float, removed: float, *, trace: float, p: int) -> float:
+    """μ₀ of ``H_{−T} = H − Σ_{i∈T} α_i z_i z_iᵀ`` at θ̂, without a pass over the data.
+
+    ``H_{−T} = L (I − W Wᵀ) Lᵀ`` with ``W = L⁻¹ Z_Tᵀ A_T^{1/2}``, so ``H_{−T} ⪰ ρ H`` where
+    ``ρ = λ_min(I − W Wᵀ)`` (``relative_min``, as computed by
+    :class:`~rifscale.estimates.groups.LeaveOutHessian`); with ``mu`` ≤ λ_min(H) (the fit's
+    :func:`curvature`), ``λ_min(H_{−T}) ≥ ρ · mu``. Rounding, bounded generously:
+
+    * ``W`` comes from the computed ``L⁻¹``, whose relative error is at most
+      ``p ε κ(L)`` per product (κ(L)² = κ(H) ≤ ``trace / mu``), so the computed ρ is within
+      ``2 · ROUNDING_FACTOR · p ε κ(L) (1 + tr WᵀW)`` of the exact one (``removed`` = tr WᵀW);
+    * ``L Lᵀ`` is H up to Cholesky's backward error (``p ε tr H``), and the removed rows'
+      sums carry at most ``ROUNDING_FACTOR · ε · trace`` (their trace is below H's): together
+      ``(ROUNDING_FACTOR + p) ε · trace``, taken twice.
+
+    Returns ``−inf`` when nothing positive is proven (ρ at or below its rounding).
+    """
+    if not (mu > 0 and math.isfinite(relative_min) and math.isfinite(removed) and trace > 0):
+        return -math.inf
+    kappa = math.sqrt(trace / mu)
+    rho = relative_min - 2.0 * ROUNDING_FACTOR * p * EPS * kappa * (1.0 + removed)
+    low = rho * mu - 2.0 * (ROUNDING_FACTOR + p) * EPS * trace
+    return low if rho > 0 and low > 0 else -math.inf
 
 
 def carry_curvature(mu: float, *, distance: float, radius: float) -> float:

@@ -199,35 +199,50 @@ class LeaveOutHessian:
     relative to H: the smallest eigenvalue of ``M`` (direct: of ``L⁻¹ H_{−T} L⁻ᵀ``, the
     same non-unit spectrum) below ``threshold`` (removing T leaves a direction of θ
     unpinned; in rounding, ``H_{−T}`` may still have a Cholesky factor).
+
+    ``relative_min`` (that smallest eigenvalue, at most 1) and ``removed`` (the trace of
+    ``L⁻¹ Σ_T α_i z_i z_iᵀ L⁻ᵀ``, the set's summed leverage) are kept: ``H_{−T} ⪰
+    relative_min · H``, which proves the curvature the exact retrains start from
+    (:func:`rifscale.engine.newton.leave_out_curvature`).
     """
 
-    def __init__(self, method: str, linv: np.ndarray, factor):
+    def __init__(self, method: str, linv: np.ndarray, factor, *, relative_min: float = np.nan,
+                 removed: float = np.nan):
         self.method, self._linv, self._factor = method, linv, factor
+        self.relative_min, self.removed = relative_min, removed
 
     @staticmethod
-    def _pinned(relative: np.ndarray, threshold: float) -> bool:
-        """Whether the relative curvature ``relative`` (symmetric) has λ_min >= threshold."""
-        return relative.size == 0 or scipy.linalg.eigvalsh(relative, subset_by_index=[0, 0])[0] >= threshold
+    def _smallest(relative: np.ndarray) -> float:
+        """λ_min of the relative curvature ``relative`` (symmetric; 1 for an empty one: the
+        directions a set does not touch keep their curvature)."""
+        if relative.size == 0:
+            return 1.0
+        low = float(scipy.linalg.eigvalsh(relative, subset_by_index=[0, 0])[0])
+        return low if not low > 1.0 else 1.0  # NaN stays NaN (not pinned)
 
     @classmethod
     def woodbury(cls, linv, roots, *, threshold: float) -> "LeaveOutHessian | None":
         """``H − Bᵀ B`` by Woodbury, B the set's Hessian roots (``family.row_terms``)."""
         W = linv @ roots.T
         M = np.eye(W.shape[1]) - W.T @ W
-        if not cls._pinned(M, threshold):
+        low = cls._smallest(M)
+        if not low >= threshold:
             return None
         try:
             c = scipy.linalg.cho_factor(M, lower=True)
         except np.linalg.LinAlgError:
             return None
-        return cls("woodbury", linv, (W, c))
+        return cls("woodbury", linv, (W, c), relative_min=low, removed=float(np.sum(W * W)))
 
     @classmethod
     def direct(cls, H, gram, linv, *, threshold: float) -> "LeaveOutHessian | None":
-        if not cls._pinned(np.eye(H.shape[0]) - linv @ gram @ linv.T, threshold):
+        removed = linv @ gram @ linv.T
+        low = cls._smallest(np.eye(H.shape[0]) - removed)
+        if not low >= threshold:
             return None
         try:
-            return cls("direct", None, scipy.linalg.cho_factor(H - gram, lower=True))
+            return cls("direct", None, scipy.linalg.cho_factor(H - gram, lower=True), relative_min=low,
+                       removed=float(np.trace(removed)))
         except np.linalg.LinAlgError:
             return None
 

@@ -46,7 +46,7 @@ from ..engine.factor import broadcast
 from ..estimates.groups import SetStatistics, set_statistics
 from ..engine.hessian import max_row_norm
 from ..engine.newton import (EPS, MIN_STEP, ROUNDING_FACTOR, Certificate, accept, carry_curvature, certify,
-    curvature, newton_direction, penalised, penalised_hessian, stop_reason)
+    curvature, leave_out_curvature, newton_direction, penalised, penalised_hessian, stop_reason)
 from ..engine.model import FittedModel
 
 log = logging.getLogger(__name__)
@@ -79,12 +79,13 @@ class Retrain:
     error_bound: float  # proven ‖θ − θ̂_{−T}‖ ≤ error_bound at the returned θ (inf: nothing proven)
     rel_error_bound: float  # error_bound / ‖Δθ‖: a bound on the relative error of Δθ
     mu: float  # the bound's lower bound on λ_min(H_{−T}(θ)) (NaN without a Hessian at θ)
+    hessians: int = 0  # passes that computed this problem's own Hessian (0: certified from H's factor)
     changes: dict = field(default_factory=dict)  # metric -> f(θ̂_{−T}) − f(θ̂), from retrain_sets
 
     def record(self) -> dict:
         return {k: getattr(self, k) for k in
                 ("name", "size", "converged", "certified", "stopped_at", "error_bound", "rel_error_bound", "mu",
-                 "passes", "grad_norm", "rel_grad_norm", "method", "seconds")}
+                 "passes", "hessians", "grad_norm", "rel_grad_norm", "method", "seconds")}
 
 
 @dataclass
@@ -101,6 +102,9 @@ class _State:
     radius: float = np.inf  # R ≥ ‖z_i‖ over the problem's rows, for its certificates
     hessian: np.ndarray | None = None  # H at the last accepted point, if that pass brought it
     anchor: tuple | None = None  # (θ_c, μ_c): the last accepted point with a Hessian, and its μ₀
+    anchor_start: bool = False  # the anchor is θ̂ with μ₀ of H_{−T}(θ̂) from the factor (no Hessian pass)
+    small_steps: int = 0  # chord steps within the tolerance taken from an anchor at θ̂
+    hessians: int = 0  # passes that brought this problem's Hessian
     cert: Certificate | None = None  # the error bound at the last accepted point
     certify: bool = False  # the next trial is evaluated with its Hessian, to certify it
     floor_seen: bool = False  # the point re-evaluated next had its gradient at the rounding floor
@@ -149,13 +153,20 @@ def retrain(
     train = corpus.train
     stats = sets if isinstance(sets, SetStatistics) else set_statistics(source, sets, client=client)
     sets, deltas = stats.sets, stats.deltas
+    mu_fit = _fit_curvature(source)
+    trace = float(np.sum(model.factor.L**2)) if mu_fit is not None else np.nan  # tr H = ‖L‖_F²
     states = []
     for name, rows in sets.items():
         d = deltas[name]
         start = model.theta + d.delta["ns"] if d.hessian is not None else model.theta.copy()
+        anchor = None  # μ₀ of H_{−T} at θ̂ from the factor: the certificates need no Hessian pass near θ̂
+        if d.hessian is not None and mu_fit is not None:
+            mu0 = leave_out_curvature(mu_fit, d.hessian.relative_min, d.hessian.removed, trace=trace, p=model.p)
+            anchor = (model.theta, mu0) if mu0 > 0 else None
         states.append(_State(name=name, size=rows.size, rows=rows, theta=model.theta.copy(), trial=start,
                              precond=d.hessian, ref=float(np.linalg.norm(d.G)) or 1.0,
-                             method="chord" if d.hessian is not None else "newton"))
+                             method="chord" if d.hessian is not None else "newton",
+                             anchor=anchor, anchor_start=anchor is not None))
     _solve(train, model, states, tol=tol, max_passes=max_passes, safeguard=safeguard, client=client,
            radius=_fit_radius(source))
     return {s.name: _result(s, model) for s in states}
@@ -171,6 +182,17 @@ def _fit_radius(source) -> float | None:
     else:
         radius = ((getattr(source, "manifest", None) or {}).get("fit") or {}).get("row_norm_max")
     return float(radius) if radius is not None and np.isfinite(radius) else None
+
+
+def _fit_curvature(source) -> float | None:
+    """μ ≤ λ_min(H(θ̂)) as the fit proved it (its certificate's ``mu``: an Attribution's fit,
+    a run's manifest), or None when it proved none."""
+    fit = getattr(source, "fit", None)
+    if fit is not None:
+        mu = getattr(fit, "mu", None)
+    else:
+        mu = ((getattr(source, "manifest", None) or {}).get("fit") or {}).get("mu")
+    return float(mu) if mu is not None and np.isfinite(mu) and mu > 0 else None
 
 
 def retrain_sets(source, sets, *, tol: float = TOL, client=None) -> dict[str, Retrain]:
@@ -246,7 +268,7 @@ def _result(s: _State, model: FittedModel) -> Retrain:
         stopped_at=s.stopped_at, passes=s.passes, grad_norm=gnorm, rel_grad_norm=gnorm / s.ref,
         method=s.method, seconds=(s.ended or time.perf_counter()) - s.started,
         certified=s.stopped_at == "tolerance", error_bound=bound, rel_error_bound=bound / size if size > 0 else np.inf,
-        mu=s.cert.mu if s.cert is not None else np.nan,
+        mu=s.cert.mu if s.cert is not None else np.nan, hessians=s.hessians,
     )
 
 
@@ -308,6 +330,7 @@ def _solve(train, model: FittedModel, states: list[_State], *, tol, max_passes, 
                 a_loss, a_grad, a_scale, a_hess = _added_terms(s, thetas[:, j], H is not None, model.family)
                 if H is not None:
                     H = H + a_hess
+                    s.hessians += 1
                 floor = floors[j] + ROUNDING_FACTOR * EPS * a_scale
                 _advance(s, loss[j] + a_loss, grads[:, j] + a_grad, floor, H, tol=tol, safeguard=safeguard,
                          model=model)
@@ -348,15 +371,23 @@ def _advance(s: _State, loss: float, grad: np.ndarray, floor: float, H, *, tol: 
     s.theta, s.loss, s.grad, s.hessian, s.certify = s.trial, loss, grad, H, False
     # the bound is of this θ: its gradient, and μ₀ from its Hessian or carried from the anchor's
     if H is not None:
-        s.anchor = (s.theta, curvature(H))
+        s.anchor, s.anchor_start = (s.theta, curvature(H)), False
     s.cert = None
     if s.anchor is not None:
         theta_c, mu_c = s.anchor
         mu = carry_curvature(mu_c, distance=float(np.linalg.norm(s.theta - theta_c)), radius=s.radius)
         s.cert = certify(mu, gnorm, floor, radius=s.radius, lam=model.lam, fit_intercept=model.fit_intercept)
+    size = float(np.linalg.norm(s.theta - model.theta))  # ‖Δθ‖: the tolerance is relative to it
+    # μ₀ carried from θ̂ may be too weak to prove the tolerance: then this θ is treated as
+    # having no certificate yet (a Hessian is fetched where one is needed, as without it);
+    # at the rounding floor no Hessian can make the set certified, and it stops with this bound
+    if (s.cert is not None and s.anchor_start and not s.cert.bound <= tol * size
+            and not (gnorm <= floor or s.floor_seen)):
+        cert_from_start, s.cert = s.cert, None
+    else:
+        cert_from_start = None
     if s.cert is not None:
         at_floor = gnorm <= floor or s.floor_seen  # one θ, two sums: either may show the floor
-        size = float(np.linalg.norm(s.theta - model.theta))  # ‖Δθ‖: the tolerance is relative to it
         s.stopped_at = stop_reason(s.cert.bound, 0.0 if at_floor else gnorm, ref=size, floor=floor, tol=tol)
         s.floor_seen = False
         if s.stopped_at:
@@ -365,6 +396,7 @@ def _advance(s: _State, loss: float, grad: np.ndarray, floor: float, H, *, tol: 
     elif gnorm <= floor:  # no step can help: evaluate H here for the bound, then stop
         s.trial, s.reeval, s.certify, s.floor_seen = s.theta, True, True, True
         return
+    s.cert = s.cert or cert_from_start  # recorded if the set ends here (out of passes)
     if s.slow >= 2:
         s.method, s.slow = "newton", 0
     if s.method == "newton" and H is None:  # switched: get the Hessian at θ first
@@ -378,8 +410,12 @@ def _advance(s: _State, loss: float, grad: np.ndarray, floor: float, H, *, tol: 
     s.slope, s.t = float(grad @ s.step), 1.0
     s.trial = s.theta + s.step
     # the first chord step within the tolerance: its end comes with the Hessian, for μ₀ there
-    s.certify = (s.method == "chord" and s.anchor is None
-                 and np.linalg.norm(s.step) <= tol * np.linalg.norm(s.trial - model.theta))
+    # — unless μ₀ carried from θ̂ may prove it: then only after a second such step
+    small = bool(np.linalg.norm(s.step) <= tol * np.linalg.norm(s.trial - model.theta))
+    if s.method == "chord" and s.anchor_start and small:
+        s.small_steps += 1
+    s.certify = (s.method == "chord" and small
+                 and (s.anchor is None or (s.anchor_start and s.small_steps >= 2)))
 
 
 def poisoned_fits(source, x: np.ndarray, y: np.ndarray, *, tol: float = TOL, max_passes: int = 60,

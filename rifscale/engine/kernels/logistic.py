@@ -238,7 +238,7 @@ def retrain_block(x, y, rows, *, thetas, sets, newton, fit_intercept: bool):
     w = xp.asarray(keep_mask(rows, sets))  # row numbers are host arrays; the mask follows x
     loss = xp.sum(w * log_loss(eta, y), axis=0)
     r = w * residual(eta, y)
-    scale = xp.sqrt(xp.sum(z * z, axis=1)) @ xp.abs(r)
+    scale = xp.sqrt(xp.einsum("ij,ij->i", z, z)) @ xp.abs(r)  # no m x p temporary
     parts = [loss, scale, (z.T @ r).ravel()]
     if len(newton):
         _, alpha = sigmoid_and_weight(eta[:, list(newton)])
