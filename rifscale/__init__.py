@@ -88,6 +88,7 @@ _LAZY = {
     "audit": ("audits.audit", "audit"),
     "Audit": ("audits.audit", "Audit"),
     "AuditConfig": ("audits.audit", "AuditConfig"),
+    "blas_per_task": ("cluster", "blas_per_task"),
 }
 
 
@@ -123,6 +124,7 @@ __all__ = [
     "Session",
     "attribute",
     "audit",
+    "blas_per_task",
     "group_effects",
     "ingest",
     "ingest_parquet",

@@ -41,11 +41,14 @@ def test_python_example_runs(tmp_path, monkeypatch, capsys):
 
 
 def test_python_guide_example_runs(tmp_path, monkeypatch, capsys):
-    (code,) = _blocks("python", GUIDE / "python.md")
+    first, limited = _blocks("python", GUIDE / "python.md")  # the second goes on from the first
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "docs/guide/python.md", "exec"), {})
+    namespace = {}
+    exec(compile(first, "docs/guide/python.md", "exec"), namespace)
     out = capsys.readouterr().out
     assert "'rif'" in out and (tmp_path / "my-run" / "manifest.json").exists()
+    exec(compile(limited, "docs/guide/python.md", "exec"), namespace)
+    assert (namespace["rif_values"] == namespace["rif"].compute()).all()
 
 
 def test_command_line_example_runs(tmp_path):
@@ -196,6 +199,7 @@ TESTED = {
     ("docs/guide/data.md", "bash", "--parquet"),
     ("docs/guide/data.md", "bash", "--npz"),
     ("docs/guide/python.md", "python", "demo_data_path"),
+    ("docs/guide/python.md", "python", "blas_per_task"),
     ("docs/guide/clusters.md", "python", "rifscale.Session"),
     ("docs/guide/outputs.md", "python", "xr.open_zarr"),
     ("docs/guide/audits.md", "bash", "rifscale tune"),

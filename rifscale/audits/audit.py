@@ -43,6 +43,7 @@ from ..estimates.groups import set_statistics
 from ..engine.family import AuditKernels
 from ..engine.kernels.margins import accuracy_block, margin_error
 from ..estimates.metrics import rows_of_ids
+from ..cluster import one_blas_thread_per_task
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,7 @@ ACCURACY_COLUMNS = ("target_drop", "n_test", "correct_before", "accuracy_before"
                     "accuracy_after_at_most", "error_bound", "ordering_points", "bisection_rounds", "refinement_rounds")
 
 
+@one_blas_thread_per_task
 def audit(source, config: AuditConfig | None = None, *, client=None, **overrides) -> Audit:
     """Certified flip sets of test points, and of the test accuracy (docs/design.md §8.11).
 

@@ -50,6 +50,7 @@ from ..engine.model import FittedModel
 from .. import __version__
 from ..progress import compute as progress_compute
 from ..outputs import atomic_dir, output_path
+from ..cluster import one_blas_thread_per_task
 
 
 log = logging.getLogger(__name__)
@@ -241,6 +242,7 @@ def build_manifest(corpus: Corpus, config: RunConfig, model: FittedModel, *, fit
     }
 
 
+@one_blas_thread_per_task
 def write_run(result, out, *, overwrite: bool = False, progress: bool = False) -> dict:
     """Compute the scores of an :class:`rifscale.Attribution` (one pass) and write
     the complete run directory ``out`` (atomically: into a hidden sibling, moved into
