@@ -123,9 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "half of it; default auto)")
     p.add_argument("--device", choices=("cpu", "gpu"), default=defaults.device,
                    help="run the row-chunk kernels on the CPU or, with CuPy, on the workers' GPUs (default cpu)")
-    p.add_argument("--model", choices=("binary", "softmax"), default=defaults.model,
+    p.add_argument("--model", choices=("auto", "binary", "softmax", "multinomial"), default=defaults.model,
                    help="binary logistic regression (labels 0/1), or multinomial softmax regression over the "
-                   "classes 0..K-1 of the labels (default binary)")
+                   "classes 0..K-1 of the labels (multinomial is the same; it forces softmax on binary labels); "
+                   "default auto: softmax when the training labels have more than two classes, else binary")
     p.add_argument("--require-gpu", action="store_true", help="fail (exit 2) instead of factoring H with SciPy when "
                    "no worker that advertises the GPU resource has a usable CUDA device and CuPy (default: a warning)")
     p.add_argument("--warm-start", metavar="RUN", help="start the Newton fit from this previous run's theta "

@@ -19,7 +19,7 @@ METRICS: tuple[MetricName, ...] = get_args(MetricName)
 TestSubsetMode = Literal["paper", "all"]
 Persist = Literal["auto", "always", "never"]
 Device = Literal["cpu", "gpu"]
-Model = Literal["binary", "softmax"]
+Model = Literal["auto", "binary", "softmax", "multinomial"]
 #: Largest number of classes of the softmax model (and of a corpus's labels, 0..MAX_CLASSES−1):
 #: its P × P Hessian, P = K(d + 1) − 1, must fit a worker.
 MAX_CLASSES = 1000
@@ -61,10 +61,13 @@ class RunConfig:
         Where the row-chunk kernels run: "gpu" moves each chunk to CuPy on the workers
         (float64 accumulation, host arrays at reduction boundaries); an error when no
         worker sees a CUDA device.
-    model : "binary" or "softmax"
+    model : "auto", "binary", "softmax" or "multinomial"
         The model family: binary logistic regression (labels 0/1), or multinomial softmax
         regression over K classes (labels 0..K−1, K from the training labels; scikit-learn's
-        multinomial ``LogisticRegression(C = 1/λ)``, docs/design.md §9).
+        multinomial ``LogisticRegression(C = 1/λ)``, docs/design.md §9). "auto" (the
+        default) fits softmax when the training labels have more than two classes and the
+        binary model otherwise; "multinomial" is "softmax" (it forces softmax on binary
+        labels: two weight vectors, both penalised).
 
     Raises
     ------
@@ -94,7 +97,7 @@ class RunConfig:
     paper_random: int = 50
     persist: Persist = "auto"
     device: Device = "cpu"
-    model: Model = "binary"
+    model: Model = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.lam, bool) or not isinstance(self.lam, numbers.Real):
@@ -131,6 +134,8 @@ class RunConfig:
                 raise ConfigError(
                     f"The '{name}' parameter must be one of {allowed}. Got {getattr(self, name)!r} instead."
                 )
+        if self.model == "multinomial":  # scikit-learn's word for the same model
+            object.__setattr__(self, "model", "softmax")
         for name in ("paper_top", "paper_random", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
@@ -165,9 +170,9 @@ class RunConfig:
         Returns
         -------
         dict
-            Field name to value; ``metrics`` as a list. ``model`` only when it is not
-            "binary" (binary runs' manifests and job keys stay as they were before the
-            field existed).
+            Field name to value; ``metrics`` as a list. ``model`` only when it is
+            "softmax" ("auto" and "binary" fit the same binary runs, whose manifests and job
+            keys stay as they were before the field existed).
 
         Examples
         --------
@@ -177,6 +182,6 @@ class RunConfig:
         """
         d = asdict(self)
         d["metrics"] = list(self.metrics)
-        if d["model"] == "binary":
+        if d["model"] in ("auto", "binary"):
             del d["model"]
         return d

@@ -65,12 +65,13 @@ def warm_start_theta(previous, corpus: Corpus, config: RunConfig) -> np.ndarray:
     if manifest.get("status") != "complete":
         raise ConfigError(f"--warm-start {str(previous)!r} is not a complete run (status {manifest.get('status')!r}).")
     theta = read_theta(previous)
-    if manifest["config"].get("model", "binary") != config.model:
+    family = family_from_record(manifest.get("model"))
+    if config.model != "auto" and family.name != config.model:
         raise ConfigError(
-            f"--warm-start {str(previous)!r} is a {manifest['config'].get('model', 'binary')} run; this run fits the "
-            f"{config.model} model. Warm-start only from a run of the same model."
+            f"--warm-start {str(previous)!r} is a {family.name} run; this run fits the {config.model} model. "
+            "Warm-start only from a run of the same model."
         )
-    p = family_from_record(manifest.get("model")).n_params(corpus.d, fit_intercept=config.fit_intercept)
+    p = family.n_params(corpus.d, fit_intercept=config.fit_intercept)
     if theta.shape != (p,) or manifest["config"]["fit_intercept"] != config.fit_intercept:
         raise ConfigError(
             f"--warm-start {str(previous)!r} has theta of shape {theta.shape} (d = {manifest['d']}, intercept "

@@ -367,6 +367,15 @@ def _setup(corpus, config, client, overrides):
     return corpus, config, client
 
 
+def resolve_model(model: str, top_label: int) -> str:
+    """The family ``RunConfig.model`` selects when the largest training label is
+    ``top_label``: "auto" is "softmax" for more than two classes (labels 0..K−1, K > 2),
+    else "binary"; "binary" and "softmax" are themselves."""
+    if model == "auto":
+        return "softmax" if top_label > 1 else "binary"
+    return model
+
+
 def check_objective(train, config: RunConfig, *, test=None):
     """The model family of ``config.model`` (rifscale.engine.family; softmax with K = the
     largest training label + 1), after refusing labels it cannot take (the family's
@@ -376,7 +385,10 @@ def check_objective(train, config: RunConfig, *, test=None):
     parts = [train.y.min(), train.y.max()] + ([test.y.min(), test.y.max()] if test is not None else [])
     lo, hi, *tested = small_compute(*parts)
     lo, hi = int(lo), int(hi)
-    family = family_for(config.model, max(hi + 1, 2))  # softmax: K from the training labels
+    model = resolve_model(config.model, hi)
+    if model != config.model:
+        log.info("training labels %d..%d: the %s model (--model %s)", lo, hi, model, config.model)
+    family = family_for(model, max(hi + 1, 2))  # softmax: K from the training labels
     family.check_settings(lam=config.lam, device=config.device)
     counts = None
     if family.counts_labels and lo >= 0:  # rows per class, for the family's check of empty classes

@@ -187,11 +187,30 @@ def test_rif_is_much_closer_than_if_to_the_exact_change_in_high_dimension():
         assert abs(est_if) < 0.6 * abs(exact), (exact, est_if)
 
 
+def test_the_default_model_follows_the_labels_and_multinomial_is_softmax():
+    """model="auto" (the default) fits softmax on labels 0..K−1 with K > 2 and the binary
+    model on 0/1; "multinomial" is "softmax" (forced on binary labels). Bugs: auto deciding on
+    the test labels or on K ≥ 2 (binary data fitted as a penalised 2-class softmax), or
+    "multinomial" kept as a third name that the family lookup does not know."""
+    pr = make_softmax_problem(90, 4, 3, n_test=30, seed=2)
+    corpus = rifscale.Corpus.from_arrays(pr.X, pr.y, pr.X_test, pr.y_test, chunk_rows=30)
+    auto = rifscale.attribute(corpus, lam=1.0)
+    assert auto.model.family == Softmax(3)
+    assert rel(auto.theta, rifscale.attribute(corpus, lam=1.0, model="softmax").theta) <= TOL
+    yb, ytb = pr.y % 2, pr.y_test % 2
+    binary_corpus = rifscale.Corpus.from_arrays(pr.X, yb, pr.X_test, ytb, chunk_rows=30)
+    assert rifscale.attribute(binary_corpus, lam=1.0).model.family == BINARY
+    assert rifscale.RunConfig(model="multinomial").model == "softmax"
+    forced = rifscale.attribute(binary_corpus, lam=1.0, model="multinomial")
+    assert forced.model.family == Softmax(2) and len(forced.theta) == 2 * 5 - 1
+    assert "model" not in rifscale.RunConfig().to_dict()  # binary runs' job keys as before
+
+
 def test_labels_are_checked_by_the_family():
     pr = make_softmax_problem(60, 4, 3, n_test=20, seed=1)
     corpus = rifscale.Corpus.from_arrays(pr.X, pr.y, pr.X_test, pr.y_test, chunk_rows=30)
     with pytest.raises(CorpusError, match=r"outside \{0, 1\}.*--model softmax"):
-        rifscale.attribute(corpus, lam=1.0)
+        rifscale.attribute(corpus, lam=1.0, model="binary")
     y = pr.y.copy()
     y[y == 1] = 0  # class 1 has no training row
     with pytest.raises(CorpusError, match=r"no row of class\(es\) \[1\]"):
@@ -214,7 +233,8 @@ def test_labels_are_checked_by_the_family():
 def test_cli_run_groups_and_reading_the_run_back(tmp_path, capsys):
     """`rifscale ingest` (labels 0..3) + `rifscale run --model softmax` + `rifscale groups`: the
     manifest records the family and K, the run reads back as softmax with the scores of the
-    Python API, and `rifscale run` without --model refuses the labels (exit 2)."""
+    Python API; `rifscale run --model binary` refuses the labels (exit 2), and without --model
+    the run is the softmax one."""
     import json
 
     import pandas as pd
@@ -224,8 +244,11 @@ def test_cli_run_groups_and_reading_the_run_back(tmp_path, capsys):
     pr = make_softmax_problem(120, 6, 4, n_test=40, seed=5)
     np.savez(tmp_path / "d.npz", train_X=pr.X, train_y=pr.y, test_X=pr.X_test, test_y=pr.y_test)
     assert main(["ingest", str(tmp_path / "c.zarr"), "--npz", str(tmp_path / "d.npz"), "--chunk-rows", "50"]) == 0
-    assert main(["run", str(tmp_path / "c.zarr"), "--out", str(tmp_path / "bin")]) == 2
+    assert main(["run", str(tmp_path / "c.zarr"), "--out", str(tmp_path / "bin"), "--model", "binary"]) == 2
     assert "--model softmax" in capsys.readouterr().err and not (tmp_path / "bin").exists()
+    assert main(["run", str(tmp_path / "c.zarr"), "--out", str(tmp_path / "auto"), "--test-subset", "all"]) == 0
+    auto = json.loads((tmp_path / "auto" / "manifest.json").read_text())
+    assert auto["model"] == {"family": "softmax", "n_classes": 4} and "model" not in auto["config"]
     assert main(["run", str(tmp_path / "c.zarr"), "--out", str(tmp_path / "run"), "--model", "softmax",
                  "--test-subset", "all"]) == 0
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
@@ -348,5 +371,7 @@ def test_tune_and_audit_refuse_the_softmax_model_with_a_clear_error(case):
     result = case["result"]
     with pytest.raises(ConfigError, match="binary model only"):
         rifscale.tune(result.corpus, [1.0], model="softmax")
+    with pytest.raises(ConfigError, match="would fit the softmax model"):
+        rifscale.tune(result.corpus, [1.0])  # auto, on K > 2 classes
     with pytest.raises(ConfigError, match="binary model only"):
         rifscale.audit(result, least_robust=1)
