@@ -434,8 +434,10 @@ def blas_per_task():
     Every chunk kernel is a BLAS product, and dask runs one task per core: left alone,
     each task's BLAS would start a thread per core too, and the cores are oversubscribed
     (a ``rifscale.tune`` at 1e5 x 256 on 2 cores took 22 s from Python, 8.8 s with the
-    limit). rifscale's entry points that compute set it themselves, as the command line
-    does for its whole run; use it around a lazy result you compute yourself. With a
+    limit). It holds during each dask compute and not between them, so the driver's own
+    algebra (factoring H) keeps its threads. rifscale's entry points that compute set it
+    themselves, as the command line does for its whole run; use it around a lazy result
+    you compute yourself. With a
     distributed client, or another scheduler configured, it changes nothing (dask's
     workers set their own limit).
 
@@ -454,13 +456,44 @@ def blas_per_task():
     >>> rif.shape
     (1000,)
     """
-    if not _on_local_threads():
+    global _blas_depth
+    if _blas_depth or not _on_local_threads():  # nested (tune -> attribute): the outer one holds it
         yield
         return
+    _blas_depth += 1
+    try:
+        with _one_blas_thread_callback():
+            yield
+    finally:
+        _blas_depth -= 1
+
+
+#: Open :func:`blas_per_task` blocks: one callback at a time (two would restore each other's limits
+#: in the wrong order).
+_blas_depth = 0
+
+
+def _one_blas_thread_callback():
+    """A dask callback that holds BLAS to one thread from the start to the end of each local
+    compute (``dask.local.get_async`` calls ``_finish`` also when a task fails), so that the
+    driver's own algebra between computes — Cholesky factors and eigenvalues of P × P
+    matrices, thousands wide for the softmax model — keeps every core."""
+    from dask.callbacks import Callback
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+    class OneBlasThread(Callback):
+        def __init__(self):
+            super().__init__()
+            self._held = []
+
+        def _start(self, dsk):
+            self._held.append(threadpool_limits(limits=1, user_api="blas"))
+
+        def _finish(self, dsk, state, errored):
+            if self._held:
+                self._held.pop().restore_original_limits()
+
+    return OneBlasThread()
 
 
 def one_blas_thread_per_task(func):

@@ -24,19 +24,24 @@ from .runs.format import write_run
 from .validation.exact import retrain_sets
 
 DATA = "fashion_mnist_tshirt_shirt.npz"
+DATA_MULTICLASS = "fashion_mnist_10.npz"
+#: The ten Fashion-MNIST classes, by label (the multiclass demo's labels 0..9).
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
 DEMO_LAM = 0.1
 
 
-def demo_data_path() -> Path:
+def demo_data_path(multiclass: bool = False) -> Path:
     """Path of the embedded data: a Fashion-MNIST pair (T-shirt vs shirt), 1 000 training and
     500 test images as 196 pooled features, in one .npz (``train_X``, ``train_y``,
-    ``test_X``, ``test_y``)."""
-    return Path(str(resources.files("rifscale") / "data" / DATA))
+    ``test_X``, ``test_y``, ``train_ids``, ``test_ids``); ``multiclass=True``: all ten
+    classes (labels 0..9, :data:`FASHION_CLASSES`), 100 training and 50 test images each."""
+    return Path(str(resources.files("rifscale") / "data" / (DATA_MULTICLASS if multiclass else DATA)))
 
 
-def demo_corpus():
+def demo_corpus(multiclass: bool = False):
     """The embedded data (:func:`demo_data_path`) as an in-memory :class:`rifscale.Corpus`,
-    for examples and quick trials.
+    for examples and quick trials; ``multiclass=True`` for the ten-class set.
 
     Examples
     --------
@@ -44,10 +49,12 @@ def demo_corpus():
     >>> corpus = demo_corpus()
     >>> corpus.n, corpus.d, corpus.test.n
     (1000, 196, 500)
+    >>> int(demo_corpus(multiclass=True).train.y.max().compute()) + 1
+    10
     """
     from .corpus.model import Corpus
 
-    data = np.load(demo_data_path())
+    data = np.load(demo_data_path(multiclass))
     return Corpus.from_arrays(data["train_X"], data["train_y"], data["test_X"], data["test_y"])
 
 

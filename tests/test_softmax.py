@@ -375,3 +375,25 @@ def test_tune_and_audit_refuse_the_softmax_model_with_a_clear_error(case):
         rifscale.tune(result.corpus, [1.0])  # auto, on K > 2 classes
     with pytest.raises(ConfigError, match="binary model only"):
         rifscale.audit(result, least_robust=1)
+
+
+def test_a_model_with_hundreds_of_parameters_is_proven_with_the_eigenvalue_not_the_estimate():
+    """Above EXACT_CURVATURE_MAX_P parameters the fit only *estimates* λ_min of each Hessian
+    (inverse power steps) to decide when to try stopping; the certificate must still use
+    the eigenvalue of the float64 H at θ̂ (bug: the estimate, which approaches λ_min from
+    above, taken as the proof). Here P = 3 · 181 − 1 = 542 with d/n = 0.6: θ̂ equals the dense
+    reference, the recorded μ₀ is curvature(H(θ̂)), and the bound holds."""
+    from rifscale.engine.newton import EXACT_CURVATURE_MAX_P, curvature, estimate_curvature
+
+    n, d, K, lam = 300, 180, 3, 1.0
+    pr = make_softmax_problem(n, d, K, n_test=40, seed=11)
+    corpus = rifscale.Corpus.from_arrays(pr.X, pr.y, pr.X_test, pr.y_test, chunk_rows=100)
+    res = rifscale.attribute(corpus, lam=lam, test_subset="all")
+    P = len(res.theta)
+    assert P > EXACT_CURVATURE_MAX_P and res.model.family == Softmax(K)  # the premise: the estimated path
+    ref = SoftmaxReference(pr.X, pr.y, n_classes=K, lam=lam)
+    assert res.fit.certified and rel(full(res.theta, K, d), ref.theta) <= TOL
+    assert res.fit.mu == pytest.approx(curvature(res.fit.hessian), rel=1e-12)
+    assert np.linalg.norm(full(res.theta, K, d) - ref.theta) <= res.fit.error_bound * np.linalg.norm(embedding(K, d), 2)
+    low = np.linalg.eigvalsh(res.fit.hessian)[0]
+    assert 0.4 * low <= estimate_curvature(res.fit.hessian) <= 1.0 * low  # an estimate: halved, near λ_min

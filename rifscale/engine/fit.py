@@ -46,7 +46,7 @@ from ..cluster import current_client
 from ..errors import ConfigError, CorpusError, NotConvergedError, NotPositiveDefiniteError, not_positive_definite
 from .hessian import max_row_norm, objectives
 from ..corpus.checks import find_nonfinite, scale_outliers
-from .newton import MIN_STEP, accept, certify, curvature, newton_direction, stop_reason
+from .newton import MIN_STEP, accept, certify, curvature, estimate_curvature, newton_direction, stop_reason
 from ..progress import Bar, newton_fraction
 
 log = logging.getLogger(__name__)
@@ -306,7 +306,7 @@ class NewtonFit:
     def _exact_at(self, theta) -> None:
         """Evaluate with the float64 Hessian at ``theta`` and make it the current one."""
         (self.cur,) = self.evaluate([(theta, "float64")])
-        self.H, self.H_dtype, self.mu = self.cur.hessian, "float64", curvature(self.cur.hessian)
+        self.H, self.H_dtype, self.mu = self.cur.hessian, "float64", estimate_curvature(self.cur.hessian)
 
     def _direction(self, it: int, *, exact: bool = True) -> np.ndarray:
         return _direction(self.H, self.cur.grad, lam=self.lam, it=it, X=self.X, exact=exact)
@@ -350,13 +350,13 @@ class NewtonFit:
         self.cur = cur
         self.ref = at_zero.grad_norm or 1.0
         self.H, self.H_dtype = cur.hessian, cur.hessian_dtype
-        self.mu = curvature(self.H)  # of the Hessian at hand: an estimate until H is the float64 one at θ
+        self.mu = estimate_curvature(self.H)  # says when to try stopping; the proof takes curvature() at θ̂
 
     def update_hessian(self) -> None:
         """Take the Hessian the last pass computed, if it computed one."""
         cur = self.cur
         if cur.hessian is not None and cur.hessian is not self.H:
-            self.H, self.H_dtype, self.mu = cur.hessian, cur.hessian_dtype, curvature(cur.hessian)
+            self.H, self.H_dtype, self.mu = cur.hessian, cur.hessian_dtype, estimate_curvature(cur.hessian)
 
     def check_convergence(self, it: int, bar) -> FitResult | None:
         """Record the iteration; when the estimated bound (or the rounding floor) says θ may
@@ -386,8 +386,9 @@ class NewtonFit:
             if self.radius is None:
                 self.radius = max_row_norm(self.X, fit_intercept=self.fit_intercept)
                 self.passes += 1
-            cert = certify(self.mu, self.gnorm, cur.grad_floor, radius=self.family.self_concordance * self.radius,
-                           lam=self.lam, fit_intercept=self.fit_intercept)
+            cert = certify(curvature(cur.hessian), self.gnorm, cur.grad_floor,
+                           radius=self.family.self_concordance * self.radius, lam=self.lam,
+                           fit_intercept=self.fit_intercept)
         bound = cert.bound if cert is not None else self.estimate  # final_hessian=False: an estimate
         stopped_at = stop_reason(bound, 0.0 if at_floor else self.gnorm, ref=self.size, floor=cur.grad_floor,
                                  tol=tol)
