@@ -142,6 +142,24 @@ def _poisoning(ns, out):
     assert f"planted copies in the top {K} by self-RIF" in out
 
 
+@checks("04-multiclass.ipynb")
+def _multiclass(ns, out):
+    result, frame, table = ns["result"], ns["frame"], ns["table"]
+    # ten classes select softmax; P = K(d + 1) − 1; certified fit
+    assert result.model.family.name == "softmax" and result.model.family.n_classes == 10
+    assert len(result.theta) == 10 * 197 - 1 and result.fit.certified
+    # the same optimum as scikit-learn's multinomial model (an independent solver)
+    assert ns["prob_gap"] <= 1e-8 and ns["test_accuracy"] > 0.6
+    assert ((frame["leverage"] >= 0) & (frame["leverage"] < 1)).all()
+    # every retrain certified; for the sets that matter RIF beats IF and NS beats RIF or ties
+    assert table["certified"].all()
+    errors = ns["errors"]
+    for name in ("top RIF +", "top RIF -", "20 shirts"):
+        assert errors.loc[name, "RIF"] < 0.6 * errors.loc[name, "IF"], name
+    assert (np.sign(table["RIF"]) == np.sign(table["exact"])).all()
+    assert "largest difference of the true-class probability" in out
+
+
 @checks("05-audits.ipynb")
 def _audits(ns, out):
     tuned, table, cv_lam = ns["tuned"], ns["table"], ns["cv_lam"]
