@@ -44,14 +44,25 @@ def features_block(seed: int, split: str, block: int, rows: int, d: int) -> np.n
 
 
 def labels_block(X: np.ndarray, w: np.ndarray, seed: int, split: str, block: int) -> np.ndarray:
-    """Labels (int8 0/1) of one block of features, with the block's own logistic noise."""
+    """Labels (int8 0/1) of one block of features, with the block's own logistic noise;
+    with a (d, K) ``w``, labels 0..K−1 of a softmax model (Gumbel noise: the argmax of the
+    noisy logits is a draw from the softmax probabilities)."""
+    if w.ndim == 2:
+        noise = _rng(seed, split, block, 1).gumbel(size=(len(X), w.shape[1]))
+        return np.argmax(LOGIT_SCALE * (X @ w) + NOISE * noise, axis=1).astype(np.int8)
     noise = _rng(seed, split, block, 1).logistic(size=len(X))
     logits = LOGIT_SCALE * (X @ w) + LOGIT_SHIFT + NOISE * noise
     return (logits > 0).astype(np.int8)
 
 
-def synthetic_split(n: int, d: int, *, seed: int, split: str = "train"):
-    """Lazy ``(X, y)`` dask arrays of one split, in blocks of ``GEN_ROWS`` rows.
+def class_weights(d: int, classes: int, seed: int) -> np.ndarray:
+    """The (d, K) weights of the softmax label model (float32, columns of norm about 1)."""
+    return (np.random.default_rng([seed, 98]).standard_normal((d, classes)) / np.sqrt(d)).astype(np.float32)
+
+
+def synthetic_split(n: int, d: int, *, seed: int, split: str = "train", classes: int = 2):
+    """Lazy ``(X, y)`` dask arrays of one split, in blocks of ``GEN_ROWS`` rows; labels 0/1,
+    or 0..classes−1 from a softmax model when ``classes`` > 2.
 
     Nothing is generated until the arrays are computed or stored; each block of y reuses
     the matching block of X (one task graph), so storing both reads X once.
@@ -59,7 +70,7 @@ def synthetic_split(n: int, d: int, *, seed: int, split: str = "train"):
     import dask.array as da
 
     rows = tuple(min(GEN_ROWS, n - s) for s in range(0, n, GEN_ROWS))
-    w = true_weights(d, seed)
+    w = true_weights(d, seed) if classes == 2 else class_weights(d, classes, seed)
 
     def make_X(block_info=None):
         info = block_info[None]
@@ -71,7 +82,7 @@ def synthetic_split(n: int, d: int, *, seed: int, split: str = "train"):
     X = da.map_blocks(make_X, chunks=(rows, (d,)), dtype=np.float32, meta=np.empty((0, 0), np.float32),
                       name=f"synthetic-X-{split}-{n}-{d}-{seed}")
     y = X.map_blocks(make_y, drop_axis=1, dtype=np.int8, meta=np.empty((0,), np.int8),
-                     name=f"synthetic-y-{split}-{n}-{d}-{seed}")
+                     name=f"synthetic-y-{split}-{n}-{d}-{seed}-{classes}")
     return X, y
 
 

@@ -74,6 +74,17 @@ QUICK_CASES = (
     (6_000, 16, 2_000, "float32", "never"),
     (6_000, 16, 2_000, "float32", "always"),
 )
+#: ``--softmax``: (n, d, stored chunk rows, dtype, persist, classes), rows streamed. The
+#: prediction is the binary fit's (``--coefficients``) with p² → P² (P = K(d + 1) − 1: the
+#: factor and the Hessian sums) plus the scores' V_k products of a sub-block (≤ 32 MiB).
+SOFTMAX_CASES = (
+    (50_000, 64, 8_192, "float32", "never", 10),
+    (50_000, 128, 8_192, "float32", "never", 10),
+    (20_000, 256, 4_096, "float32", "never", 10),
+)
+QUICK_SOFTMAX_CASES = ((6_000, 16, 2_000, "float32", "never", 4),)
+#: Most bytes of the V_k products per sub-block of the softmax scores kernel.
+SOFTMAX_SUBBLOCK_BYTES = 32 * MiB
 
 
 def rifscale_bin() -> str:
@@ -136,18 +147,19 @@ class Sampler:
         self._thread.join()
 
 
-def make_corpus(path: Path, n: int, d: int, chunk: int, dtype: str) -> None:
+def make_corpus(path: Path, n: int, d: int, chunk: int, dtype: str, classes: int = 2) -> None:
     import rifscale
 
-    X, y = synthetic_split(n, d, seed=SEED, split="train")
-    Xt, yt = synthetic_split(N_TEST, d, seed=SEED, split="test")
+    X, y = synthetic_split(n, d, seed=SEED, split="train", classes=classes)
+    Xt, yt = synthetic_split(N_TEST, d, seed=SEED, split="test", classes=classes)
     rifscale.ingest(path, train_X=X, train_y=y, test_X=Xt, test_y=yt, chunk_rows=chunk, dtype=dtype)
 
 
 def run_case(case: tuple, corpus: Path, tmp: Path, workers: int) -> dict:
     from distributed import Client, LocalCluster
 
-    n, d, chunk, dtype, persist = case
+    n, d, chunk, dtype, persist, *more = case
+    classes = more[0] if more else 2
     out = tmp / "run"
     shutil.rmtree(out, ignore_errors=True)
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -176,6 +188,7 @@ def run_case(case: tuple, corpus: Path, tmp: Path, workers: int) -> dict:
     rows_each = n / workers
     return {
         "n": n, "d": d, "chunk_rows": chunk, "dtype": dtype, "persist": persist, "workers": workers,
+        "classes": classes, "p": manifest["p"], "model": (manifest.get("model") or {}).get("family", "binary"),
         "block_rows": layout.get("block_rows"), "blocks": layout.get("blocks"), "persisted": layout.get("persisted"),
         "fit_iterations": manifest["fit"]["n_iter"], "wall_s": round(wall, 2),
         "peak_source": "VmHWM" if exact else "psutil samples every 20 ms",
@@ -204,7 +217,7 @@ def kept_bytes(r: dict) -> int:
 def fit_formula(records: list[dict]) -> dict | None:
     """Least squares over the streamed cases of the largest worker peak (MiB) against
     c + a·(B·d·itemsize) + a64·(B·d·8 B) + b·(d²·8 B)."""
-    rows = [r for r in records if not r["persisted"]]
+    rows = [r for r in records if not r["persisted"] and r.get("model", "binary") == "binary"]
     if len(rows) < 5 or len({r["dtype"] for r in rows}) < 2:
         return None
     A = np.array([_terms(r) for r in rows])
@@ -217,6 +230,11 @@ def fit_formula(records: list[dict]) -> dict | None:
 
 def predict_mib(fit: dict, r: dict) -> float:
     c = [fit["c_mib"], fit["a"], fit["a64"], fit["b"]]
+    if r.get("model", "binary") == "softmax":  # the p × p terms at P, and the scores' V_k sub-block
+        terms = _terms(r)
+        terms[3] = r["p"] ** 2 * 8 / MiB
+        v = min(SOFTMAX_SUBBLOCK_BYTES, 8 * r["classes"] * r["p"] * r["block_rows"]) / MiB
+        return float(np.dot(c, terms)) + v + kept_bytes(r) / MiB
     return float(np.dot(c, _terms(r))) + kept_bytes(r) / MiB
 
 
@@ -242,9 +260,9 @@ def markdown(result: dict) -> str:
                            "import pandas in every worker: about +200 MiB each; run it from an environment with "
                            "rifscale's own dependencies only)."),
         "",
-        "| n | d | dtype | chunk rows (stored) | block rows | persist | worker peak MiB (each) | idle MiB | "
+        "| n | d | K | P | dtype | chunk rows (stored) | block rows | persist | worker peak MiB (each) | idle MiB | "
         "peak − idle MiB | rows kept by the busiest worker MiB | predicted peak MiB | driver peak MiB | wall s |",
-        "|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["records"]:
         peak = max(r["worker_peak_bytes"]) / MiB
@@ -253,10 +271,20 @@ def markdown(result: dict) -> str:
         pred = f"{predict_mib(fit, r):.0f}" if fit else "–"
         held = f"{kept_bytes(r) / MiB:.0f}" if r["persisted"] else "–"
         lines.append(
-            f"| {r['n']:,} | {r['d']} | {r['dtype']} | {r['chunk_rows']:,} | {r['block_rows']:,} | "
+            f"| {r['n']:,} | {r['d']} | {r.get('classes', 2)} | {r.get('p', r['d'] + 1):,} | {r['dtype']} | "
+            f"{r['chunk_rows']:,} | {r['block_rows']:,} | "
             f"{'kept' if r['persisted'] else 'streamed'} | {each} | {idle:.0f} | {peak - idle:.0f} | {held} | {pred} | "
             f"{r['driver_peak_bytes'] / MiB:.0f} | {r['wall_s']:.1f} |")
-    if fit:
+    if fit and result.get("fit_from"):
+        lines += [
+            "",
+            f"Predicted from the binary fit of `{result['fit_from']}`: peak per worker ≈ "
+            f"{fit['c_mib']:.0f} MiB + {fit['a']:.2f} · block_rows · d · itemsize + {fit['a64']:.2f} · block_rows · "
+            f"d · 8 B + {fit['b']:.2f} · **P²** · 8 B + min(32 MiB, 8 · K · P · block_rows) (the scores' V_k of a "
+            "sub-block): the binary formula with the p × p matrices (the broadcast L⁻¹, the Hessian sums) at "
+            "P = K(d + 1) − 1.",
+        ]
+    elif fit:
         lines += [
             "",
             "Least-squares fit over the streamed cases (largest worker, MiB): peak per worker ≈ "
@@ -279,6 +307,10 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=N_WORKERS)
     ap.add_argument("--out", type=Path, help="JSON result (default benchmarks/results/worker-memory-<date>.json)")
     ap.add_argument("--tmpdir", type=Path, help="where corpora and runs go (deleted afterwards)")
+    ap.add_argument("--softmax", action="store_true", help="only the softmax cases (K = 10 classes), predicted "
+                    "from the binary fit of --coefficients with P for p")
+    ap.add_argument("--coefficients", type=Path, default=HERE / "results" / "worker-memory-2026-11-30.json",
+                    help="an earlier full result whose fit predicts the --softmax cases")
     ap.add_argument("--render", type=Path, metavar="JSON", help="only write the Markdown summary of an earlier "
                     "result again (the fit recomputed from its records), beside it")
     args = ap.parse_args(argv)
@@ -291,7 +323,11 @@ def main(argv=None) -> int:
         return 0
     date = _dt.date.today().isoformat()
     out = args.out or HERE / "results" / f"worker-memory-{date}{'-quick' if args.quick else ''}.json"
-    cases = QUICK_CASES if args.quick else FULL_CASES
+    if args.softmax:
+        cases = QUICK_SOFTMAX_CASES if args.quick else SOFTMAX_CASES
+        out = args.out or HERE / "results" / f"worker-memory-softmax-{date}{'-quick' if args.quick else ''}.json"
+    else:
+        cases = QUICK_CASES if args.quick else FULL_CASES
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="rifscale-mem-", dir=args.tmpdir))
     records = []
@@ -303,14 +339,15 @@ def main(argv=None) -> int:
             machine = machine_info(client)
         corpora = {}
         for case in cases:
-            n, d, chunk, dtype, persist = case
-            key = (n, d, chunk, dtype)
+            n, d, chunk, dtype, persist, *more = case
+            classes = more[0] if more else 2
+            key = (n, d, chunk, dtype, classes)
             if key not in corpora:
                 for old in corpora.values():
                     shutil.rmtree(old, ignore_errors=True)
-                corpora = {key: tmp / f"corpus-{n}-{d}-{chunk}-{dtype}.zarr"}
-                say(f"ingest n={n:,} d={d} chunk={chunk:,} {dtype}")
-                make_corpus(corpora[key], n, d, chunk, dtype)
+                corpora = {key: tmp / f"corpus-{n}-{d}-{chunk}-{dtype}-{classes}.zarr"}
+                say(f"ingest n={n:,} d={d} chunk={chunk:,} {dtype}" + (f" K={classes}" if classes > 2 else ""))
+                make_corpus(corpora[key], n, d, chunk, dtype, classes)
             say(f"run n={n:,} d={d} chunk={chunk:,} {dtype} persist={persist}")
             rec = run_case(case, corpora[key], tmp, args.workers)
             say(f"  block rows {rec['block_rows']}, worker peaks "
@@ -325,7 +362,9 @@ def main(argv=None) -> int:
     extras = [m for m in ("xarray", "statsmodels", "sklearn", "dask_ml") if importlib.util.find_spec(m)]
     result = {"date": date, "workers": args.workers, "machine": machine, "source": source_info(),
               "extra_packages_installed": extras,
-              "platform": platform.platform(terse=True), "records": records, "fit": fit_formula(records),
+              "platform": platform.platform(terse=True), "records": records,
+              "fit": json.loads(args.coefficients.read_text())["fit"] if args.softmax else fit_formula(records),
+              "fit_from": str(args.coefficients.relative_to(HERE.parent)) if args.softmax else None,
               "seconds": time.perf_counter() - t0}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
