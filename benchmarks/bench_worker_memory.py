@@ -85,6 +85,10 @@ SOFTMAX_CASES = (
 QUICK_SOFTMAX_CASES = ((6_000, 16, 2_000, "float32", "never", 4),)
 #: Most bytes of the V_k products per sub-block of the softmax scores kernel.
 SOFTMAX_SUBBLOCK_BYTES = 32 * MiB
+#: The sizing guide's P² coefficient for softmax workers (deploy/README.md): set from the
+#: --softmax cases of 2026-12-07 so that it bounds all three from above (the worker that
+#: factors H holds H, L and L⁻¹ besides the Hessian sums: 479 MiB at P = 2 569).
+SOFTMAX_P2_FACTOR = 6.5
 
 
 def rifscale_bin() -> str:
@@ -228,9 +232,11 @@ def fit_formula(records: list[dict]) -> dict | None:
             "max_abs_err_mib": float(np.max(np.abs(pred - y))), "max_rel_err": float(np.max(np.abs(pred - y) / y))}
 
 
-def predict_mib(fit: dict, r: dict) -> float:
-    c = [fit["c_mib"], fit["a"], fit["a64"], fit["b"]]
-    if r.get("model", "binary") == "softmax":  # the p × p terms at P, and the scores' V_k sub-block
+def predict_mib(fit: dict, r: dict, *, p2_factor: float | None = None) -> float:
+    """The fitted formula's peak (MiB); softmax: the p × p terms at P (with ``p2_factor``
+    for their coefficient if given) plus the scores' V_k sub-block."""
+    c = [fit["c_mib"], fit["a"], fit["a64"], fit["b"] if p2_factor is None else p2_factor]
+    if r.get("model", "binary") == "softmax":
         terms = _terms(r)
         terms[3] = r["p"] ** 2 * 8 / MiB
         v = min(SOFTMAX_SUBBLOCK_BYTES, 8 * r["classes"] * r["p"] * r["block_rows"]) / MiB
@@ -264,11 +270,17 @@ def markdown(result: dict) -> str:
         "peak − idle MiB | rows kept by the busiest worker MiB | predicted peak MiB | driver peak MiB | wall s |",
         "|---:|---:|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    softmax = bool(result.get("fit_from"))
+    if softmax:
+        lines[-2] = lines[-2].replace("predicted peak MiB |", f"predicted peak MiB (binary fit at P; sizing guide, "
+                                      f"{SOFTMAX_P2_FACTOR} · P² · 8 B) |")
     for r in result["records"]:
         peak = max(r["worker_peak_bytes"]) / MiB
         idle = max(r["worker_idle_bytes"]) / MiB
         each = " / ".join(f"{b / MiB:.0f}" for b in r["worker_peak_bytes"])
         pred = f"{predict_mib(fit, r):.0f}" if fit else "–"
+        if softmax:
+            pred += f"; {predict_mib(fit, r, p2_factor=SOFTMAX_P2_FACTOR):.0f}"
         held = f"{kept_bytes(r) / MiB:.0f}" if r["persisted"] else "–"
         lines.append(
             f"| {r['n']:,} | {r['d']} | {r.get('classes', 2)} | {r.get('p', r['d'] + 1):,} | {r['dtype']} | "
@@ -282,7 +294,10 @@ def markdown(result: dict) -> str:
             f"{fit['c_mib']:.0f} MiB + {fit['a']:.2f} · block_rows · d · itemsize + {fit['a64']:.2f} · block_rows · "
             f"d · 8 B + {fit['b']:.2f} · **P²** · 8 B + min(32 MiB, 8 · K · P · block_rows) (the scores' V_k of a "
             "sub-block): the binary formula with the p × p matrices (the broadcast L⁻¹, the Hessian sums) at "
-            "P = K(d + 1) − 1.",
+            "P = K(d + 1) − 1. It falls short where P² dominates (P = 2 569: one worker peaked at 479 MiB against "
+            "416 predicted; that worker factored H, holding H, L and L⁻¹ besides the sums), so the sizing guide "
+            f"(deploy/README.md) takes **{SOFTMAX_P2_FACTOR} · P² · 8 B** for that term: set from these cases to bound "
+            "all of them from above (a fitted bound, not an independent prediction).",
         ]
     elif fit:
         lines += [
@@ -316,7 +331,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.render:
         result = json.loads(args.render.read_text())
-        result["fit"] = fit_formula(result["records"])
+        if result.get("fit_from"):  # a --softmax result: the binary fit it was predicted from
+            result["fit"] = json.loads((HERE.parent / result["fit_from"]).read_text())["fit"]
+        else:
+            result["fit"] = fit_formula(result["records"])
         args.render.write_text(json.dumps(result, indent=2) + "\n")
         args.render.with_suffix(".md").write_text(markdown(result))
         say(f"wrote {args.render.with_suffix('.md')}")
