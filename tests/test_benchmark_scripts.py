@@ -47,7 +47,15 @@ def test_worker_memory_benchmark_runs_on_tiny_corpora(tmp_path):
         assert r["block_rows"] == 2000 and len(r["worker_peak_bytes"]) == 2
         assert min(r["worker_peak_bytes"]) > max(r["worker_idle_bytes"]) > 0
     text = out.with_suffix(".md").read_text()
-    assert "| 6,000 | 16 | float32 | 2,000 | 2,000 | streamed |" in text and str(tmp_path) not in text
+    assert "| 6,000 | 16 | 2 | 17 | float32 | 2,000 | 2,000 | streamed |" in text and str(tmp_path) not in text
+    # --softmax: four classes (P = 4 · 17 − 1), predicted from the committed binary fit with P for p
+    soft = tmp_path / "soft.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_worker_memory.py"), "--softmax", "--quick",
+                           "--out", str(soft), "--tmpdir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (r,) = json.loads(soft.read_text())["records"]
+    assert r["model"] == "softmax" and r["classes"] == 4 and r["p"] == 67
+    assert "| 6,000 | 16 | 4 | 67 | float32 |" in soft.with_suffix(".md").read_text()
 
 
 def test_cluster_benchmark_refuses_more_workers_than_cores_naming_them(tmp_path):
