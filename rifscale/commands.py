@@ -57,6 +57,9 @@ def cmd_ingest(args) -> int:
 def report_ingested(out, corpus) -> int:
     test = f", test {corpus.test.n} x {corpus.test.d}" if corpus.test else ""
     print(f"wrote corpus {out}: train {corpus.n} x {corpus.d}{test}, {corpus.train.X.numblocks[0]} row chunk(s)")
+    if corpus.classes is not None:
+        shown = ", ".join(f"{k} = {name}" for k, name in enumerate(corpus.classes[:12]))
+        print(f"labels from text, in sorted order: {shown}{', ...' if len(corpus.classes) > 12 else ''}")
     return 0
 
 

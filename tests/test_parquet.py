@@ -109,7 +109,8 @@ def test_each_task_reads_one_row_group_of_the_columns_it_needs(memory_root):
 
 @pytest.mark.parametrize("change, message", [
     (lambda t: {k: v for k, v in t.items() if k != "label"}, "has no label column 'label'"),
-    (lambda t: {**t, "label": np.array(["cat", "dog"] * 50)}, "map the classes to 0/1"),
+    (lambda t: {**t, "label": pa.array([[0]] * 100)}, "rifscale reads integer labels 0..K-1"),
+    (lambda t: {**t, "label": pa.array(["cat"] * 60 + [None] + ["dog"] * 39)}, "is null at row 60"),
     (lambda t: {**t, "embedding": pa.array([[1.0, 2.0]] * 99 + [[1.0]])}, "holds 1 values at row 99"),
     (lambda t: {**t, "embedding": pa.array([[1.0, 2.0]] * 99 + [None])}, "is null at row 99"),
     (lambda t: {**t, "id": np.array([str(i) for i in range(100)])}, "rifscale ids are integers"),
@@ -229,3 +230,32 @@ def test_every_output_resolves_urls_before_anything_else(memory_root, tmp_path, 
     assert main(["validate", f"memory://{memory_root}/run", "--n-sizes", "1"]) == 2
     assert "Cannot write" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a b", "c.zarr", "sets.json"]  # no s3:/, memory:/
+
+
+def test_text_labels_become_sorted_classes_whatever_each_row_group_holds(memory_root, tmp_path, capsys):
+    """Labels given as names: the sorted distinct values over the whole table are the
+    classes 0..K−1, recorded in the corpus and the run. Bugs: classes taken per row group (a
+    group without "cat" would number "dog" 0), in first-seen order rather than sorted, or
+    the mapping lost on the way to the run. Row groups here hold one or two classes each."""
+    names = np.array(["dog"] * 70 + ["emu"] * 70 + ["cat", "emu"] * 35 + ["dog", "cat"] * 35)
+    rng = np.random.default_rng(4)
+    centres = {"cat": [2.0, 0.0, 0.0], "dog": [0.0, 2.0, 0.0], "emu": [0.0, 0.0, 2.0]}
+    X = np.array([centres[v] for v in names]) + rng.normal(size=(len(names), 3))
+    write_table(MEM, f"{memory_root}/t", {"embedding": embedding_column(X), "label": names}, files=2,
+                row_group_size=35)
+    corpus = ingest_parquet(tmp_path / "c.zarr", f"memory://{memory_root}/t", test_fraction=0.25, seed=1)
+    assert corpus.classes == ["cat", "dog", "emu"]
+    assert rifscale.open_corpus(tmp_path / "c.zarr").classes == ["cat", "dog", "emu"]
+    ids = np.concatenate([corpus.train.ids.compute(), corpus.test.ids.compute()])
+    y = np.concatenate([corpus.train.y.compute(), corpus.test.y.compute()])
+    assert np.array_equal(y, np.searchsorted(["cat", "dog", "emu"], names[ids]))  # every row, by its id
+    result = rifscale.attribute(corpus, lam=1.0)
+    assert result.model.family.name == "softmax" and result.model.family.n_classes == 3
+    assert main(["run", str(tmp_path / "c.zarr"), "--out", str(tmp_path / "run"), "-q"]) == 0
+    assert rifscale.open_run(tmp_path / "run").manifest["corpus"]["classes"] == ["cat", "dog", "emu"]
+    # the CLI says how the names were numbered
+    write_table(MEM, f"{memory_root}/u", {"embedding": embedding_column(X), "label": names}, files=1)
+    capsys.readouterr()
+    assert main(["ingest", str(tmp_path / "d.zarr"), "--parquet", f"memory://{memory_root}/u",
+                 "--test-fraction", "0.2"]) == 0
+    assert "labels from text, in sorted order: 0 = cat, 1 = dog, 2 = emu" in capsys.readouterr().out

@@ -86,6 +86,20 @@ class Corpus:
     fingerprint: str
 
     @property
+    def classes(self) -> list | None:
+        """The class names of text labels — label k is ``classes[k]``, the distinct values
+        of a Parquet label column of strings in sorted order — or None for integer labels.
+
+        Examples
+        --------
+        >>> from rifscale.demo import demo_corpus
+        >>> demo_corpus().classes is None  # integer labels
+        True
+        """
+        classes = self.attrs.get("classes")
+        return list(classes) if classes is not None else None
+
+    @property
     def n(self) -> int:
         """Number of training rows.
 

@@ -106,9 +106,10 @@ def _list_rows(column, name: str, d: int, piece: _Piece, start: int) -> np.ndarr
     return values.to_numpy(zero_copy_only=False).reshape(len(column), d)
 
 
-def _read_piece(block, *, fs, columns, kind, d):
+def _read_piece(block, *, fs, columns, kind, d, classes=None):
     """The block of one row group (``block``: a one-element array of its :class:`_Piece`):
-    X (m, d), or one column (m,)."""
+    X (m, d), or one column (m,); ``kind="codes"``: the column's values as their positions
+    in the sorted ``classes`` (int16)."""
     piece = block[0]
     start = piece.start
     table = _read_columns(fs, piece, columns)
@@ -118,7 +119,32 @@ def _read_piece(block, *, fs, columns, kind, d):
         _no_nulls(table.column(name), name, piece, start)
     if kind == "columns":
         return np.column_stack([table.column(name).to_numpy() for name in columns])
-    return table.column(0).to_numpy(zero_copy_only=False)
+    values = table.column(0).to_numpy(zero_copy_only=False)
+    if kind == "codes":
+        values = values.astype(str)
+        codes = np.searchsorted(classes, values)
+        found = codes < len(classes)
+        if not (found.all() and (classes[codes[found]] == values[found]).all()):
+            raise CorpusError(f"The label column {columns[0]!r} changed while it was ingested: row group "
+                              f"{piece.row_group} of {piece.file!r} holds a class the first read did not see. "
+                              "Ingest again.")
+        return codes.astype(np.int16)
+    return values
+
+
+def _piece_classes(piece, *, fs, column: str) -> np.ndarray:
+    """The distinct values (sorted, as str) of a label column in one row group."""
+    col = _read_columns(fs, piece, [column]).column(0)
+    _no_nulls(col, column, piece, piece.start)
+    return np.unique(col.to_numpy(zero_copy_only=False).astype(str))
+
+
+def _is_text(t) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
 def _numeric(t) -> bool:
@@ -180,9 +206,12 @@ def parquet_sources(
 ) -> dict:
     """Dask arrays over a Parquet table, one block per row group, for :func:`rifscale.corpus.ingest.ingest`.
 
-    Returns ``{"train_X", "train_y", "train_ids"?, "split"?}`` (``split``: each row's
-    ``split_column`` value, "train" or "test", when a split column is named). Only the
-    footers are read here; every other read happens in the ingest's tasks.
+    Returns ``{"train_X", "train_y", "train_ids"?, "split"?, "classes"?}`` (``split``: each
+    row's ``split_column`` value, "train" or "test", when a split column is named;
+    ``classes``: for a text label column, its distinct values in sorted order, the labels
+    being their positions 0..K−1). Only the footers are read here — and, for text labels,
+    the label column once, in parallel, for its classes; every other read happens in the
+    ingest's tasks.
     """
     fs, path = _filesystem(url)
     files = _files(fs, path, url)
@@ -220,11 +249,19 @@ def parquet_sources(
                              meta=np.empty((0,) * len(chunks), dtype=dtype))
 
     y_type = schema.field(y_column).type
-    if not _numeric(y_type):
-        raise CorpusError(f"The label column {y_column!r} of {url!r} has type {y_type}; map the classes to 0/1 "
-                          "(integers or booleans) before ingesting.")
-    out = {"train_X": column(x_names, kind, x_dtype, (d,)),
-           "train_y": column([y_column], "one", np.dtype(y_type.to_pandas_dtype()), ())}
+    out = {"train_X": column(x_names, kind, x_dtype, (d,))}
+    if _is_text(y_type):  # classes by name: their sorted order gives the labels 0..K−1
+        classes = _label_classes(fs, pieces, y_column, url)
+        out["train_y"] = da.map_blocks(_read_piece, index, fs=fs, columns=[y_column], kind="codes", d=d,
+                                       classes=classes, chunks=(rows,), dtype=np.int16,
+                                       meta=np.empty((0,), dtype=np.int16))
+        out["classes"] = classes.tolist()
+    elif _numeric(y_type):
+        out["train_y"] = column([y_column], "one", np.dtype(y_type.to_pandas_dtype()), ())
+    else:
+        raise CorpusError(f"The label column {y_column!r} of {url!r} has type {y_type}; rifscale reads integer "
+                          "labels 0..K-1 (or 0/1, or booleans), or text labels (strings), whose sorted distinct "
+                          "values become the classes 0..K-1.")
     if id_column is not None:
         id_type = schema.field(id_column).type
         if not _numeric(id_type) or not np.issubdtype(np.dtype(id_type.to_pandas_dtype()), np.integer):
@@ -235,6 +272,22 @@ def parquet_sources(
     if split_column is not None:
         out["split"] = column([split_column], "one", object, ())
     return out
+
+
+def _label_classes(fs, pieces, column: str, url: str) -> np.ndarray:
+    """The sorted distinct values of a text label column over every row group (read in
+    parallel on local threads), refused beyond what a corpus's int8 labels hold."""
+    import dask
+
+    from ...config import MAX_CLASSES
+
+    parts = dask.compute(*[dask.delayed(_piece_classes)(p, fs=fs, column=column) for p in pieces if p.rows],
+                         scheduler="threads")
+    classes = np.unique(np.concatenate(parts)) if parts else np.array([], dtype=str)
+    if classes.size > min(MAX_CLASSES, 128):
+        raise CorpusError(f"The label column {column!r} of {url!r} has {classes.size} distinct values (e.g. "
+                          f"{classes[:5].tolist()}); a corpus holds at most 128 classes. Is it the label column?")
+    return classes
 
 
 def ingest_parquet(out, url: str, *, x_column: str | None = "embedding", x_columns=None, y_column: str = "label",
@@ -262,7 +315,9 @@ def ingest_parquet(out, url: str, *, x_column: str | None = "embedding", x_colum
         One column per dimension instead, by name or by a glob such as ``"f*"`` (in the
         table's column order).
     y_column : str, default "label"
-        The label column: 0/1 integers or booleans.
+        The label column: integers 0..K−1 (0/1, or booleans, for the binary model), or
+        text: its distinct values in sorted order become the classes 0..K−1, recorded in
+        the corpus (``Corpus.classes``) and in every run's manifest.
     id_column : str, optional
         An integer id column (default: row numbers).
     split_column : str, optional
@@ -303,7 +358,9 @@ def ingest_parquet(out, url: str, *, x_column: str | None = "embedding", x_colum
 
     sources = parquet_sources(url, x_column=x_column, x_columns=x_columns, y_column=y_column,
                               id_column=id_column, split_column=split_column)
+    classes = sources.pop("classes", None)
     record = {"format": "parquet", "url": str(url), "x": x_columns if x_columns is not None else x_column,
               "y": y_column, "ids": id_column, "split": split_column}
-    provenance = {"source": record, **(ingest_kwargs.pop("provenance", None) or {})}
+    provenance = {"source": record, **({"classes": classes} if classes is not None else {}),
+                  **(ingest_kwargs.pop("provenance", None) or {})}
     return ingest(out, **sources, inputs=[url], provenance=provenance, **ingest_kwargs)
