@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "per row (default: embedding)")
     p.add_argument("--x-columns", metavar="PATTERN", help="with --parquet: one column per dimension instead, named "
                    "by a glob such as 'f*' (in the table's column order)")
-    p.add_argument("--y-column", default="label", help="with --parquet: the 0/1 label column (default: label)")
+    p.add_argument("--y-column", default="label", help="with --parquet: the label column: integers 0..K-1 (0/1 for the binary model) or text, whose sorted "
+                   "distinct values become the classes 0..K-1 (default: label)")
     p.add_argument("--id-column", help="with --parquet: an integer id column (default: row numbers)")
     p.add_argument("--split-column", help="with --parquet: a column of 'train'/'test' values naming each row's split")
     p.add_argument("--chunk-rows", type=int, help="rows per stored chunk (default: about 32 MiB of X per chunk, "

@@ -163,3 +163,30 @@ def test_dashboard_link_is_logged_and_answers_with_the_bokeh_dashboard(caplog):
         assert link.startswith("http://127.0.0.1:") and link.endswith("/status")
         page = urllib.request.urlopen(link, timeout=30).read().decode()
     assert "bokeh" in page.lower() and "pip install" not in page  # the dashboard, not "install bokeh"
+
+
+def test_a_large_hessian_reaches_the_factoring_worker_outside_the_graph(client, monkeypatch):
+    """A softmax model's H is P × P (113 MiB at P = 3 849): sent as an argument of the
+    factoring task it travelled inside the graph through the scheduler, and distributed
+    warned "Sending large graph". Above SCATTER_ABOVE it is scattered to the worker first;
+    the factor is the same."""
+    import warnings
+
+    from rifscale.engine import factor as factor_mod
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(300, 300))
+    H = A @ A.T + 300 * np.eye(300)  # 0.7 MB
+    sent = []
+    real_scatter = client.scatter
+    monkeypatch.setattr(client, "scatter", lambda data, **kw: sent.append(data.nbytes) or real_scatter(data, **kw))
+    monkeypatch.setattr(factor_mod, "SCATTER_ABOVE", 2**19)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a large-graph warning fails the test
+        f = factor_mod.factor_hessian(H, client=client)
+    assert sent == [H.nbytes]
+    np.testing.assert_allclose(f.L @ f.L.T, H, rtol=1e-12)
+    np.testing.assert_allclose(f.linv @ f.L, np.eye(300), atol=1e-12)
+    monkeypatch.setattr(factor_mod, "SCATTER_ABOVE", 2**30)  # small: as an argument, as before
+    factor_mod.factor_hessian(H, client=client)
+    assert sent == [H.nbytes]

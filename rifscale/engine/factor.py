@@ -190,6 +190,12 @@ def check_gpu(client=None, *, resource: str = "GPU") -> None:
     _placement(client, resource, require=True)
 
 
+#: An H larger than this (bytes) is scattered to the factoring worker before the task: as an
+#: argument of ``submit`` it would travel inside the graph, through the scheduler (a softmax
+#: model's P = 3 849 makes H 113 MiB, and distributed warns of a large graph).
+SCATTER_ABOVE = 4 * 2**20
+
+
 def factor_hessian(H: np.ndarray, *, client=None, resource: str = "GPU", require_gpu: bool | None = None) -> Factor:
     """Factor H as a task.
 
@@ -210,7 +216,10 @@ def factor_hessian(H: np.ndarray, *, client=None, resource: str = "GPU", require
             check_gpu(None)
         return cholesky_factor(H)
     resources, workers = _placement(client, resource, require)
-    future = client.submit(cholesky_factor, H, resources=resources, workers=workers, allow_other_workers=False,
+    payload = H
+    if H.nbytes > SCATTER_ABOVE:  # straight to a worker, not through the scheduler inside the task's graph
+        payload = client.scatter(H, direct=True, workers=workers, hash=False)
+    future = client.submit(cholesky_factor, payload, resources=resources, workers=workers, allow_other_workers=False,
                            pure=False)
     factor = future.result()
     if require and factor.backend != "cupy":  # the device went away between the check and the task
