@@ -365,16 +365,76 @@ def test_flags_follow_the_largest_eigenvalue_and_make_rif_nan():
     assert rel(full(est["without"].delta["rif"], K, d), ref.delta_rif(clean)) <= TOL
 
 
-def test_tune_and_audit_refuse_the_softmax_model_with_a_clear_error(case):
-    """The audits are built for the binary model so far: a softmax run is refused by name,
-    not failed deep inside a kernel it lacks."""
-    result = case["result"]
+def test_audit_refuses_the_softmax_model_with_a_clear_error(case):
+    """Flip-set audits are built for the binary model so far: a softmax run is refused by
+    name, not failed deep inside a kernel it lacks."""
     with pytest.raises(ConfigError, match="binary model only"):
-        rifscale.tune(result.corpus, [1.0], model="softmax")
-    with pytest.raises(ConfigError, match="would fit the softmax model"):
-        rifscale.tune(result.corpus, [1.0])  # auto, on K > 2 classes
-    with pytest.raises(ConfigError, match="binary model only"):
-        rifscale.audit(result, least_robust=1)
+        rifscale.audit(case["result"], least_robust=1)
+
+
+def _log_softmax_losses(eta, y):
+    """(cross-entropy, 0/1 error, multiclass Brier) of logits (m, K), written out directly."""
+    from scipy.special import logsumexp
+
+    y = np.asarray(y).astype(np.int64)
+    rows = np.arange(len(y))
+    p = np.exp(eta - logsumexp(eta, axis=1, keepdims=True))
+    onehot = np.eye(eta.shape[1])[y]
+    return (logsumexp(eta, axis=1) - eta[rows, y], (np.argmax(eta, axis=1) != y).astype(float),
+            ((p - onehot) ** 2).sum(axis=1))
+
+
+def test_leave_one_out_logits_are_the_exact_single_row_newton_step(case):
+    """The approximate LOO logits of every training row are its logits at θ̂ + the exact Newton
+    step of L₋ᵢ (the dense reference recomputes ∇L₋ᵢ and ∇²L₋ᵢ), so M_i (I − A_i M_i)⁻¹ r_i
+    with M's blocks in the right order (bugs: M_i r_i alone — IF —, Aᵢ without −p pᵀ, a
+    transposed block): ≤ 1e-8. The losses are the cross-entropy, error and multiclass Brier."""
+    ref, res, pr = case["ref"], case["result"], case["pr"]
+    fam = res.model.family
+    eta, loo, h, flag = fam.loo_rows(pr.X, pr.y, theta=res.theta, linv=res.model.factor.linv, fit_intercept=True,
+                                     threshold=res.model.leverage_threshold)
+    assert not flag.any()
+    expected = np.stack([ref.logits(ref.theta + ref.newton_step_without(i))[i] for i in range(len(pr.y))])
+    assert rel(eta, ref.logits(ref.theta)) <= TOL
+    assert rel(loo, expected) <= TOL
+    assert rel(h, case["frame"]["leverage"].to_numpy()) <= TOL
+    for ours, direct in zip(fam.loo_losses(loo, pr.y), _log_softmax_losses(loo, pr.y)):
+        assert np.allclose(ours, direct, rtol=1e-12, atol=1e-14)
+
+
+def test_tune_chooses_lambda_by_leave_one_out_within_3_percent_of_exact(synchronous):
+    """rifscale.tune on a softmax corpus with d/n = 0.25 (P/n = 0.78): at every λ the
+    approximate-LOO log-loss is within 3 % of the exact LOO log-loss of retraining every row
+    (dense reference), the λ it picks is the exact LOO's best or within 0.5 % of it, the exact
+    LOO it reports on its sample equals the reference's, and the test losses are the
+    reference's at θ̂(λ). (At λ = 1 here the one-step estimate is 3.4 % low — measured, and
+    stated in docs/design.md §9 — so the grid starts at 3.)"""
+    n, d, K = 60, 15, 3
+    pr = make_softmax_problem(n, d, K, n_test=40, seed=7)
+    lams = [3.0, 10.0, 30.0, 100.0]
+    corpus = rifscale.Corpus.from_arrays(pr.X, pr.y, pr.X_test, pr.y_test, chunk_rows=25)
+    tuned = rifscale.tune(corpus, lams, exact_loo=6, exact_at="all")
+    table = tuned.table.set_index("lam")
+    exact_curve = {}
+    rows = np.sort(np.random.default_rng([0, 18]).choice(n, size=6, replace=False))  # rifscale's seeded sample
+    for lam in lams:
+        ref = SoftmaxReference(pr.X, pr.y, n_classes=K, lam=lam)
+        loo_eta = []
+        for i in range(n):
+            keep = np.ones(n, dtype=bool)
+            keep[i] = False
+            loo_eta.append(ref.logits(ref.newton(keep, ref.theta))[i])
+        loo_eta = np.array(loo_eta)
+        exact_curve[lam] = _log_softmax_losses(loo_eta, pr.y)[0].mean()
+        assert abs(table.loc[lam, "loo_logloss"] - exact_curve[lam]) <= 0.03 * exact_curve[lam], lam
+        assert table.loc[lam, "exact_logloss"] == pytest.approx(
+            _log_softmax_losses(loo_eta[rows], pr.y[rows])[0].mean(), rel=1e-8)
+        assert table.loc[lam, "exact_certified"] == 6
+        test_eta = ref.logits(ref.theta, ref.augment(pr.X_test, True))
+        assert table.loc[lam, "test_logloss"] == pytest.approx(_log_softmax_losses(test_eta, pr.y_test)[0].mean(),
+                                                               rel=1e-8)
+    best = min(exact_curve, key=exact_curve.get)
+    assert exact_curve[tuned.lam] <= 1.005 * exact_curve[best]
 
 
 def test_a_model_with_hundreds_of_parameters_is_proven_with_the_eigenvalue_not_the_estimate():

@@ -40,7 +40,7 @@ from ..errors import ConfigError
 from ..engine.factor import broadcast
 from ..corpus.model import Corpus
 from ..engine.family import BINARY, ModelFamily
-from ..engine.kernels.logistic import HELDOUT_COLUMNS, LOO_COLUMNS, loo_losses
+from ..engine.kernels.logistic import HELDOUT_COLUMNS, LOO_COLUMNS
 from ..engine.kernels.products import square_norm_block
 from ..progress import Bar
 
@@ -228,9 +228,10 @@ def exact_loo(result, rows: np.ndarray, *, client=None) -> dict:
     _, approx, _, _ = model.family.loo_rows(x, y, theta=model.theta, linv=model.factor.linv, fit_intercept=model.fit_intercept,
                                threshold=model.leverage_threshold)
     z = kernels.design(np.asarray(x), fit_intercept=model.fit_intercept)
-    exact = np.einsum("ij,ji->i", z, thetas)  # z_iᵀ θ̂_{−i}
+    family = model.family
+    exact = np.concatenate([family.predict_logits(z[j : j + 1], thetas[:, j]) for j in range(len(rows))])  # at θ̂_{−i}
     out = {"exact_n": len(rows)}
-    for m, e, a in zip(LOSSES, loo_losses(exact, y), loo_losses(approx, y)):
+    for m, e, a in zip(LOSSES, family.loo_losses(exact, y), family.loo_losses(approx, y)):
         out[f"exact_{m}"], out[f"sample_{m}"] = float(e.mean()), float(a.mean())
     out |= {"exact_certified": sum(f.stopped_at == "tolerance" for f in fits.values()),
             "exact_converged": sum(f.converged for f in fits.values()),

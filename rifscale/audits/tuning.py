@@ -52,18 +52,6 @@ FORMAT = 1
 TABLE, PLOT, STEPS, BEST_EXACT = "table.parquet", "tune.png", "steps", "best-exact.json"
 
 
-def _binary_only(config: RunConfig, corpus: Corpus) -> None:
-    model = config.model
-    if model == "auto":  # what the run would fit: softmax for more than two classes
-        from ..cluster import small_compute
-        from ..pipeline import resolve_model
-
-        model = resolve_model(model, int(small_compute(corpus.train.y.max())[0]))
-    if model != "binary":
-        raise ConfigError(f"rifscale tune supports the binary model only (this corpus would fit the {model} model); "
-                          "the multiclass leave-one-out (K x K leverage blocks) is not built yet.")
-
-
 @one_blas_thread_per_task
 def tune(corpus: Corpus | str | os.PathLike, lams=None, *, out=None, criterion: Criterion = "logloss",
          exact_loo: int = EXACT_LOO, exact_at: ExactAt = "best", config: RunConfig | None = None, client=None,
@@ -112,7 +100,6 @@ def tune(corpus: Corpus | str | os.PathLike, lams=None, *, out=None, criterion: 
                           exact_loo=exact_loo, exact_at=exact_at)
     config = (config or RunConfig()).replace(**overrides) if overrides else (config or RunConfig())
     corpus = corpus if isinstance(corpus, Corpus) else open_corpus(corpus)
-    _binary_only(config, corpus)
     if out is not None:
         return TuneJob(corpus, out, settings, config, overwrite=overwrite).run(client=client)
     if client is None:
@@ -147,7 +134,6 @@ class TuneJob:
     the output's lock and does the work."""
 
     def __init__(self, corpus: Corpus, out, settings: TuneConfig, config: RunConfig, *, overwrite: bool = False):
-        _binary_only(config, corpus)
         self.out = output_path(out, "tune")
         self.corpus, self.settings, self.config, self.overwrite = corpus, settings, config, overwrite
         check_inputs(self.out, [corpus.path])

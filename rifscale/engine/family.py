@@ -116,6 +116,12 @@ class AuditKernels(Protocol):
     def heldout_block(self, x, y, *, theta, fit_intercept: bool):
         """Sums of the losses at θ over the block's rows (a held-out split)."""
 
+    def loo_losses(self, eta, y):
+        """(log-loss, 0/1 error, Brier score) per row of the logits ``eta``."""
+
+    def predict_logits(self, z, theta):
+        """The logits of design rows ``z`` at θ."""
+
 
 #: Families by name (a softmax family also needs its number of classes: :func:`family_for`).
 FAMILIES: dict[str, ModelFamily] = {BINARY.name: BINARY}

@@ -531,6 +531,12 @@ class BinaryLogistic:
     loo_rows = staticmethod(loo_rows)
     loo_block = staticmethod(loo_block)
     heldout_block = staticmethod(heldout_block)
+    loo_losses = staticmethod(loo_losses)
+
+    @staticmethod
+    def predict_logits(z, theta):
+        """The logits ``z θ`` of design rows ``z`` (m, p): (m,)."""
+        return np.asarray(z, dtype=np.float64) @ np.asarray(theta, dtype=np.float64)
 
     @staticmethod
     def n_params(d: int, *, fit_intercept: bool) -> int:

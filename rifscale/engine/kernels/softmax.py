@@ -563,6 +563,58 @@ class Softmax:
         margin = [wt @ _others(eta[:, :, t], y)[0] for t in range(T)]
         return np.array(loss + margin)[None, :]
 
+    # -- approximate leave-one-out (rifscale tune; docs/design.md §9) ------------------------
+    @staticmethod
+    def loo_losses(eta, y):
+        """(log-loss, 0/1 error, Brier) of logits ``eta`` (m, K) against labels ``y``: the
+        cross-entropy, ``argmax η ≠ y`` and ``Σ_k (p_k − [k = y])²``, each (m,) float64."""
+        loss, p, r, _ = row_quantities(eta, y)
+        wrong = np.argmax(eta, axis=1) != np.asarray(y).astype(np.int64)
+        return loss, wrong.astype(np.float64), np.einsum("ik,ik->i", r, r)
+
+    def predict_logits(self, z, theta):
+        """The logits of design rows ``z`` (m, q) at θ: (m, K)."""
+        K = self.n_classes
+        d, fit_intercept = self._dims(len(theta), z.shape[1])
+        return np.asarray(z, dtype=np.float64) @ expand(theta, K, d, fit_intercept)
+
+    def loo_rows(self, x, y, *, theta, linv, fit_intercept: bool, threshold: float):
+        """Per row: the logits η_i (m, K), the approximate leave-one-out logits
+        ``η̃_i = η_i + M_i (I − A_i M_i)⁻¹ r_i`` (m, K) — the logits at θ̂ + Δθ_RIF(i), the exact
+        Newton step of removing row i — the leverage h_i and the flag ``1 − h_i < threshold``
+        (flagged rows get ``M_i r_i / threshold``: (I − A_i M_i)⁻¹ bounded as in the binary model)."""
+        K, d = self.n_classes, x.shape[1]
+        P = linv.shape[0]
+        step = max(16, min(SUB_ROWS, LEVERAGE_VALUES // (K * P)))
+        ops = self._leverage_operands(linv, d, fit_intercept)
+        Theta = expand(theta, K, d, fit_intercept)
+        out = []
+        for rows, z in _Rows(x, fit_intercept, step):
+            eta = z @ Theta
+            _, _, r, A = row_quantities(eta, y[rows])
+            M = self._leverage_blocks(z, linv, fit_intercept, ops)
+            h, flag, s = rescaled(A, M, r, threshold=threshold)
+            s[flag] = r[flag] / threshold
+            out.append((eta, eta + np.einsum("ikl,il->ik", M, s), h, flag))
+        if not out:
+            e = np.zeros((0, K))
+            return e, e, np.zeros(0), np.zeros(0, dtype=bool)
+        return tuple(np.concatenate(parts) for parts in zip(*out))
+
+    def loo_block(self, x, y, *, theta, linv, fit_intercept: bool, threshold: float):
+        """Sums over the block's rows of the approximate leave-one-out and training losses,
+        the leverages and the flags: (1, 9), the binary model's ``LOO_COLUMNS``."""
+        eta, loo, h, flag = self.loo_rows(x, y, theta=theta, linv=linv, fit_intercept=fit_intercept,
+                                          threshold=threshold)
+        cols = [np.ones(len(h)), *self.loo_losses(loo, y), *self.loo_losses(eta, y), h, flag.astype(np.float64)]
+        return np.array([c.sum() for c in cols])[None, :]
+
+    def heldout_block(self, x, y, *, theta, fit_intercept: bool):
+        """Sums over the block's rows of the three losses at θ: (1, 4), ``HELDOUT_COLUMNS``."""
+        eta = self.predict_logits(design(np.asarray(x), fit_intercept=fit_intercept), np.asarray(theta, np.float64))
+        cols = [np.ones(eta.shape[0]), *self.loo_losses(eta, y)]
+        return np.array([c.sum() for c in cols])[None, :]
+
     # -- rows in memory ---------------------------------------------------------------------
     def jacobians(self, z, *, theta_len: int):
         """J_i (m, K, P) of design rows z (m, q): row k of J_i is ``[e_k ⊗ x_i, z_i[d] Q[k]]``."""
