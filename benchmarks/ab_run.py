@@ -11,6 +11,9 @@ timings from its manifest, with the ratio head / base measured side by side.
     .venv/bin/python benchmarks/ab_run.py --base ../base --n 200000 --d 384 --repeats 5 \\
         --out benchmarks/results/ab-layout-<date>
 
+``--extra=--processes`` (any further ``rifscale run`` options, for both sides) times another
+execution mode; worker processes inherit ``PYTHONPATH``, so they run the same tree.
+
 Writes OUT.json and OUT.md.
 """
 
@@ -33,10 +36,10 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 
-def one_run(tree: Path, corpus: Path, out: Path, lam: float) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+def one_run(tree: Path, corpus: Path, out: Path, lam: float, extra=()) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree)}  # worker processes inherit it: they run the same tree
     cmd = [sys.executable, "-c", "from rifscale.cli import console_main; console_main()",
-           "run", str(corpus), "--out", str(out), "--lam", str(lam), "-q"]
+           "run", str(corpus), "--out", str(out), "--lam", str(lam), "-q", *extra]
     t = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t
@@ -53,6 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--d", type=int, default=384)
     ap.add_argument("--lam", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--extra", default="", help="further `rifscale run` options for both sides, e.g. '--processes'")
     ap.add_argument("--tmp", type=Path, default=None, help="where the corpus and runs go (default: system tmp)")
     ap.add_argument("--out", type=Path, required=True, help="OUT.json and OUT.md are written")
     args = ap.parse_args(argv)
@@ -70,17 +74,17 @@ def main(argv=None) -> int:
         for r in range(args.repeats):
             order = list(trees) if r % 2 == 0 else list(trees)[::-1]
             for name in order:
-                rows[name].append(one_run(trees[name], corpus, tmp / f"run-{name}", args.lam))
+                rows[name].append(one_run(trees[name], corpus, tmp / f"run-{name}", args.lam, args.extra.split()))
                 print(f"repeat {r} {name}: {rows[name][-1]['wall']:.2f} s", flush=True)
     keys = sorted(set.intersection(*(set(k for row in rs for k in row) for rs in rows.values())),
                   key=lambda k: (k != "wall", k))
     med = {name: {k: statistics.median(row[k] for row in rs if k in row) for k in keys} for name, rs in rows.items()}
-    result = {"n": args.n, "d": args.d, "lam": args.lam, "repeats": args.repeats,
+    result = {"n": args.n, "d": args.d, "lam": args.lam, "repeats": args.repeats, "extra": args.extra,
               "base": str(args.base), "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
               "runs": rows, "medians": med}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps(result, indent=1))
-    lines = [f"# `rifscale run` A/B: base vs head, {args.n} x {args.d}, lam {args.lam}, "
+    lines = [f"# `rifscale run{(' ' + args.extra) if args.extra else ''}` A/B: base vs head, {args.n} x {args.d}, lam {args.lam}, "
              f"{args.repeats} interleaved repeats (medians, seconds)", "",
              f"Machine: {platform.platform()}, {os.cpu_count()} CPUs.", "",
              "| | base | head | head / base |", "|---|---:|---:|---:|"]
