@@ -437,9 +437,8 @@ def blas_per_task():
     limit). It holds during each dask compute and not between them, so the driver's own
     algebra (factoring H) keeps its threads. rifscale's entry points that compute set it
     themselves, as the command line does for its whole run; use it around a lazy result
-    you compute yourself. With a
-    distributed client, or another scheduler configured, it changes nothing (dask's
-    workers set their own limit).
+    you compute yourself. With a distributed client, or another scheduler configured, it
+    changes nothing (dask's workers set their own limit).
 
     Returns
     -------

@@ -46,7 +46,8 @@ from ..cluster import current_client
 from ..errors import ConfigError, CorpusError, NotConvergedError, NotPositiveDefiniteError, not_positive_definite
 from .hessian import max_row_norm, objectives
 from ..corpus.checks import find_nonfinite, scale_outliers
-from .newton import MIN_STEP, accept, certify, curvature, estimate_curvature, newton_direction, stop_reason
+from .newton import (EXACT_CURVATURE_MAX_P, MIN_STEP, accept, certify, curvature, estimate_curvature,
+    newton_direction, stop_reason)
 from ..progress import Bar, newton_fraction
 
 log = logging.getLogger(__name__)
@@ -306,7 +307,20 @@ class NewtonFit:
     def _exact_at(self, theta) -> None:
         """Evaluate with the float64 Hessian at ``theta`` and make it the current one."""
         (self.cur,) = self.evaluate([(theta, "float64")])
-        self.H, self.H_dtype, self.mu = self.cur.hessian, "float64", estimate_curvature(self.cur.hessian)
+        self._take_hessian(self.cur.hessian, "float64")
+
+    def _take_hessian(self, H, dtype) -> None:
+        """Make ``H`` the current Hessian, with its curvature estimate (which says when to try
+        stopping; the proof is :meth:`_proven_curvature` at θ̂)."""
+        self.H, self.H_dtype, self.mu = H, dtype, estimate_curvature(H)
+
+    def _proven_curvature(self, H) -> float:
+        """μ₀ ≤ λ_min of the exact Hessian whose float64 computed value is ``H``: the estimate
+        itself where that is already :func:`curvature` (H current and at most
+        ``EXACT_CURVATURE_MAX_P`` wide), else one eigenvalue computation."""
+        if H is self.H and H.shape[0] <= EXACT_CURVATURE_MAX_P:
+            return self.mu
+        return curvature(H)
 
     def _direction(self, it: int, *, exact: bool = True) -> np.ndarray:
         return _direction(self.H, self.cur.grad, lam=self.lam, it=it, X=self.X, exact=exact)
@@ -349,14 +363,13 @@ class NewtonFit:
             (cur,) = self.evaluate([(zero, first_mode)])
         self.cur = cur
         self.ref = at_zero.grad_norm or 1.0
-        self.H, self.H_dtype = cur.hessian, cur.hessian_dtype
-        self.mu = estimate_curvature(self.H)  # says when to try stopping; the proof takes curvature() at θ̂
+        self._take_hessian(cur.hessian, cur.hessian_dtype)
 
     def update_hessian(self) -> None:
         """Take the Hessian the last pass computed, if it computed one."""
         cur = self.cur
         if cur.hessian is not None and cur.hessian is not self.H:
-            self.H, self.H_dtype, self.mu = cur.hessian, cur.hessian_dtype, estimate_curvature(cur.hessian)
+            self._take_hessian(cur.hessian, cur.hessian_dtype)
 
     def check_convergence(self, it: int, bar) -> FitResult | None:
         """Record the iteration; when the estimated bound (or the rounding floor) says θ may
@@ -386,7 +399,7 @@ class NewtonFit:
             if self.radius is None:
                 self.radius = max_row_norm(self.X, fit_intercept=self.fit_intercept)
                 self.passes += 1
-            cert = certify(curvature(cur.hessian), self.gnorm, cur.grad_floor,
+            cert = certify(self._proven_curvature(cur.hessian), self.gnorm, cur.grad_floor,
                            radius=self.family.self_concordance * self.radius, lam=self.lam,
                            fit_intercept=self.fit_intercept)
         bound = cert.bound if cert is not None else self.estimate  # final_hessian=False: an estimate

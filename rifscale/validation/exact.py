@@ -155,7 +155,7 @@ def retrain(
     stats = sets if isinstance(sets, SetStatistics) else set_statistics(source, sets, client=client)
     sets, deltas = stats.sets, stats.deltas
     mu_fit = _fit_curvature(source)
-    trace = float(np.sum(model.factor.L**2)) if mu_fit is not None else np.nan  # tr H = ‖L‖_F²
+    trace = float(np.vdot(model.factor.L, model.factor.L)) if mu_fit is not None else np.nan  # tr H = ‖L‖_F²
     states = []
     for name, rows in sets.items():
         d = deltas[name]
@@ -173,27 +173,26 @@ def retrain(
     return {s.name: _result(s, model) for s in states}
 
 
-def _fit_radius(source) -> float | None:
-    """R = max ‖z_i‖ of the training rows as the fit recorded it (an Attribution's fit, a
-    run's manifest), or None when it did not: the retrains' certificates need the same R,
-    and reading it again is a pass over the rows."""
+def _fit_value(source, key: str) -> float | None:
+    """A finite value of the fit's record (an Attribution's fit, a run's manifest), or None."""
     fit = getattr(source, "fit", None)
     if fit is not None:
-        radius = getattr(fit, "row_norm_max", None)
+        value = getattr(fit, key, None)
     else:
-        radius = ((getattr(source, "manifest", None) or {}).get("fit") or {}).get("row_norm_max")
-    return float(radius) if radius is not None and np.isfinite(radius) else None
+        value = ((getattr(source, "manifest", None) or {}).get("fit") or {}).get(key)
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
+def _fit_radius(source) -> float | None:
+    """R = max ‖z_i‖ of the training rows as the fit recorded it, or None when it did not:
+    the retrains' certificates need the same R, and reading it again is a pass over the rows."""
+    return _fit_value(source, "row_norm_max")
 
 
 def _fit_curvature(source) -> float | None:
-    """μ ≤ λ_min(H(θ̂)) as the fit proved it (its certificate's ``mu``: an Attribution's fit,
-    a run's manifest), or None when it proved none."""
-    fit = getattr(source, "fit", None)
-    if fit is not None:
-        mu = getattr(fit, "mu", None)
-    else:
-        mu = ((getattr(source, "manifest", None) or {}).get("fit") or {}).get("mu")
-    return float(mu) if mu is not None and np.isfinite(mu) and mu > 0 else None
+    """μ ≤ λ_min(H(θ̂)) as the fit proved it (its certificate's ``mu``), or None when it proved none."""
+    mu = _fit_value(source, "mu")
+    return mu if mu is not None and mu > 0 else None
 
 
 @one_blas_thread_per_task

@@ -242,19 +242,17 @@ def parquet_sources(
     index[:] = pieces
     index = da.from_array(index, chunks=1, name=f"parquet-pieces-{tokenize(url, pieces)}")
 
-    def column(names, kind_, dtype, shape_tail):
+    def column(names, kind_, dtype, shape_tail, **kwargs):
         chunks = (rows,) + tuple((s,) for s in shape_tail)
         return da.map_blocks(_read_piece, index, fs=fs, columns=names, kind=kind_, d=d, chunks=chunks,
                              new_axis=list(range(1, len(chunks))) or None, dtype=dtype,
-                             meta=np.empty((0,) * len(chunks), dtype=dtype))
+                             meta=np.empty((0,) * len(chunks), dtype=dtype), **kwargs)
 
     y_type = schema.field(y_column).type
     out = {"train_X": column(x_names, kind, x_dtype, (d,))}
     if _is_text(y_type):  # classes by name: their sorted order gives the labels 0..K−1
         classes = _label_classes(fs, pieces, y_column, url)
-        out["train_y"] = da.map_blocks(_read_piece, index, fs=fs, columns=[y_column], kind="codes", d=d,
-                                       classes=classes, chunks=(rows,), dtype=np.int16,
-                                       meta=np.empty((0,), dtype=np.int16))
+        out["train_y"] = column([y_column], "codes", np.dtype(np.int16), (), classes=classes)
         out["classes"] = classes.tolist()
     elif _numeric(y_type):
         out["train_y"] = column([y_column], "one", np.dtype(y_type.to_pandas_dtype()), ())

@@ -467,8 +467,8 @@ class Softmax:
         return M
 
     def _at_rows(self, x, y, theta, linv, U, fit_intercept: bool, threshold: float):
-        """Per row: p, r, A, M, u = J_i U (m, K, M), h, flag, s = (I − A M)⁻¹ r and the
-        gradient of the own margin in η (m, K)."""
+        """Per row: p, r, A, M, u = J_i U (m, K, M), h, flag, s = (I − A M)⁻¹ r, the
+        gradient of the own margin in η (m, K) and the logits η (m, K)."""
         K, d = self.n_classes, x.shape[1]
         q = d + int(fit_intercept)
         U = np.asarray(U, dtype=np.float64)
@@ -485,10 +485,10 @@ class Softmax:
             _, p, r, A = row_quantities(eta, y[rows])
             M = self._leverage_blocks(z, linv, fit_intercept, ops)
             h, flag, s = rescaled(A, M, r, threshold=threshold)
-            out.append((p, r, A, M, u, h, flag, s, _others(eta, y[rows])[1]))
+            out.append((p, r, A, M, u, h, flag, s, _others(eta, y[rows])[1], eta))
         if not out:
             e, kk = np.zeros((0, K)), np.zeros((0, K, K))
-            return e, e, kk, kk, np.zeros((0, K, nm)), np.zeros(0), np.zeros(0, dtype=bool), e, e
+            return e, e, kk, kk, np.zeros((0, K, nm)), np.zeros(0), np.zeros(0, dtype=bool), e, e, e
         return tuple(np.concatenate(parts) for parts in zip(*out))
 
     def score_block(self, x, y, *, theta, linv, U, fit_intercept: bool, threshold: float):
@@ -499,7 +499,7 @@ class Softmax:
         -------
         (m, 5 + 2M) float64 array.
         """
-        p, r, _, M, u, h, flag, s, own = self._at_rows(x, y, theta, linv, U, fit_intercept, threshold)
+        p, r, _, M, u, h, flag, s, own, _ = self._at_rows(x, y, theta, linv, U, fit_intercept, threshold)
         yy = np.asarray(y).astype(np.int64)
         rows = np.arange(p.shape[0])
         s_if = np.einsum("ikm,ik->im", u, r)
@@ -522,7 +522,8 @@ class Softmax:
             keep = w != 0
             x, y, w = x[keep], y[keep], w[keep]
         P = len(theta)
-        _, r, A, _, _, _, flag, s, _ = self._at_rows(x, y, theta, linv, np.empty((P, 0)), fit_intercept, threshold)
+        _, r, A, _, _, _, flag, s, _, _ = self._at_rows(x, y, theta, linv, np.empty((P, 0)), fit_intercept,
+                                                         threshold)
         if w is None:
             w = np.ones(x.shape[0])
         z = design(x, fit_intercept=fit_intercept)
@@ -583,23 +584,11 @@ class Softmax:
         ``η̃_i = η_i + M_i (I − A_i M_i)⁻¹ r_i`` (m, K) — the logits at θ̂ + Δθ_RIF(i), the exact
         Newton step of removing row i — the leverage h_i and the flag ``1 − h_i < threshold``
         (flagged rows get ``M_i r_i / threshold``: (I − A_i M_i)⁻¹ bounded as in the binary model)."""
-        K, d = self.n_classes, x.shape[1]
         P = linv.shape[0]
-        step = max(16, min(SUB_ROWS, LEVERAGE_VALUES // (K * P)))
-        ops = self._leverage_operands(linv, d, fit_intercept)
-        Theta = expand(theta, K, d, fit_intercept)
-        out = []
-        for rows, z in _Rows(x, fit_intercept, step):
-            eta = z @ Theta
-            _, _, r, A = row_quantities(eta, y[rows])
-            M = self._leverage_blocks(z, linv, fit_intercept, ops)
-            h, flag, s = rescaled(A, M, r, threshold=threshold)
-            s[flag] = r[flag] / threshold
-            out.append((eta, eta + np.einsum("ikl,il->ik", M, s), h, flag))
-        if not out:
-            e = np.zeros((0, K))
-            return e, e, np.zeros(0), np.zeros(0, dtype=bool)
-        return tuple(np.concatenate(parts) for parts in zip(*out))
+        _, r, _, M, _, h, flag, s, _, eta = self._at_rows(x, np.asarray(y), theta, linv, np.empty((P, 0)),
+                                                         fit_intercept, threshold)
+        s[flag] = r[flag] / threshold
+        return eta, eta + np.einsum("ikl,il->ik", M, s), h, flag
 
     def loo_block(self, x, y, *, theta, linv, fit_intercept: bool, threshold: float):
         """Sums over the block's rows of the approximate leave-one-out and training losses,
