@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "by a glob such as 'f*' (in the table's column order)")
     p.add_argument("--y-column", default="label", help="with --parquet: the label column: integers 0..K-1 (0/1 for the binary model) or text, whose sorted "
                    "distinct values become the classes 0..K-1 (default: label)")
-    p.add_argument("--id-column", help="with --parquet: an integer id column (default: row numbers)")
+    p.add_argument("--id-column", help="with --parquet: an id column, integers or text (default: row numbers)")
     p.add_argument("--split-column", help="with --parquet: a column of 'train'/'test' values naming each row's split")
     p.add_argument("--chunk-rows", type=int, help="rows per stored chunk (default: about 32 MiB of X per chunk, "
                    "rows split evenly)")
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "the test accuracy), each certified by an exact retrain, with a proven lower bound")
     p.add_argument("run", help="a run directory made by `rifscale run`")
     p.add_argument("--out", required=True, help="audit directory to create (points.parquet/.csv, manifest.json)")
-    p.add_argument("--ids", nargs="+", type=int, metavar="ID", help="test ids of the points to audit")
+    p.add_argument("--ids", nargs="+", metavar="ID", help="test ids of the points to audit (integers or text, as the corpus has them)")
     p.add_argument("--least-robust", type=int, default=0, metavar="N", help="also audit the N test points whose "
                    "flip the RIF estimate puts at the fewest removals")
     p.add_argument("--accuracy-drop", type=float, metavar="X", help="also find the fewest removals that lower the "

@@ -153,7 +153,7 @@ def test_nan_in_test_split_is_named(pr, synchronous):
 def test_ingest_rejects_empty_float_ids_and_orphan_test_ids(tmp_path, pr):
     with pytest.raises(CorpusError, match=r"train/X must be a non-empty 2-D array"):
         rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X[:0], train_y=pr.y[:0])
-    with pytest.raises(CorpusError, match=r"train/ids has dtype float64; ids must be integers"):
+    with pytest.raises(CorpusError, match=r"train/ids has dtype float64; ids are integers \(stored as int64\) or text"):
         rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X, train_y=pr.y, train_ids=np.arange(103) + 0.5)
     with pytest.raises(CorpusError, match=r"test_ids was given without test_X"):
         rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X, train_y=pr.y, test_ids=np.arange(3))

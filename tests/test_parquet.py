@@ -14,6 +14,7 @@ import rifscale
 from rifscale.cli import main
 from rifscale.errors import ConfigError, CorpusError
 from rifscale.corpus.sources.parquet import ingest_parquet, parquet_sources
+from rifscale.corpus.verify import verify_corpus
 from rifscale.testing import Reference, make_problem
 
 from .conftest import rel_err
@@ -113,7 +114,8 @@ def test_each_task_reads_one_row_group_of_the_columns_it_needs(memory_root):
     (lambda t: {**t, "label": pa.array(["cat"] * 60 + [None] + ["dog"] * 39)}, "is null at row 60"),
     (lambda t: {**t, "embedding": pa.array([[1.0, 2.0]] * 99 + [[1.0]])}, "holds 1 values at row 99"),
     (lambda t: {**t, "embedding": pa.array([[1.0, 2.0]] * 99 + [None])}, "is null at row 99"),
-    (lambda t: {**t, "id": np.array([str(i) for i in range(100)])}, "rifscale ids are integers"),
+    (lambda t: {**t, "id": np.arange(100) + 0.5}, "rifscale ids are integers (stored as int64) or text"),
+    (lambda t: {**t, "id": pa.array([f"doc-{i}" for i in range(99)] + [None])}, "'id' is null at row 99"),
     (lambda t: {**t, "split": np.array(["train", "validation"] * 50)}, "holds ['validation']"),
     (lambda t: {**t, "label": np.full(100, -1)}, "label outside 0..127 at row 0 (value -1)"),
 ])
@@ -259,3 +261,77 @@ def test_text_labels_become_sorted_classes_whatever_each_row_group_holds(memory_
     assert main(["ingest", str(tmp_path / "d.zarr"), "--parquet", f"memory://{memory_root}/u",
                  "--test-fraction", "0.2"]) == 0
     assert "labels from text, in sorted order: 0 = cat, 1 = dog, 2 = emu" in capsys.readouterr().out
+
+
+def test_text_ids_are_kept_from_parquet_to_xarray_dataframes_exports_sets_and_audits(memory_root, tmp_path):
+    """Ids given as text (document names, URLs) name the rows all the way: the corpus, its
+    digests, the run's sample coordinate, DataFrames, exports, removal sets and audits by
+    id. Bugs: ids numbered or dropped on the way, an id shifted by a row after the split,
+    a digest over NumPy's in-memory string layout (long strings live on a heap, so the same
+    ids read back would hash differently), sets by id cast to integers."""
+    pr = make_problem(400, 6, n_test=0, seed=8, dtype=np.float32)
+    rng = np.random.default_rng(9)
+    ids = np.array([f"https://example.org/docs/{k:05d}/café-{'x' * (k % 7)}" for k in rng.permutation(10**5)[:400]])
+    split = np.where(rng.random(400) < 0.25, "test", "train")
+    write_table(MEM, f"{memory_root}/t", {"embedding": embedding_column(pr.X), "label": pr.y,
+                                           "doc": pa.array(ids).dictionary_encode(), "split": split},
+                files=2, row_group_size=45)
+    corpus = ingest_parquet(tmp_path / "c.zarr", f"memory://{memory_root}/t", id_column="doc",
+                            split_column="split", chunk_rows=64)
+    tr = split == "train"
+    assert corpus.train.ids.dtype.kind == "T"
+    assert np.array_equal(corpus.train.ids.compute(), ids[tr]) and np.array_equal(corpus.test.ids.compute(), ids[~tr])
+    reopened = rifscale.open_corpus(tmp_path / "c.zarr")
+    assert np.array_equal(reopened.train.ids.compute(), ids[tr])
+    assert verify_corpus(reopened)["chunks"] > 0  # the digests of ids read back match ingest's
+
+    assert main(["run", str(tmp_path / "c.zarr"), "--out", str(tmp_path / "run"), "--lam", "0.5",
+                 "--test-subset", "all", "-q"]) == 0
+    ds = xr.open_zarr(tmp_path / "run" / "scores", consolidated=False)
+    assert list(ds.sample.values) == list(ids[tr])
+    ref = Reference(pr.X[tr], pr.y[tr], lam=0.5)
+    _, rif = ref.scores("test_loss", pr.X[~tr], pr.y[~tr])
+    pick = [5, 77, 200]
+    assert rel_err(ds.rif_test_loss.sel(sample=list(ids[tr][pick])).values, rif[pick]) <= 1e-8
+    run = rifscale.open_run(tmp_path / "run")
+    frame = run.to_dataframe()
+    assert list(frame.index) == list(ids[tr]) and rel_err(frame.loc[ids[tr][pick], "rif_test_loss"].values,
+                                                          rif[pick]) <= 1e-8
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "s.parquet")]) == 0
+    assert list(pd.read_parquet(tmp_path / "s.parquet").index) == list(ids[tr])
+
+    by_id = rifscale.group_effects(run, {"ids": {"g": list(ids[tr][[3, 50, 120]])}})["g"]
+    by_row = rifscale.group_effects(run, {"g": [3, 50, 120]})["g"]
+    assert np.array_equal(by_id.indices, [3, 50, 120]) and by_id.linear == by_row.linear
+    with pytest.raises(ConfigError, match="which are text: give them as strings"):
+        rifscale.group_effects(run, {"ids": {"g": [3, 50]}})
+    with pytest.raises(ConfigError, match="does not have"):
+        rifscale.group_effects(run, {"ids": {"g": ["https://example.org/docs/nope"]}})
+
+    wanted = str(ids[~tr][4])
+    found = rifscale.audit(run, ids=[wanted])
+    assert [p["test_id"] for p in found.points] == [wanted] and found.points[0]["test_row"] == 4
+    assert set(found.points[0]["train_ids"]) <= set(ids[tr])
+    assert main(["audit", str(tmp_path / "run"), "--out", str(tmp_path / "audit"), "--ids", wanted, "-q"]) == 0
+    assert wanted in (tmp_path / "audit" / "points.csv").read_text()
+
+
+def test_text_ids_from_arrays_in_memory_and_their_errors(tmp_path):
+    pr = make_problem(120, 4, n_test=30, seed=3)
+    names = np.array([f"row-{i:03d}" for i in range(120)], dtype=object)
+    corpus = rifscale.Corpus.from_arrays(pr.X, pr.y, pr.X_test, pr.y_test, ids=names, chunk_rows=50)
+    result = rifscale.attribute(corpus, lam=1.0)
+    assert list(result.to_dataframe().index) == list(names)
+    y3 = pr.y + (pr.X[:, 0] > 0.5)  # three classes: the softmax model, the same ids
+    three = rifscale.Corpus.from_arrays(pr.X, y3, pr.X_test, pr.y_test + (pr.X_test[:, 0] > 0.5), ids=names,
+                                        test_ids=[f"t{i}" for i in range(30)], chunk_rows=50)
+    frame = rifscale.attribute(three, lam=1.0).to_dataframe()
+    assert list(frame.index) == list(names) and frame["leverage"].between(0, 1).all()
+    bad = names.copy()
+    bad[61] = None
+    with pytest.raises(CorpusError, match="train/ids holds None .* at row 61; text ids must all be strings"):
+        rifscale.Corpus.from_arrays(pr.X, pr.y, pr.X_test, pr.y_test, ids=bad, chunk_rows=50)
+    dup = names.copy()
+    dup[7] = dup[3]
+    with pytest.raises(CorpusError, match="duplicated"):
+        rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X, train_y=pr.y, train_ids=dup)

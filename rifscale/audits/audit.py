@@ -62,8 +62,9 @@ class AuditConfig:
 
     Parameters
     ----------
-    ids : sequence of int
-        Test ids of the points to audit.
+    ids : sequence of int or str
+        Test ids of the points to audit (text for a corpus with text ids; integers, or their
+        decimal text, otherwise).
     least_robust : int
         Also audit this many least robust test points: among the ``screen`` test points of
         smallest absolute margin, those whose flip the RIF estimate puts at the fewest removals
@@ -107,10 +108,11 @@ class AuditConfig:
     batch_sets: int = 512
 
     def __post_init__(self):
-        ids = np.asarray(list(self.ids))
-        if ids.size and not np.issubdtype(ids.dtype, np.integer):
-            raise ConfigError(f"ids must be integer test ids; got {list(self.ids)[:5]!r}.")
-        object.__setattr__(self, "ids", tuple(int(i) for i in ids))
+        ids = list(self.ids)
+        bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, (numbers.Integral, str))]
+        if bad:
+            raise ConfigError(f"ids must be test ids, integers or text; got {bad[:5]!r}.")
+        object.__setattr__(self, "ids", tuple(i if isinstance(i, str) else int(i) for i in ids))
         for name, low in (("least_robust", 0), ("max_size", 1), ("fanout", 1), ("screen", 1), ("batch_sets", 1),
                           ("refine_max", 1)):
             v = getattr(self, name)
@@ -247,7 +249,7 @@ def audit(source, config: AuditConfig | None = None, *, client=None, **overrides
     eta = x64 @ model.theta[:d] + (model.theta[d] if icpt else 0.0)
     test_ids, eta, y_test = progress.compute(test.ids, eta, test.y, label="audit: test margins")
     test_ids, eta, y_test = (kernels.to_numpy(a) for a in (test_ids, eta, y_test))
-    wanted = rows_of_ids(test_ids, np.asarray(config.ids, dtype=np.int64), "--ids") if config.ids else \
+    wanted = rows_of_ids(test_ids, np.asarray(list(config.ids)), "--ids") if config.ids else \
         np.empty(0, np.int64)
     screened = np.argsort(np.abs(eta), kind="stable")[: max(config.screen, config.least_robust)] \
         if config.least_robust else np.empty(0, np.int64)
@@ -293,7 +295,7 @@ def audit(source, config: AuditConfig | None = None, *, client=None, **overrides
         lb = flip_lower_bound(abs(float(eta[t_row])), c=rows["c"][:, j], h=rows["h"], gamma=rows["gamma"], rho=rho,
                               mass=mass, c_euclid=None if rows["ce"] is None else rows["ce"][:, j], lam=model.lam,
                               fit_intercept=icpt)
-        points.append(_Point(row=t_row, test_id=int(test_ids[t_row]), label=int(y_test[t_row]),
+        points.append(_Point(row=t_row, test_id=test_ids[t_row:t_row + 1].tolist()[0], label=int(y_test[t_row]),
                              margin=float(eta[t_row]), z=Zt[j], sign=float(sign[j]), guess=guesses[j],
                              lower_bound=lb, search=Bisection(orders[j], guesses[j], config.fanout)))
     acc_searches = []
@@ -334,7 +336,7 @@ def audit(source, config: AuditConfig | None = None, *, client=None, **overrides
 @dataclass
 class _Point:
     row: int
-    test_id: int
+    test_id: int | str
     label: int
     margin: float
     z: np.ndarray

@@ -16,7 +16,8 @@ import numpy as np
 import zarr
 
 from ..cluster import current_client
-from .model import Corpus, FORMAT_VERSION, Split, check_unique_ids, listing_signature, open_corpus
+from .model import (Corpus, FORMAT_VERSION, Split, as_ids, check_unique_ids, listing_signature, open_corpus,
+                    stored_id_dtype)
 from ..errors import CorpusError
 from .. import progress
 from .sources.arrays import check_real, checked_x, checked_y, source_of, source_file, source_x_dtype
@@ -66,9 +67,7 @@ def _plan_split(name: str, X, y, ids, rows: int, dtype) -> _PlannedSplit:
         sid = source_of(f"{name}/ids", ids, rows)
         if sid.shape != (n,):
             raise CorpusError(f"{name}/ids has shape {sid.shape}; expected ({n},).")
-        if not np.issubdtype(sid.dtype, np.integer):
-            raise CorpusError(f"{name}/ids has dtype {sid.dtype}; ids must be integers (they are stored as int64).")
-        sid = sid.astype(np.int64)
+        sid = as_ids(f"{name}/ids", sid)  # int64, or text
         check_unique_ids(f"{name}/ids", sid)
     else:
         # row numbers computed from each X chunk (not a free-standing da.arange): dask then
@@ -96,7 +95,8 @@ def _targets(group, split: _PlannedSplit, rows: int, compressor: str) -> list:
     return [
         group.create_array(f"{split.name}/X", shape=(n, d), chunks=(rows, d), dtype=split.X.dtype, **kw),
         group.create_array(f"{split.name}/y", shape=(n,), chunks=(rows,), dtype="int8", **kw),
-        group.create_array(f"{split.name}/ids", shape=(n,), chunks=(rows,), dtype="int64", **kw),
+        group.create_array(f"{split.name}/ids", shape=(n,), chunks=(rows,), dtype=stored_id_dtype(split.ids.dtype),
+                           **kw),
     ]
 
 

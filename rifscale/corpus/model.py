@@ -30,6 +30,39 @@ FORMAT_VERSION = 1
 
 FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float64"))
 
+#: Text ids in memory: NumPy's variable-width strings, which is what Zarr v3 reads back from
+#: its ``string`` arrays. Stored ids are int64 or that Zarr type (docs/design.md §5).
+TEXT_IDS = np.dtypes.StringDType()
+
+
+def text_ids(block, label: str = "ids", block_info=None) -> np.ndarray:
+    """One block of text ids (NumPy unicode, or Python ``str`` objects) as :data:`TEXT_IDS`;
+    a missing or non-text value is refused naming its row."""
+    a = np.asarray(block)
+    if a.dtype.kind == "O":
+        bad = next((i for i, v in enumerate(a.ravel()) if not isinstance(v, str)), None)
+        if bad is not None:
+            start = block_info[0]["array-location"][0][0] if block_info else 0
+            raise CorpusError(f"{label} holds {a.ravel()[bad]!r} (a {type(a.ravel()[bad]).__name__}) at row "
+                              f"{start + bad}; text ids must all be strings, none missing.")
+    return a.astype(TEXT_IDS)
+
+
+def as_ids(label: str, ids: da.Array) -> da.Array:
+    """Ids as a corpus keeps them: integers as int64, text as :data:`TEXT_IDS`; nothing is read."""
+    if np.issubdtype(ids.dtype, np.integer):
+        return ids if ids.dtype == np.int64 else ids.astype(np.int64)
+    if ids.dtype.kind in "UTO":
+        if ids.dtype == TEXT_IDS:
+            return ids
+        return ids.map_blocks(text_ids, label=label, dtype=TEXT_IDS, meta=np.empty((0,), dtype=TEXT_IDS))
+    raise CorpusError(f"{label} has dtype {ids.dtype}; ids are integers (stored as int64) or text (strings).")
+
+
+def stored_id_dtype(dtype):
+    """The Zarr dtype that stores ids of ``dtype``: ``"int64"``, or ``str`` (Zarr's ``string``)."""
+    return str if np.dtype(dtype).kind in "UTO" else "int64"
+
 
 @dataclass(frozen=True)
 class Split:
@@ -59,8 +92,8 @@ class Corpus:
     Parameters
     ----------
     train : Split
-        ``X`` (n, d) float32/float64, ``y`` (n,) 0/1 labels and ``ids`` (n,) int64, Dask
-        arrays sharing one row chunking.
+        ``X`` (n, d) float32/float64, ``y`` (n,) class labels 0..K−1 and ``ids`` (n,) int64 or
+        text (NumPy strings), Dask arrays sharing one row chunking.
     test : Split or None
         The test split the metrics are evaluated on (same d), if any.
     path : str or None
@@ -124,11 +157,12 @@ class Corpus:
         return self.train.d
 
     @classmethod
-    def from_arrays(cls, X, y, X_test=None, y_test=None, *, chunk_rows: int = 65536) -> "Corpus":
+    def from_arrays(cls, X, y, X_test=None, y_test=None, *, ids=None, test_ids=None,
+                    chunk_rows: int = 65536) -> "Corpus":
         """Wrap in-memory (NumPy, Zarr or Dask) arrays as a corpus, validated like a store.
 
-        Nothing is written; the ids are the row numbers. To keep the data (and have runs
-        that can be reopened), write a corpus with :func:`rifscale.ingest` instead.
+        Nothing is written. To keep the data (and have runs that can be reopened), write a
+        corpus with :func:`rifscale.ingest` instead.
 
         Parameters
         ----------
@@ -138,6 +172,8 @@ class Corpus:
             Training labels: classes 0/1 (binary model) or 0..K−1 (``model="softmax"``).
         X_test, y_test : arrays, optional
             The test split (both or neither), with the same d.
+        ids, test_ids : (n,) arrays, optional
+            The rows' ids, unique, integers or text (default: the row numbers).
         chunk_rows : int, default 65536
             Rows per chunk of the Dask arrays (the unit of work of every pass).
 
@@ -162,12 +198,12 @@ class Corpus:
         >>> corpus.train.X.numblocks, corpus.path is None
         ((4, 1), True)
         """
-        train = _split_from_arrays("train", X, y, None, chunk_rows)
+        train = _split_from_arrays("train", X, y, ids, chunk_rows)
         test = None
         if X_test is not None or y_test is not None:
             if X_test is None or y_test is None:
                 raise CorpusError("Pass both X_test and y_test, or neither.")
-            test = _split_from_arrays("test", X_test, y_test, None, chunk_rows)
+            test = _split_from_arrays("test", X_test, y_test, test_ids, chunk_rows)
         _check_same_d(train, test)
         meta = {"source": "arrays", "train": _split_meta(train), "test": _split_meta(test) if test else None}
         return cls(train=train, test=test, path=None, attrs={}, fingerprint=_hash_json(meta))
@@ -195,7 +231,13 @@ def _split_from_arrays(name, X, y, ids, chunk_rows) -> Split:
     X, y = _to_dask(X, chunk_rows), _to_dask(y, chunk_rows)
     if y.ndim == 1 and y.chunks != (X.chunks[0],) and X.ndim == 2 and y.shape[0] == X.shape[0]:
         y = y.rechunk((X.chunks[0],), method="tasks")
-    ids = _to_dask(ids, None) if ids is not None else da.arange(X.shape[0], chunks=X.chunks[0] if X.ndim else "auto", dtype=np.int64)
+    if ids is not None:
+        ids = as_ids(f"{name}/ids", _to_dask(ids, X.chunks[0] if X.ndim == 2 else None))
+        if ids.ndim == 1 and ids.shape[0] == X.shape[0] and ids.chunks[0] != X.chunks[0]:
+            ids = ids.rechunk((X.chunks[0],))
+        check_unique_ids(f"{name}/ids", ids)
+    ids = (ids if ids is not None
+           else da.arange(X.shape[0], chunks=X.chunks[0] if X.ndim else "auto", dtype=np.int64))
     split = Split(X=X, y=y, ids=ids)
     validate_split(name, split)
     _check_labels(name, split.y)
@@ -234,8 +276,8 @@ def validate_split(name: str, split: Split) -> None:
             )
     if not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
         raise CorpusError(f"{name}/y has dtype {y.dtype}; expected integer labels 0/1 (e.g. int8).")
-    if ids.dtype != np.int64:
-        raise CorpusError(f"{name}/ids has dtype {ids.dtype}; expected int64.")
+    if ids.dtype != np.int64 and ids.dtype != TEXT_IDS:
+        raise CorpusError(f"{name}/ids has dtype {ids.dtype}; expected int64 or text (Zarr's string type).")
 
 
 def _check_labels(name: str, y: da.Array) -> None:
@@ -414,7 +456,7 @@ def _open_split(root, name: str, path: str, *, required: bool, foreign: bool = F
 
 def _fit_layout(name: str, X: da.Array, y: da.Array, ids: da.Array):
     """A foreign group's arrays in the layout's chunking (read whole rows, y and ids in
-    X's row chunks) and integer ids as int64; nothing is read."""
+    X's row chunks), integer ids as int64 and text ids as :data:`TEXT_IDS`; nothing is read."""
     if X.ndim == 2 and len(X.chunks[1]) > 1:
         X = X.rechunk({1: -1})
     if y.ndim == 1 and y.shape[:1] == X.shape[:1] and y.chunks[0] != X.chunks[0]:
@@ -422,8 +464,8 @@ def _fit_layout(name: str, X: da.Array, y: da.Array, ids: da.Array):
     if ids.ndim == 1 and ids.shape[:1] == X.shape[:1]:
         if ids.chunks[0] != X.chunks[0]:
             ids = ids.rechunk((X.chunks[0],))
-        if np.issubdtype(ids.dtype, np.integer) and ids.dtype != np.int64:
-            ids = ids.astype(np.int64)
+        if np.issubdtype(ids.dtype, np.integer) or ids.dtype.kind in "UTO":
+            ids = as_ids(f"{name}/ids", ids)
     return X, y, ids
 
 
@@ -444,7 +486,7 @@ def open_node(location: str):
 
 def check_unique_ids(label: str, ids: da.Array) -> None:
     """Ids name rows: a duplicate would make every join of scores back to documents wrong.
-    Reads the ids (8 bytes per row) once, before anything is written."""
+    Reads the ids once, before anything is written."""
     values = np.asarray(ids.compute(scheduler=dask.threaded.get))
     uniq, first, counts = np.unique(values, return_index=True, return_counts=True)
     if uniq.size == values.size:

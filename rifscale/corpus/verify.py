@@ -75,5 +75,17 @@ def row_numbers(x, block_info=None):
 def _chunk_digest(x, y, ids):
     h = hashlib.sha256()
     for part in (x, y, ids):
-        h.update(np.ascontiguousarray(part).tobytes())
+        h.update(_canonical_bytes(part))
     return np.frombuffer(h.digest(), dtype=np.uint8)[None, :]
+
+
+def _canonical_bytes(part) -> bytes:
+    """The bytes a digest covers: a numeric array's own; text ids' UTF-8, each after its
+    length (uint64 little-endian), so that the digest does not depend on how NumPy lays the
+    strings out in memory and no two id lists share one encoding."""
+    part = np.asarray(part)
+    if part.dtype.kind not in "UTO":
+        return np.ascontiguousarray(part).tobytes()
+    encoded = [str(v).encode("utf-8") for v in part.tolist()]
+    lengths = np.fromiter(map(len, encoded), dtype="<u8", count=len(encoded))
+    return lengths.tobytes() + b"".join(encoded)

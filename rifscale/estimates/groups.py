@@ -173,8 +173,7 @@ def normalise_sets(sets, n: int, *, ids=None, by_id: bool = False) -> dict[str, 
         if ids is None:
             raise ConfigError("Removal sets by id need the corpus ids; pass ids=... (the training ids).")
         ids = np.asarray(ids.compute() if hasattr(ids, "compute") else ids)
-        sets = {k: rows_of_ids(ids, np.asarray(v, dtype=np.int64) if len(v) else np.zeros(0, np.int64),
-                               f"removal set {k!r}") for k, v in sets.items()}
+        sets = {k: rows_of_ids(ids, np.asarray(v), f"removal set {k!r}") for k, v in sets.items()}
     return {str(k): validate_indices(np.asarray(v), n, f"removal set {k!r}") for k, v in sets.items()}
 
 

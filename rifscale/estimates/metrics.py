@@ -53,9 +53,9 @@ def rows_of_ids(ids, wanted, what: str) -> np.ndarray:
     """Row positions of the ids ``wanted`` in ``ids`` (an array, or a Dask array read on
     demand); a ConfigError naming the ids that are not there."""
     ids = np.asarray(ids.compute() if hasattr(ids, "compute") else ids)
-    wanted = np.asarray(wanted)
-    if wanted.ndim != 1 or not (np.issubdtype(wanted.dtype, np.integer) or wanted.size == 0):
-        raise ConfigError(f"{what} must be a list of integer ids; got {wanted.dtype} of shape {wanted.shape}.")
+    wanted = _ids_like(np.asarray(wanted), ids, what)
+    if ids.dtype.kind == "T":  # NumPy 2.4's searchsorted misplaces StringDType strings longer than 15
+        ids, wanted = ids.astype(object), wanted.astype(object)  # bytes: compare them as Python str
     order = np.argsort(ids, kind="stable")
     pos = np.searchsorted(ids, wanted, sorter=order)
     pos = np.minimum(pos, ids.size - 1)
@@ -67,6 +67,29 @@ def rows_of_ids(ids, wanted, what: str) -> np.ndarray:
             "ids are the corpus ids (train/ids or test/ids), not row positions."
         )
     return order[pos]
+
+
+def _ids_like(wanted: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
+    """``wanted`` as ids of the corpus's kind: text ids as strings; integer ids as int64,
+    from integers or from their decimal text (as the command line gives them)."""
+    if wanted.ndim != 1:
+        raise ConfigError(f"{what} must be a flat list of ids; got shape {wanted.shape}.")
+    if wanted.size == 0:
+        return wanted.astype(ids.dtype)
+    if ids.dtype.kind in "UTO":
+        if wanted.dtype.kind not in "UT":
+            raise ConfigError(f"{what} must list the corpus's ids, which are text: give them as strings "
+                              f"(got {wanted.dtype} values such as {wanted[:3].tolist()}).")
+        return wanted.astype(ids.dtype)
+    if wanted.dtype.kind in "UT":
+        try:
+            return np.array([int(v) for v in wanted.tolist()], dtype=np.int64)
+        except ValueError:
+            raise ConfigError(f"{what} must list integer ids (the corpus's ids are integers); got "
+                              f"{wanted[:3].tolist()}.") from None
+    if not np.issubdtype(wanted.dtype, np.integer):
+        raise ConfigError(f"{what} must be a list of integer ids; got {wanted.dtype} of shape {wanted.shape}.")
+    return wanted
 
 
 def read_index_file(path: str, n_test: int, ids=None) -> np.ndarray:

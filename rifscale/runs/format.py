@@ -44,7 +44,7 @@ import scipy.linalg
 import zarr
 
 from ..config import RunConfig
-from ..corpus.model import Corpus
+from ..corpus.model import Corpus, stored_id_dtype
 from ..engine.kernels import to_numpy
 from ..engine.model import FittedModel
 from .. import __version__
@@ -162,7 +162,8 @@ def write_scores(run_dir: Path, corpus: Corpus, model: FittedModel, scores, *, p
     columns = {"scores/sample": corpus.train.ids, **scores.named()}  # the ids: the sample coordinate
     for name, arr in columns.items():
         arr = _regular(arr, rows).map_blocks(to_numpy, dtype=arr.dtype, meta=np.empty((0,), dtype=arr.dtype))
-        targets.append(_create(run_dir, name, shape=arr.shape, chunks=(rows,), dtype=arr.dtype))
+        dtype = stored_id_dtype(arr.dtype) if name == "scores/sample" else arr.dtype
+        targets.append(_create(run_dir, name, shape=arr.shape, chunks=(rows,), dtype=dtype))
         sources.append(arr)
     stored = da.store(sources, targets, lock=False, compute=False)
     zarr.open_group(str(run_dir), mode="a").attrs.update({"rifscale_run": FORMAT})  # the run root is a group
@@ -185,7 +186,7 @@ def _write_scores_by_block(run_dir: Path, corpus: Corpus, model: FittedModel, sc
     import dask
 
     rows = corpus.train.X.chunks[0][0]
-    columns = [("scores/sample", None, str(corpus.train.ids.dtype)), *scores.layout()]
+    columns = [("scores/sample", None, stored_id_dtype(corpus.train.ids.dtype)), *scores.layout()]
     targets = {name: _create(run_dir, name, shape=(corpus.n,), chunks=(rows,), dtype=dtype)
                for name, _, dtype in columns}
     zarr.open_group(str(run_dir), mode="a").attrs.update({"rifscale_run": FORMAT})  # the run root is a group
@@ -214,7 +215,10 @@ def _store_score_block(table, ids, start: int, *, targets: dict, columns, lev: i
     table = to_numpy(table)
     stop = start + table.shape[0]
     for name, col, dtype in columns:
-        values = to_numpy(ids) if col is None else table[:, col]
+        if col is None:  # the ids, as the corpus holds them
+            targets[name][start:stop] = to_numpy(ids)
+            continue
+        values = table[:, col]
         targets[name][start:stop] = (values > 0.5) if dtype == "bool" else values.astype(dtype, copy=False)
     return np.array([np.count_nonzero(table[:, flag] > 0.5), table[:, lev].max(initial=-np.inf), table[:, lev].sum()])
 

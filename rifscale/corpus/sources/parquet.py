@@ -7,7 +7,7 @@ columns:
 - the embedding: one column of lists (``fixed_size_list<float>`` or ``list<float>``, every
   row of the same length d), or one numeric column per dimension (``x_columns``: a list of
   names or a glob such as ``"f*"``, in the table's column order);
-- the label (integers or booleans 0/1), optionally the ids (integers) and a split column
+- the label (integers or booleans 0/1), optionally the ids (integers or text) and a split column
   whose values are ``"train"`` and ``"test"``.
 
 :func:`parquet_sources` reads the footers only and returns Dask arrays whose tasks each
@@ -27,6 +27,7 @@ import numpy as np
 from dask.base import tokenize
 
 from ...errors import CorpusError
+from ..model import TEXT_IDS, text_ids
 
 @dataclass(frozen=True)
 class _Piece:
@@ -120,6 +121,8 @@ def _read_piece(block, *, fs, columns, kind, d, classes=None):
     if kind == "columns":
         return np.column_stack([table.column(name).to_numpy() for name in columns])
     values = table.column(0).to_numpy(zero_copy_only=False)
+    if kind == "text":
+        return text_ids(values, f"The id column {columns[0]!r} (row group {piece.row_group} of {piece.file!r})")
     if kind == "codes":
         values = values.astype(str)
         codes = np.searchsorted(classes, values)
@@ -262,11 +265,14 @@ def parquet_sources(
                           "values become the classes 0..K-1.")
     if id_column is not None:
         id_type = schema.field(id_column).type
-        if not _numeric(id_type) or not np.issubdtype(np.dtype(id_type.to_pandas_dtype()), np.integer):
+        if _is_text(id_type):  # text ids (document names, hashes, URLs) are kept as they are
+            out["train_ids"] = column([id_column], "text", TEXT_IDS, ())
+        elif _numeric(id_type) and np.issubdtype(np.dtype(id_type.to_pandas_dtype()), np.integer):
+            out["train_ids"] = column([id_column], "one", np.dtype(id_type.to_pandas_dtype()), ())
+        else:
             raise CorpusError(f"The id column {id_column!r} of {url!r} has type {id_type}; rifscale ids are "
-                              "integers (stored as int64). Map them to integers, or leave --id-column out to use "
-                              "row numbers.")
-        out["train_ids"] = column([id_column], "one", np.dtype(id_type.to_pandas_dtype()), ())
+                              "integers (stored as int64) or text (strings). Convert the column to one of those, "
+                              "or leave --id-column out to use row numbers.")
     if split_column is not None:
         out["split"] = column([split_column], "one", object, ())
     return out
@@ -317,7 +323,7 @@ def ingest_parquet(out, url: str, *, x_column: str | None = "embedding", x_colum
         text: its distinct values in sorted order become the classes 0..K−1, recorded in
         the corpus (``Corpus.classes``) and in every run's manifest.
     id_column : str, optional
-        An integer id column (default: row numbers).
+        An id column, integers or text (default: row numbers).
     split_column : str, optional
         A column of "train"/"test" values naming each row's split.
     **ingest_kwargs
