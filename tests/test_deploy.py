@@ -122,6 +122,23 @@ def test_the_recipes_scheduler_drops_a_silent_worker_after_60_s(dask_processes):
         assert c.run_on_scheduler(lambda dask_scheduler: dask_scheduler.worker_ttl) == 60
 
 
+def test_a_softmax_hessian_goes_to_the_gpu_worker_like_the_binary_one(dask_processes, corpus, tmp_path):
+    """Where H is factored is not the model family's business: the softmax model's
+    P x P Hessian (here K = 2 forced by --model multinomial, P = 51) is factored on the
+    worker that advertises GPU, with CuPy where it works; --device gpu (the row kernels on
+    the GPU, NumPy-only for softmax) exits 2 before anything is written."""
+    path, _ = corpus
+    out = tmp_path / "softmax"
+    args = ["-q", "run", str(path), "--test-subset", "all", "--scheduler", dask_processes["address"],
+            "--model", "multinomial"]
+    assert main([*args, "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["p"] == 2 * 26 - 1 and manifest["factor"]["worker"] == dask_processes["gpu_worker"]
+    assert manifest["factor"]["backend"] == ("cupy" if dask_processes["gpu_usable"] else "numpy")
+    assert main([*args, "--out", str(tmp_path / "gpu"), "--device", "gpu"]) == 2
+    assert not (tmp_path / "gpu").exists()
+
+
 def test_gpu_worker_without_a_device_warns_or_fails_with_require_gpu(dask_processes, corpus, tmp_path, caplog, capsys):
     """A worker that advertises GPU=1 but has no CUDA device/CuPy (this machine): a warning
     naming it, and with --require-gpu exit 2 before anything is written."""
