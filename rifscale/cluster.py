@@ -127,8 +127,6 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
     ``distributed.scheduler.worker-ttl`` without a heartbeat (``timeout`` for the worker
     processes started here), and its tasks then run on the other workers.
     """
-    from threadpoolctl import threadpool_limits
-
     if n_workers is not None and (isinstance(n_workers, bool) or int(n_workers) != n_workers or n_workers < 1):
         raise ConfigError(f"--workers must be a positive integer; got {n_workers!r}.")
     if not (timeout > 0):
@@ -153,7 +151,7 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
                 _watch(address, timeout, connection_args, f"the dask scheduler at {address!r}") as probe:
             if not probe.answered.wait(timeout):
                 raise _unreachable(address, timeout, probe.error)
-            with _remote_client(address, timeout, security) as client:
+            with _remote_client(address, timeout, security) as client, blas_per_task():
                 probe.client = client  # whose lost connection is watched too
                 check_worker_profiling(client)
                 try:
@@ -175,8 +173,7 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
 
         # the scheduler as a function, not the name "threads": dask then does not import
         # distributed (0.5 s) to look for a client
-        with threadpool_limits(limits=1, user_api="blas"), \
-                dask.config.set(scheduler=dask.threaded.get, num_workers=threads):
+        with blas_per_task(), dask.config.set(scheduler=dask.threaded.get, num_workers=threads):
             log.info("running on dask's threaded scheduler with %d thread(s)", threads)
             yield None
         return
@@ -188,11 +185,11 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
         # (dask's default worker-ttl, 5 minutes, can leave a frozen worker's tasks waiting 10)
         kwargs = dict(n_workers=threads, threads_per_worker=1, processes=True, host="127.0.0.1",
                       scheduler_kwargs={"worker_ttl": timeout})
-        blas = contextlib.nullcontext()
     else:  # in-process workers talk over inproc:// (no port at all)
         kwargs = dict(n_workers=1, threads_per_worker=threads, processes=False)
-        blas = threadpool_limits(limits=1, user_api="blas")
-    with blas, dask.config.set({WORKER_PROFILE_SETTING: WORKER_PROFILE_INTERVAL}), \
+    # the driver's BLAS on one thread also beside worker processes: its idle threads would
+    # spin on the cores the workers need (blas_per_task)
+    with blas_per_task(), dask.config.set({WORKER_PROFILE_SETTING: WORKER_PROFILE_INTERVAL}), \
             LocalCluster(dashboard_address="127.0.0.1:0", **kwargs) as cluster, Client(cluster) as client:
         log.info(
             "started a LocalCluster: %d %s x %d thread(s); dashboard %s",
@@ -414,31 +411,22 @@ def current_client():
         return None
 
 
-def _on_local_threads() -> bool:
-    """Whether dask computes here on its local threaded scheduler, with more than one thread."""
-    import dask
-    import dask.threaded
-
-    if current_client() is not None:
-        return False
-    if dask.config.get("scheduler", None) not in (None, "threads", "threading", dask.threaded.get):
-        return False
-    threads = dask.config.get("num_workers", None)
-    return threads is None or threads > 1
-
-
 @contextlib.contextmanager
 def blas_per_task():
-    """Hold BLAS to one thread per task while dask computes on its local threaded scheduler.
+    """Hold this process's BLAS to one thread while rifscale computes.
 
     Every chunk kernel is a BLAS product, and dask runs one task per core: left alone,
     each task's BLAS would start a thread per core too, and the cores are oversubscribed
     (a ``rifscale.tune`` at 1e5 x 256 on 2 cores took 22 s from Python, 8.8 s with the
-    limit). It holds during each dask compute and not between them, so the driver's own
-    algebra (factoring H) keeps its threads. rifscale's entry points that compute set it
-    themselves, as the command line does for its whole run; use it around a lazy result
-    you compute yourself. With a distributed client, or another scheduler configured, it
-    changes nothing (dask's workers set their own limit).
+    limit). The driver's own small algebra between passes runs on one thread as well: an
+    OpenBLAS call on several threads leaves its idle threads spinning for about 0.1 s,
+    on cores that the next pass's tasks — or worker processes on this machine — need
+    (measured: 0.9 s of a 3.8 s run's CPU on a 2-worker cluster, 2·10⁵ × 384). Only the
+    driver's algebra on matrices at least ``rifscale.cluster.WIDE_BLAS_P`` (1024) wide (a
+    softmax model's P × P Hessian: its Cholesky factor and eigenvalues) gets the threads
+    back. rifscale's entry points that compute hold it themselves, as the
+    command line does for its whole run; use it around a lazy result you compute
+    yourself. Worker processes are untouched (dask's workers set their own limit).
 
     Returns
     -------
@@ -455,44 +443,50 @@ def blas_per_task():
     >>> rif.shape
     (1000,)
     """
-    global _blas_depth
-    if _blas_depth or not _on_local_threads():  # nested (tune -> attribute): the outer one holds it
+    global _driver
+    if _driver is not None:  # nested (tune -> attribute): the outer one holds it
         yield
         return
-    _blas_depth += 1
-    try:
-        with _one_blas_thread_callback():
-            yield
-    finally:
-        _blas_depth -= 1
-
-
-#: Open :func:`blas_per_task` blocks: one callback at a time (two would restore each other's limits
-#: in the wrong order).
-_blas_depth = 0
-
-
-def _one_blas_thread_callback():
-    """A dask callback that holds BLAS to one thread from the start to the end of each local
-    compute (``dask.local.get_async`` calls ``_finish`` also when a task fails), so that the
-    driver's own algebra between computes — Cholesky factors and eigenvalues of P × P
-    matrices, thousands wide for the softmax model — keeps every core."""
-    from dask.callbacks import Callback
     from threadpoolctl import threadpool_limits
 
-    class OneBlasThread(Callback):
-        def __init__(self):
-            super().__init__()
-            self._held = []
+    threads = max(_blas_thread_counts(), default=1)
+    with threadpool_limits(limits=1, user_api="blas"):
+        _driver = (threading.get_ident(), threads)
+        try:
+            yield
+        finally:
+            _driver = None
 
-        def _start(self, dsk):
-            self._held.append(threadpool_limits(limits=1, user_api="blas"))
 
-        def _finish(self, dsk, state, errored):
-            if self._held:
-                self._held.pop().restore_original_limits()
+#: The driver's algebra on matrices at least this wide runs on every BLAS thread inside
+#: :func:`blas_per_task` (a Cholesky factor at P = 2000 takes ~0.2 s on one core, half that
+#: on two); below, one thread costs less than the other threads' spinning after each call.
+WIDE_BLAS_P = 1024
 
-    return OneBlasThread()
+#: While a :func:`blas_per_task` block is open: (the thread that opened it, the BLAS threads
+#: it found). One block at a time (nested ones change nothing).
+_driver: tuple[int, int] | None = None
+
+
+def _blas_thread_counts() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+@contextlib.contextmanager
+def wide_blas(p: int):
+    """Inside :func:`blas_per_task`, give the driver's algebra on a ``p`` × ``p`` matrix
+    (``p`` ≥ :data:`WIDE_BLAS_P`) the BLAS threads the block found; elsewhere — smaller
+    matrices, a dask task's thread, no block open — nothing changes."""
+    driver = _driver
+    if driver is None or p < WIDE_BLAS_P or driver[1] <= 1 or threading.get_ident() != driver[0]:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=driver[1], user_api="blas"):
+        yield
 
 
 def one_blas_thread_per_task(func):

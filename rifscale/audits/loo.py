@@ -33,6 +33,7 @@ from typing import Literal, get_args
 import dask
 import numpy as np
 
+from ..cluster import wide_blas
 from ..engine import kernels
 from ..engine._blocks import per_block, persist_rows, reduce_blocks
 from ..config import RunConfig
@@ -172,7 +173,8 @@ def predict_theta(theta: np.ndarray, hessian: np.ndarray, lam0: float, lam: floa
     if fit_intercept:
         d[-1] = 0.0
     try:
-        factor = scipy.linalg.cho_factor(hessian + (lam - lam0) * np.diag(d), lower=True, check_finite=False)
+        with wide_blas(len(d)):
+            factor = scipy.linalg.cho_factor(hessian + (lam - lam0) * np.diag(d), lower=True, check_finite=False)
     except (np.linalg.LinAlgError, ValueError):
         return None
     start = theta - scipy.linalg.cho_solve(factor, (lam - lam0) * d * theta, check_finite=False)

@@ -18,6 +18,7 @@ from typing import Callable, Literal
 import numpy as np
 import scipy.linalg
 
+from ..cluster import wide_blas
 from ..errors import NOT_PD_HINT, ClusterError, NotPositiveDefiniteError, not_positive_definite
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,12 @@ class Factor:
 
 
 def _numpy_cholesky(H: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        L = scipy.linalg.cholesky(H, lower=True, check_finite=False)
-    except np.linalg.LinAlgError as exc:
-        raise not_positive_definite("at the fitted theta", str(exc)) from None
-    linv = scipy.linalg.solve_triangular(L, np.eye(L.shape[0]), lower=True, check_finite=False)
+    with wide_blas(H.shape[0]):
+        try:
+            L = scipy.linalg.cholesky(H, lower=True, check_finite=False)
+        except np.linalg.LinAlgError as exc:
+            raise not_positive_definite("at the fitted theta", str(exc)) from None
+        linv = scipy.linalg.solve_triangular(L, np.eye(L.shape[0]), lower=True, check_finite=False)
     return L, linv
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
+from ..cluster import wide_blas
+
 #: Armijo's sufficient-decrease constant: accept ``L(θ + t s) ≤ L(θ) + ARMIJO t ∇Lᵀ s``.
 ARMIJO = 1e-4
 #: A trial loss this close (relative) to the current one is equal up to rounding.
@@ -113,7 +115,8 @@ def curvature(hessian: np.ndarray) -> float:
     H = 0.5 * (hessian + hessian.T)
     if not np.isfinite(H).all():  # overflowed float32 products: nothing to bound
         return -math.inf
-    low = float(scipy.linalg.eigvalsh(H, subset_by_index=[0, 0], check_finite=False)[0])
+    with wide_blas(H.shape[0]):
+        low = float(scipy.linalg.eigvalsh(H, subset_by_index=[0, 0], check_finite=False)[0])
     return low - 2.0 * ROUNDING_FACTOR * EPS * float(np.trace(H))
 
 
@@ -141,7 +144,8 @@ def estimate_curvature(hessian: np.ndarray) -> float:
     if not np.isfinite(H).all():
         return -math.inf
     try:
-        factor = scipy.linalg.cho_factor(H, lower=True, check_finite=False)
+        with wide_blas(p):
+            factor = scipy.linalg.cho_factor(H, lower=True, check_finite=False)
     except (np.linalg.LinAlgError, ValueError):
         return curvature(hessian)
     v = np.cos(np.arange(1, p + 1, dtype=np.float64))  # fixed, with a share of every eigenvector
@@ -228,5 +232,6 @@ def stop_reason(bound: float, gnorm: float, *, ref: float, floor: float, tol: fl
 
 def newton_direction(hessian: np.ndarray, grad: np.ndarray) -> np.ndarray:
     """``−H⁻¹ g`` by Cholesky; raises ``numpy.linalg.LinAlgError`` when H is not PD."""
-    c = scipy.linalg.cho_factor(hessian, lower=True, check_finite=False)
-    return -scipy.linalg.cho_solve(c, grad, check_finite=False)
+    with wide_blas(hessian.shape[0]):
+        c = scipy.linalg.cho_factor(hessian, lower=True, check_finite=False)
+        return -scipy.linalg.cho_solve(c, grad, check_finite=False)

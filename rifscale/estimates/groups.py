@@ -39,7 +39,7 @@ from ..errors import ConfigError
 from ..engine.factor import broadcast
 from .metrics import metric_values, rows_of_ids, validate_indices
 from ..engine.model import FittedModel
-from ..cluster import one_blas_thread_per_task
+from ..cluster import one_blas_thread_per_task, wide_blas
 
 log = logging.getLogger(__name__)
 
@@ -223,28 +223,30 @@ class LeaveOutHessian:
     @classmethod
     def woodbury(cls, linv, roots, *, threshold: float) -> "LeaveOutHessian | None":
         """``H − Bᵀ B`` by Woodbury, B the set's Hessian roots (``family.row_terms``)."""
-        W = linv @ roots.T
-        M = np.eye(W.shape[1]) - W.T @ W
-        low = cls._smallest(M)
-        if not low >= threshold:
-            return None
-        try:
-            c = scipy.linalg.cho_factor(M, lower=True)
-        except np.linalg.LinAlgError:
-            return None
+        with wide_blas(max(roots.shape)):
+            W = linv @ roots.T
+            M = np.eye(W.shape[1]) - W.T @ W
+            low = cls._smallest(M)
+            if not low >= threshold:
+                return None
+            try:
+                c = scipy.linalg.cho_factor(M, lower=True)
+            except np.linalg.LinAlgError:
+                return None
         return cls("woodbury", linv, (W, c), relative_min=low, removed=float(np.sum(W * W)))
 
     @classmethod
     def direct(cls, H, gram, linv, *, threshold: float) -> "LeaveOutHessian | None":
-        removed = linv @ gram @ linv.T
-        low = cls._smallest(np.eye(H.shape[0]) - removed)
-        if not low >= threshold:
-            return None
-        try:
-            return cls("direct", None, scipy.linalg.cho_factor(H - gram, lower=True), relative_min=low,
-                       removed=float(np.trace(removed)))
-        except np.linalg.LinAlgError:
-            return None
+        with wide_blas(H.shape[0]):
+            removed = linv @ gram @ linv.T
+            low = cls._smallest(np.eye(H.shape[0]) - removed)
+            if not low >= threshold:
+                return None
+            try:
+                return cls("direct", None, scipy.linalg.cho_factor(H - gram, lower=True), relative_min=low,
+                           removed=float(np.trace(removed)))
+            except np.linalg.LinAlgError:
+                return None
 
     def solve(self, v: np.ndarray) -> np.ndarray:
         """``H_{−T}⁻¹ v`` for a (p,) or (p, K) right-hand side."""
