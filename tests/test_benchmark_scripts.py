@@ -90,6 +90,29 @@ def test_cluster_benchmark_runs_every_table_on_tiny_sizes(tmp_path):
     assert "## Strong scaling" in out.with_suffix(".md").read_text()
 
 
+def test_cpu_by_process_runs_and_accounts_every_process(tmp_path):
+    """The per-process CPU profile on a tiny corpus: every process and the client's threads
+    accounted (a worker missing, or the client's BLAS threads not split out, would hide
+    where a cluster's CPU goes)."""
+    import rifscale
+    from rifscale.testing import make_problem
+
+    pr = make_problem(2000, 6, n_test=100, seed=2)
+    rifscale.ingest(tmp_path / "c.zarr", train_X=pr.X, train_y=pr.y, test_X=pr.X_test, test_y=pr.y_test,
+                    chunk_rows=500)
+    out = tmp_path / "cpu"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_by_process.py"), str(tmp_path / "c.zarr"),
+                           "--workers", "2", "--repeats", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.with_suffix(".json").read_text())
+    assert len(res["runs"]) == 2 and res["median_warm"]["wall_s"] > 0
+    run = res["runs"][-1]
+    assert {"client_cpu_s", "scheduler_cpu_s", "worker 0_cpu_s", "worker 1_cpu_s"} <= set(run)
+    assert run["worker 0_cpu_s"] > 0 and run["worker 1_cpu_s"] > 0 and "MainThread" in run["client_threads_cpu_s"]
+    assert "| repeat | wall | client CPU |" in out.with_suffix(".md").read_text()
+
+
 @pytest.mark.slow  # about 30 s: two tunes, a run and scikit-learn's 5-fold CV, each in a child process
 def test_tune_benchmark_runs_on_tiny_sizes(tmp_path):
     out = tmp_path / "tune.json"
