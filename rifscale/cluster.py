@@ -426,7 +426,9 @@ def blas_per_task():
     softmax model's P × P Hessian: its Cholesky factor and eigenvalues) gets the threads
     back. rifscale's entry points that compute hold it themselves, as the
     command line does for its whole run; use it around a lazy result you compute
-    yourself. Worker processes are untouched (dask's workers set their own limit).
+    yourself. Worker processes are untouched (dask's workers set their own limit); on dask's
+    synchronous scheduler, or one thread, without a client, it changes nothing (one task
+    at a time may use every core).
 
     Returns
     -------
@@ -444,7 +446,7 @@ def blas_per_task():
     (1000,)
     """
     global _driver
-    if _driver is not None:  # nested (tune -> attribute): the outer one holds it
+    if _driver is not None or _one_task_at_a_time():  # nested (tune -> attribute): the outer one holds it
         yield
         return
     from threadpoolctl import threadpool_limits
@@ -456,6 +458,20 @@ def blas_per_task():
             yield
         finally:
             _driver = None
+
+
+def _one_task_at_a_time() -> bool:
+    """Whether dask computes here one task at a time (its synchronous scheduler, or one
+    thread) with no client: each task's BLAS may then use every core, and nothing else
+    competes with the driver's."""
+    import dask
+
+    if current_client() is not None:
+        return False
+    scheduler = dask.config.get("scheduler", None)
+    if scheduler in ("sync", "synchronous", "single-threaded") or scheduler is dask.get:
+        return True
+    return dask.config.get("num_workers", None) == 1
 
 
 #: The driver's algebra on matrices at least this wide runs on every BLAS thread inside

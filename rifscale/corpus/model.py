@@ -232,7 +232,8 @@ def _split_from_arrays(name, X, y, ids, chunk_rows) -> Split:
     if y.ndim == 1 and y.chunks != (X.chunks[0],) and X.ndim == 2 and y.shape[0] == X.shape[0]:
         y = y.rechunk((X.chunks[0],), method="tasks")
     if ids is not None:
-        ids = as_ids(f"{name}/ids", _to_dask(ids, X.chunks[0] if X.ndim == 2 else None))
+        aligned = X.ndim == 2 and np.shape(ids)[:1] == (X.shape[0],)  # else validate_split names the shapes
+        ids = as_ids(f"{name}/ids", _to_dask(ids, X.chunks[0] if aligned else None))
         if ids.ndim == 1 and ids.shape[0] == X.shape[0] and ids.chunks[0] != X.chunks[0]:
             ids = ids.rechunk((X.chunks[0],))
         check_unique_ids(f"{name}/ids", ids)
