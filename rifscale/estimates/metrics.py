@@ -54,19 +54,21 @@ def rows_of_ids(ids, wanted, what: str) -> np.ndarray:
     demand); a ConfigError naming the ids that are not there."""
     ids = np.asarray(ids.compute() if hasattr(ids, "compute") else ids)
     wanted = _ids_like(np.asarray(wanted), ids, what)
-    if ids.dtype.kind == "T":  # NumPy 2.4's searchsorted misplaces StringDType strings longer than 15
-        ids, wanted = ids.astype(object), wanted.astype(object)  # bytes: compare them as Python str
-    order = np.argsort(ids, kind="stable")
-    pos = np.searchsorted(ids, wanted, sorter=order)
-    pos = np.minimum(pos, ids.size - 1)
-    found = ids[order[pos]] == wanted
+    if ids.dtype.kind == "T":  # text: a dict (NumPy 2.4's searchsorted misplaces StringDType strings
+        index = {v: i for i, v in enumerate(ids.tolist())}  # longer than 15 bytes; sorting str is slow)
+        rows = np.fromiter((index.get(v, -1) for v in wanted.tolist()), dtype=np.int64, count=wanted.size)
+        found = rows >= 0
+    else:
+        order = np.argsort(ids, kind="stable")
+        rows = order[np.minimum(np.searchsorted(ids, wanted, sorter=order), ids.size - 1)]
+        found = ids[rows] == wanted
     if not found.all():
         missing = wanted[~found]
         raise ConfigError(
             f"{what} names {missing.size} id(s) that the corpus does not have (e.g. {missing[:5].tolist()}); "
             "ids are the corpus ids (train/ids or test/ids), not row positions."
         )
-    return order[pos]
+    return rows
 
 
 def _ids_like(wanted: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
