@@ -295,7 +295,7 @@ def audit(source, config: AuditConfig | None = None, *, client=None, **overrides
         lb = flip_lower_bound(abs(float(eta[t_row])), c=rows["c"][:, j], h=rows["h"], gamma=rows["gamma"], rho=rho,
                               mass=mass, c_euclid=None if rows["ce"] is None else rows["ce"][:, j], lam=model.lam,
                               fit_intercept=icpt)
-        points.append(_Point(row=t_row, test_id=test_ids[t_row:t_row + 1].tolist()[0], label=int(y_test[t_row]),
+        points.append(_Point(row=t_row, test_id=test_ids[t_row].item() if isinstance(test_ids[t_row], np.generic) else test_ids[t_row], label=int(y_test[t_row]),
                              margin=float(eta[t_row]), z=Zt[j], sign=float(sign[j]), guess=guesses[j],
                              lower_bound=lb, search=Bisection(orders[j], guesses[j], config.fanout)))
     acc_searches = []

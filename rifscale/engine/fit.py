@@ -46,7 +46,7 @@ from ..cluster import current_client
 from ..errors import ConfigError, CorpusError, NotConvergedError, NotPositiveDefiniteError, not_positive_definite
 from .hessian import max_row_norm, objectives
 from ..corpus.checks import find_nonfinite, scale_outliers
-from .newton import (EXACT_CURVATURE_MAX_P, MIN_STEP, accept, certify, curvature, estimate_curvature,
+from .newton import (EXACT_CURVATURE_MAX_P, MIN_STEP, accept, certify, cholesky, curvature, estimate_curvature,
     newton_direction, stop_reason)
 from ..progress import Bar, newton_fraction
 
@@ -155,7 +155,8 @@ def _check_unpenalised_hessian(hessian: np.ndarray) -> None:
         )
 
 
-def _direction(H: np.ndarray, grad: np.ndarray, *, lam: float, it: int, X=None, exact: bool = True) -> np.ndarray:
+def _direction(H: np.ndarray, grad: np.ndarray, *, lam: float, it: int, X=None, exact: bool = True,
+               factor=None) -> np.ndarray:
     if not np.isfinite(H).all():
         if not exact:  # float32 products overflowed: the caller retries with the float64 Hessian
             raise not_positive_definite(f"at Newton iteration {it}", "float32 products overflowed")
@@ -165,7 +166,7 @@ def _direction(H: np.ndarray, grad: np.ndarray, *, lam: float, it: int, X=None, 
             + (scale_outliers("train", X) if X is not None else "")
         )
     try:
-        return newton_direction(H, grad)
+        return newton_direction(H, grad, factor)
     except np.linalg.LinAlgError:
         if lam > 0:
             raise NotPositiveDefiniteError(
@@ -312,7 +313,20 @@ class NewtonFit:
     def _take_hessian(self, H, dtype) -> None:
         """Make ``H`` the current Hessian, with its curvature estimate (which says when to try
         stopping; the proof is :meth:`_proven_curvature` at θ̂)."""
-        self.H, self.H_dtype, self.mu = H, dtype, estimate_curvature(H)
+        self.H, self.H_dtype, self._factor = H, dtype, None
+        wide = H.shape[0] > EXACT_CURVATURE_MAX_P  # the estimate then works with H's Cholesky factor
+        self.mu = estimate_curvature(H, self._cholesky() if wide else None)
+
+    def _cholesky(self):
+        """The current H's Cholesky factor, computed once per Hessian (the curvature estimate,
+        the Newton direction and every chord step share it); None when H is not PD, for
+        :func:`_direction` to say why."""
+        if self._factor is None:
+            try:
+                self._factor = cholesky(self.H) if np.isfinite(self.H).all() else False
+            except (np.linalg.LinAlgError, ValueError):
+                self._factor = False
+        return self._factor or None
 
     def _proven_curvature(self, H) -> float:
         """μ₀ ≤ λ_min of the exact Hessian whose float64 computed value is ``H``: the estimate
@@ -323,7 +337,7 @@ class NewtonFit:
         return curvature(H)
 
     def _direction(self, it: int, *, exact: bool = True) -> np.ndarray:
-        return _direction(self.H, self.cur.grad, lam=self.lam, it=it, X=self.X, exact=exact)
+        return _direction(self.H, self.cur.grad, lam=self.lam, it=it, X=self.X, exact=exact, factor=self._cholesky())
 
     def setup(self, theta0, warm_start: bool) -> None:
         """The starting point and its first pass (float32 Hessian), with L(0) beside it."""

@@ -127,7 +127,7 @@ EXACT_CURVATURE_MAX_P = 512
 POWER_STEPS = 16
 
 
-def estimate_curvature(hessian: np.ndarray) -> float:
+def estimate_curvature(hessian: np.ndarray, factor=None) -> float:
     """An estimate of λ_min(H) that says when a fit may try to stop — not a bound.
 
     Up to :data:`EXACT_CURVATURE_MAX_P` parameters it is :func:`curvature`. Above (the
@@ -136,6 +136,7 @@ def estimate_curvature(hessian: np.ndarray) -> float:
     steps with H's Cholesky factor (P³/3, then P² per step) give ``1 / ‖H⁻¹v‖``, halved:
     the iteration approaches λ_min from above, and only a proof (:func:`curvature` of the
     float64 H at θ̂, in :func:`certify`) ends a fit. Not positive definite: :func:`curvature`.
+    ``factor``: H's :func:`cholesky`, when the caller has it (a fit factors each Hessian once).
     """
     p = hessian.shape[0]
     if p <= EXACT_CURVATURE_MAX_P:
@@ -143,11 +144,11 @@ def estimate_curvature(hessian: np.ndarray) -> float:
     H = 0.5 * (hessian + hessian.T)
     if not np.isfinite(H).all():
         return -math.inf
-    try:
-        with wide_blas(p):
-            factor = scipy.linalg.cho_factor(H, lower=True, check_finite=False)
-    except (np.linalg.LinAlgError, ValueError):
-        return curvature(hessian)
+    if factor is None:
+        try:
+            factor = cholesky(H)
+        except (np.linalg.LinAlgError, ValueError):
+            return curvature(hessian)
     v = np.cos(np.arange(1, p + 1, dtype=np.float64))  # fixed, with a share of every eigenvector
     v /= np.linalg.norm(v)
     grow = 1.0
@@ -230,8 +231,16 @@ def stop_reason(bound: float, gnorm: float, *, ref: float, floor: float, tol: fl
     return None
 
 
-def newton_direction(hessian: np.ndarray, grad: np.ndarray) -> np.ndarray:
-    """``−H⁻¹ g`` by Cholesky; raises ``numpy.linalg.LinAlgError`` when H is not PD."""
+def cholesky(hessian: np.ndarray):
+    """H's Cholesky factor (SciPy's ``cho_factor``, lower); raises
+    ``numpy.linalg.LinAlgError`` when H is not PD."""
     with wide_blas(hessian.shape[0]):
-        c = scipy.linalg.cho_factor(hessian, lower=True, check_finite=False)
-        return -scipy.linalg.cho_solve(c, grad, check_finite=False)
+        return scipy.linalg.cho_factor(hessian, lower=True, check_finite=False)
+
+
+def newton_direction(hessian: np.ndarray, grad: np.ndarray, factor=None) -> np.ndarray:
+    """``−H⁻¹ g`` by Cholesky (``factor``: H's :func:`cholesky`, if already at hand); raises
+    ``numpy.linalg.LinAlgError`` when H is not PD."""
+    factor = cholesky(hessian) if factor is None else factor
+    with wide_blas(hessian.shape[0]):
+        return -scipy.linalg.cho_solve(factor, grad, check_finite=False)
