@@ -55,7 +55,8 @@ def _add_cluster(p) -> None:
     p.add_argument("--processes", action="store_true", help="without --scheduler: start a LocalCluster of worker "
                    "processes instead of running on threads (slower to start; isolates workers)")
     p.add_argument("--dashboard", action="store_true", help="without --scheduler: run the threads as an in-process "
-                   "LocalCluster and log its dashboard address")
+                   "LocalCluster (or, with --processes, the worker processes' LocalCluster) and log its dashboard "
+                   "address")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help="give up (exit 2) when the scheduler cannot be reached, no worker joins, the scheduler "
                    "stops answering, or every worker has been gone, for this long; also the worker-ttl of the "
@@ -303,6 +304,13 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGTERM, _on_sigterm)
     published = len(outputs.published)
     args = None
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--processes" in argv and not any(a == "--scheduler" or a.startswith("--scheduler=") for a in argv):
+        # the worker processes' server imports their modules on another core while this
+        # process imports its own (cluster.start_worker_server)
+        from .cluster import start_worker_server
+
+        start_worker_server()
     try:
         args = build_parser().parse_args(argv)  # imports the commands' modules: NumPy, dask, zarr
         _log_to_stderr(quiet=args.quiet)

@@ -91,6 +91,74 @@ def check_worker_profiling(client) -> None:
             WORKER_PROFILE_INTERVAL)
 
 
+#: The modules a worker process imports to run rifscale's tasks (those a worker held after
+#: a run, less the ones they import themselves). The worker processes of ``--processes`` are
+#: forked from a server that imported them once (:func:`start_worker_server`).
+WORKER_MODULES = ("distributed", "dask.array", "zarr", "rifscale.engine.family", "rifscale.engine.factor",
+                  "rifscale.corpus.model", "rifscale.runs.format")
+
+#: distributed's ``distributed.nanny.pre-spawn-environ`` defaults and the hash seed its
+#: nanny gives worker processes (distributed/distributed.yaml, ``Nanny.__init__``): read
+#: before ``distributed`` is imported, when its defaults are not yet in dask's config.
+#: tests/test_distributed.py checks them against the installed distributed.
+PRE_SPAWN_DEFAULTS = {"MALLOC_TRIM_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                      "OPENBLAS_NUM_THREADS": "1"}
+WORKER_HASH_SEED = "6640"
+
+_worker_server = {"started": False}
+
+
+def worker_environment() -> dict[str, str]:
+    """The environment dask's nanny sets before it starts a worker process: its
+    ``distributed.nanny.pre-spawn-environ`` (one BLAS thread, malloc trimming), each
+    variable overridden by this process's environment as dask does, and a hash seed shared
+    by all worker processes."""
+    import dask
+
+    # before distributed is imported dask's config holds only the user's part of the setting
+    wanted = {**PRE_SPAWN_DEFAULTS, **(dask.config.get("distributed.nanny.pre-spawn-environ", None) or {})}
+    env = {k: os.environ.get(k, str(v)) for k, v in wanted.items() if v is not None}  # None unsets, as in dask
+    if env.get("PYTHONHASHSEED") in (None, "0"):
+        env["PYTHONHASHSEED"] = WORKER_HASH_SEED
+    return env
+
+
+def start_worker_server() -> bool:
+    """Start, once per process, the server that forks the worker processes of
+    ``connect(processes=True)``: Python's multiprocessing fork server, which imports
+    :data:`WORKER_MODULES` once, in :func:`worker_environment`, while this process goes on.
+
+    dask's default starts each worker as a fresh interpreter (``spawn``) that imports
+    distributed, then dask.array, zarr and rifscale's kernels at its first task: on a
+    2-core machine about 1.5 s of a 2·10⁵ × 384 run (benchmarks/results/). Forked from the
+    server, a worker starts with all of that imported; the server is single-threaded when
+    it forks (one BLAS thread), so nothing is forked mid-operation. It lives as long as
+    this process. Returns False (workers are then spawned as dask does) on platforms
+    without a fork server (Windows).
+    """
+    import multiprocessing
+    import multiprocessing.forkserver
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    if _worker_server["started"]:
+        return True
+    env = worker_environment()
+    saved = {k: os.environ.get(k) for k in env}
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(WORKER_MODULES))
+    os.environ.update(env)  # the server's environment only: this process's is put back at once
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    _worker_server["started"] = True
+    return True
+
+
 #: Seconds to wait for a scheduler, for the first worker, for a scheduler that stopped
 #: answering, or for any worker to come back after all of them left, before giving up with
 #: a ClusterError; also the ``worker-ttl`` of the LocalCluster of worker processes.
@@ -115,9 +183,11 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
       the GIL, and BLAS is limited to one thread per task (threadpoolctl) so that the
       threads do not oversubscribe the cores;
     * ``dashboard=True``: the same threads as an in-process LocalCluster, for its
-      dashboard (printed in the log);
+      dashboard (printed in the log); with ``processes=True`` the worker processes' one;
     * ``processes=True``: a LocalCluster of ``n_workers`` single-threaded worker
-      processes on 127.0.0.1 (slower to start; isolates the workers).
+      processes on 127.0.0.1 (slower to start; isolates the workers), forked from a
+      server that has imported rifscale's worker modules (:func:`start_worker_server`;
+      the CLI starts it before its own imports).
 
     Nothing waits forever: a scheduler that does not answer dask's handshake within
     ``timeout`` seconds, no worker within ``timeout`` seconds, a scheduler that stops
@@ -180,21 +250,27 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
     import dask
     from distributed import Client, LocalCluster
 
+    settings = {WORKER_PROFILE_SETTING: WORKER_PROFILE_INTERVAL}
     if processes:
         # a worker silent for `timeout` seconds is restarted and its tasks run elsewhere
         # (dask's default worker-ttl, 5 minutes, can leave a frozen worker's tasks waiting 10)
+        # the dashboard (bokeh, in this process) only when asked: it costs the start ~0.35 s;
+        # the scheduler's HTTP server (/health, /metrics) stays, on 127.0.0.1
         kwargs = dict(n_workers=threads, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      scheduler_kwargs={"worker_ttl": timeout})
+                      scheduler_kwargs={"worker_ttl": timeout, "dashboard": dashboard})
+        if start_worker_server():  # workers forked with rifscale's modules imported
+            settings["distributed.worker.multiprocessing-method"] = "forkserver"
     else:  # in-process workers talk over inproc:// (no port at all)
         kwargs = dict(n_workers=1, threads_per_worker=threads, processes=False)
     # the driver's BLAS on one thread also beside worker processes: its idle threads would
     # spin on the cores the workers need (blas_per_task)
-    with blas_per_task(), dask.config.set({WORKER_PROFILE_SETTING: WORKER_PROFILE_INTERVAL}), \
+    with blas_per_task(), dask.config.set(settings), \
             LocalCluster(dashboard_address="127.0.0.1:0", **kwargs) as cluster, Client(cluster) as client:
         log.info(
-            "started a LocalCluster: %d %s x %d thread(s); dashboard %s",
+            "started a LocalCluster: %d %s x %d thread(s)%s",
             kwargs["n_workers"], "worker process(es)" if processes else "in-process worker",
-            kwargs["threads_per_worker"], local_dashboard_link(client),
+            kwargs["threads_per_worker"], f"; dashboard {local_dashboard_link(client)}" if dashboard else
+            " (--dashboard serves dask's dashboard)",
         )
         with _watch(cluster.scheduler_address, timeout, client.connection_args, "the LocalCluster"):
             yield client

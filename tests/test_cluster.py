@@ -151,18 +151,38 @@ def test_the_library_is_silent_until_show_progress(corpus_path, capsys):
     assert len([line for line in lines if "fit converged in" in line]) == 1
 
 
-def test_dashboard_link_is_logged_and_answers_with_the_bokeh_dashboard(caplog):
+@pytest.mark.parametrize("processes", [False, True])
+def test_dashboard_link_is_logged_and_answers_with_the_bokeh_dashboard(caplog, processes):
     import logging
     import urllib.request
 
     from rifscale.cluster import connect
 
-    with caplog.at_level(logging.INFO, logger="rifscale"), connect(dashboard=True):
+    with caplog.at_level(logging.INFO, logger="rifscale"), connect(dashboard=True, processes=processes, n_workers=1):
         (line,) = [r.getMessage() for r in caplog.records if "started a LocalCluster" in r.getMessage()]
         link = line.rsplit("dashboard ", 1)[1]
         assert link.startswith("http://127.0.0.1:") and link.endswith("/status")
         page = urllib.request.urlopen(link, timeout=30).read().decode()
     assert "bokeh" in page.lower() and "pip install" not in page  # the dashboard, not "install bokeh"
+
+
+def test_worker_processes_serve_no_dashboard_unless_asked(caplog):
+    """Serving the dashboard costs the start of --processes about 0.35 s: only on request."""
+    import logging
+
+    from rifscale.cluster import connect
+
+    import urllib.error
+    import urllib.request
+
+    with caplog.at_level(logging.INFO, logger="rifscale"), connect(processes=True, n_workers=1) as client:
+        port = client.scheduler_info()["services"]["dashboard"]  # the HTTP server, without the dashboard
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as health:
+            assert health.read() == b"ok"
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=30)
+    (line,) = [r.getMessage() for r in caplog.records if "started a LocalCluster" in r.getMessage()]
+    assert line.endswith("(--dashboard serves dask's dashboard)")
 
 
 def test_a_large_hessian_reaches_the_factoring_worker_outside_the_graph(client, monkeypatch):

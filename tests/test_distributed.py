@@ -149,6 +149,61 @@ def test_clusters_rifscale_starts_sample_stacks_rarely_and_others_are_named(clus
     assert "DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL=100ms" in caplog.text
 
 
+def _worker_state():
+    import os
+    import sys
+
+    from threadpoolctl import threadpool_info
+
+    from rifscale.cluster import WORKER_MODULES
+
+    return {"missing": [m for m in WORKER_MODULES if m not in sys.modules],
+            "blas": sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}),
+            "hash": hash("rifscale"), "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_")}
+
+
+def test_worker_processes_start_with_rifscales_modules_one_blas_thread_and_one_hash_seed():
+    """The workers of --processes are forked from a server that imported their modules once,
+    started in dask's pre-spawn environment: a server started in this process's environment
+    would give each worker BLAS threads for every core (and oversubscribe them); one without
+    the preload would leave each worker to import them at its first task."""
+    import os
+
+    from rifscale.cluster import connect, start_worker_server
+
+    before = dict(os.environ)
+    assert start_worker_server()
+    assert dict(os.environ) == before  # the server's environment only
+    with connect(processes=True, n_workers=2) as client:
+        seen = list(client.run(_worker_state).values())
+    assert len(seen) == 2
+    for state in seen:
+        assert state["missing"] == [] and state["blas"] == [1] and state["trim"] == "65536", state
+    seeded = subprocess.run([sys.executable, "-c", "print(hash('rifscale'))"], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONHASHSEED": "6640"})
+    assert {s["hash"] for s in seen} == {int(seeded.stdout)}
+
+
+def test_the_worker_environment_is_dasks_pre_spawn_setting(monkeypatch):
+    """Read before distributed is imported, the defaults are rifscale's copy of
+    distributed's: they must equal the installed distributed's; the user's setting and
+    this process's environment override them, as in dask's nanny."""
+    import distributed  # noqa: F401 (its defaults in dask's config)
+
+    from rifscale.cluster import PRE_SPAWN_DEFAULTS, WORKER_HASH_SEED, worker_environment
+
+    for name in PRE_SPAWN_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    defaults = {k: str(v) for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()}
+    assert defaults == PRE_SPAWN_DEFAULTS
+    assert worker_environment() == {**defaults, "PYTHONHASHSEED": WORKER_HASH_SEED}
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": 2, "MALLOC_TRIM_THRESHOLD_": None}}):
+        env = worker_environment()
+    assert env["OMP_NUM_THREADS"] == "2" and env["MKL_NUM_THREADS"] == "3" and "MALLOC_TRIM_THRESHOLD_" not in env
+
+
 @pytest.fixture(scope="module")
 def wide_corpus(tmp_path_factory):
     """Big enough for the scores pass to be killed in, wide enough for BLAS's blocked paths."""
