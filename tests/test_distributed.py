@@ -91,6 +91,26 @@ def test_held_blocks_are_placed_in_contiguous_runs_and_a_pass_is_one_task_per_th
     assert not any(s["action"] == "transfer" for t in ts.data for s in t["startstops"])
 
 
+def test_a_pass_over_held_blocks_cuts_the_runs_they_were_placed_in_without_asking_the_scheduler(
+        client, arrays, monkeypatch):
+    """The runs of a pass over held blocks are those of their placement: no round trip for
+    the worker table per pass, and one worker more than at the placement does not cut
+    the blocks into other runs (which would sum them in another order)."""
+    import rifscale.cluster
+
+    X, y = arrays
+    Xh, yh = persist_rows([da.from_array(X, chunks=(CHUNKS, 3)), da.from_array(y, chunks=(CHUNKS,))], client)
+    placed = len(client.scheduler_info()["workers"])
+    asked = []
+    monkeypatch.setattr(rifscale.cluster, "workers_info", lambda c: asked.append(c) or {"w": {"nthreads": 5}})
+    seen = []
+    real_submit = type(client).submit
+    monkeypatch.setattr(type(client), "submit", lambda self, *a, **k: seen.append(len(a[3])) or real_submit(self, *a, **k))
+    got = reduce_blocks(_count_block, Xh, yh, width=5, row_start=True, scale=1.0, client=client)
+    np.testing.assert_allclose(got, _expected(X, y, 1.0), rtol=1e-13)
+    assert asked == [] and seen == [b - a for a, b in group_ranges(len(CHUNKS), placed)]
+
+
 @pytest.fixture(scope="module")
 def uneven_corpus(tmp_path_factory):
     pr = make_problem(sum(CHUNKS) * 2, 40, n_test=60, seed=8)

@@ -96,9 +96,10 @@ def reduce_blocks(kernel, X: da.Array, *rows, width: int, row_start: bool = Fals
         return np.asarray(block_sum(kernel, X, *rows, width=width, row_start=row_start, client=client,
                                     **kwargs).compute())
     starts = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).tolist() if row_start else None
+    slots = _PLACED_SLOTS.get(X.name) or thread_slots(client)  # the runs the blocks were placed in
     futures = [client.submit(_run_sum, kernel, width, held[a:b], starts[a:b] if starts else None, kwargs,
                              pure=False)
-               for a, b in group_ranges(X.numblocks[0], thread_slots(client))]
+               for a, b in group_ranges(X.numblocks[0], slots)]
     return functools.reduce(np.add, client.gather(futures))
 
 
@@ -152,6 +153,14 @@ def row_map(kernel, X: da.Array, *rows, width: int, **kwargs) -> da.Array:
     )
 
 
+#: The thread slots each array held by :func:`persist_rows` was placed for, by array name:
+#: a pass over it (:func:`reduce_blocks`) cuts the same runs without asking the scheduler
+#: for its worker table again (one round trip per pass, whose answer grows with the
+#: workers; on 2 workers no measurable cost: 2e5 x 384 attribute 3.25 vs 3.26 s), and its
+#: sums keep the order of the placement if workers come or go during the run.
+_PLACED_SLOTS: dict[str, int] = {}
+
+
 def persist_rows(arrays, client=None) -> list:
     """Keep aligned row-chunked arrays (same row chunks, one column chunk) in memory for
     repeated passes. On a distributed client, run g of :func:`group_ranges` goes to the
@@ -171,6 +180,7 @@ def persist_rows(arrays, client=None) -> list:
         futures = client.compute([d for _, d in run], workers=[worker], allow_other_workers=True)
         for (k, d), future in zip(run, futures):
             held[k][d.key] = future
+    _PLACED_SLOTS.update((arr.name, len(slots)) for arr in arrays)
     return [_from_futures(arr, futures) for arr, futures in zip(arrays, held)]
 
 
