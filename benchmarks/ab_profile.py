@@ -36,6 +36,7 @@ def child(tree: Path, corpus: str, mode: str, workers: int, out: Path, tmp: Path
            "--repeats", "2", "--tmp", str(tmp), "--out", str(out)]
     if interval and mode != "threads":
         cmd += ["--profile-interval", interval]
+    # the script's own directory heads the child's sys.path, then PYTHONPATH: the tree's rifscale
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     result = json.loads(Path(f"{out}.json").read_text())
     return result["runs"][-1]

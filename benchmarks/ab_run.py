@@ -36,12 +36,27 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 
+def tree_env(tree: Path) -> dict:
+    """The environment and working directory that make a child Python import ``tree``'s
+    rifscale: its ``PYTHONPATH`` (worker processes inherit it), and the tree as the working
+    directory, because ``python -c`` puts the working directory before ``PYTHONPATH`` (run
+    from another checkout's root, both sides would import that checkout)."""
+    return {"env": {**os.environ, "PYTHONPATH": str(tree)}, "cwd": str(tree)}
+
+
+def check_tree(tree: Path) -> None:
+    """Fail unless a child started as :func:`one_run` starts it imports ``tree``'s rifscale."""
+    where = subprocess.run([sys.executable, "-c", "import rifscale; print(rifscale.__file__)"], check=True,
+                           capture_output=True, text=True, **tree_env(tree)).stdout.strip()
+    if Path(where).resolve().parent.parent != tree.resolve():
+        raise SystemExit(f"ab_run: a child meant to run {tree} imports rifscale from {where}")
+
+
 def one_run(tree: Path, corpus: Path, out: Path, lam: float, extra=()) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(tree)}  # worker processes inherit it: they run the same tree
     cmd = [sys.executable, "-c", "from rifscale.cli import console_main; console_main()",
            "run", str(corpus), "--out", str(out), "--lam", str(lam), "-q", *extra]
     t = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, **tree_env(tree))
     wall = time.perf_counter() - t
     manifest = json.loads((out / "manifest.json").read_text())
     timings = manifest.get("timings", {})
@@ -64,6 +79,7 @@ def main(argv=None) -> int:
     for name, tree in trees.items():
         if not (tree / "rifscale" / "__init__.py").exists():
             ap.error(f"{name} tree {str(tree)!r} has no rifscale package")
+        check_tree(tree)
     from _synth import write_corpus
 
     rows = {name: [] for name in trees}

@@ -142,3 +142,18 @@ def test_bench_softmax_runs_on_tiny_sizes(tmp_path):
     assert res["softmax"]["certified"] and res["hessian_block"]["stacked_vs_grams_rel"] < 1e-12
     assert res["peer_scores"]["rif_rel_to_rifscale"] < 1e-4 and res["sklearn"]["rel_W"] < 1e-4
     assert out.with_suffix(".md").read_text().startswith("# bench_softmax")
+
+
+def test_ab_run_children_import_the_tree_they_are_meant_to_run(tmp_path, monkeypatch):
+    """`python -c` puts the working directory before PYTHONPATH: started from a checkout's
+    root, both sides of an A/B imported that checkout. Each side's child imports its tree."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import ab_run
+
+    tree = tmp_path / "tree"
+    (tree / "rifscale").mkdir(parents=True)
+    (tree / "rifscale" / "__init__.py").write_text("")
+    monkeypatch.chdir(ROOT)  # a checkout's root, with its own rifscale/
+    ab_run.check_tree(tree)
+    with pytest.raises(SystemExit, match="imports rifscale from"):
+        ab_run.check_tree(tmp_path)  # no rifscale there: the installed one is not the tree's
