@@ -134,7 +134,7 @@ def start_worker_server() -> bool:
     server, a worker starts with all of that imported; the server is single-threaded when
     it forks (one BLAS thread), so nothing is forked mid-operation. It lives as long as
     this process. Returns False (workers are then spawned as dask does) on platforms
-    without a fork server (Windows).
+    without a fork server (Windows) or where it cannot start (logged).
     """
     import multiprocessing
     import multiprocessing.forkserver
@@ -149,6 +149,10 @@ def start_worker_server() -> bool:
     os.environ.update(env)  # the server's environment only: this process's is put back at once
     try:
         multiprocessing.forkserver.ensure_running()
+    except OSError as exc:  # e.g. no room for its socket: dask's own way still works
+        log.warning("could not start the server that forks worker processes (%s); they start as fresh "
+                    "interpreters instead (about a second slower)", exc)
+        return False
     finally:
         for k, v in saved.items():
             if v is None:

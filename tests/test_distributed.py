@@ -204,6 +204,25 @@ def test_worker_processes_start_with_rifscales_modules_one_blas_thread_and_one_h
     assert {s["hash"] for s in seen} == {int(seeded.stdout)}
 
 
+def test_worker_processes_still_start_when_the_fork_server_cannot(monkeypatch, caplog):
+    """A fork server that cannot start (no room for its socket, say) leaves dask's spawned
+    workers, with a warning, not a traceback."""
+    import multiprocessing.forkserver
+
+    import rifscale.cluster as cluster
+
+    def refuse():
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cluster, "_worker_server", {"started": False})
+    monkeypatch.setattr(multiprocessing.forkserver, "ensure_running", refuse)
+    with caplog.at_level(logging.WARNING, logger="rifscale"):
+        with cluster.connect(processes=True, n_workers=1) as client:
+            assert client.submit(sum, [1, 2]).result() == 3
+    assert "could not start the server that forks worker processes (" in caplog.text
+    assert "No space left on device" in caplog.text
+
+
 def test_the_worker_environment_is_dasks_pre_spawn_setting(monkeypatch):
     """Read before distributed is imported, the defaults are rifscale's copy of
     distributed's: they must equal the installed distributed's; the user's setting and
