@@ -586,11 +586,16 @@ def wide_blas(p: int):
 
 
 def one_blas_thread_per_task(func):
-    """Run ``func`` under :func:`blas_per_task` (the public entry points that compute)."""
+    """Run ``func`` under :func:`blas_per_task` (the public entry points that compute), with
+    its ``client=`` argument, if given, as the current client: every compute inside, also
+    those that look for dask's default client, then runs on it (with a client that is not
+    the default, e.g. ``Client(..., set_as_default=False)``, they would run on local threads
+    over its futures and fail)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        with blas_per_task():
+        client = kwargs.get("client")
+        with blas_per_task(), (client.as_current() if client is not None else contextlib.nullcontext()):
             return func(*args, **kwargs)
 
     return wrapper

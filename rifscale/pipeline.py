@@ -81,6 +81,9 @@ class Attribution:
     scores: Scores
     timings: dict = field(default_factory=dict)
     layout: dict = field(default_factory=dict)  # blocks, persisted, device (rifscale.engine.partition)
+    #: the distributed client whose workers hold the rows (None on dask's local scheduler):
+    #: :meth:`to_zarr` computes on it
+    client: object = field(default=None, repr=False, compare=False)
 
     @property
     def theta(self) -> np.ndarray:
@@ -337,7 +340,7 @@ def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = Non
     )
     scores = score_table(corpus.train, model, client=client)
     return Attribution(corpus=corpus, config=config, fit=fitted, model=model, scores=scores, timings=timings,
-                       layout=layout)
+                       layout=layout, client=client)
 
 
 def rescore(corpus: Corpus | str | os.PathLike, config: RunConfig, model: FittedModel, *, client=None) -> tuple:

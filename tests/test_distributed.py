@@ -150,6 +150,27 @@ def test_held_run_matches_the_dense_reference_and_threads_bit_for_bit(cluster, u
             assert other.array(f"scores/{name}")[:].tobytes() == on_cluster.array(f"scores/{name}")[:].tobytes(), name
 
 
+def test_a_client_that_is_not_dasks_default_does_all_the_work(cluster, uneven_corpus, tmp_path):
+    """``attribute(client=c)``, ``to_zarr`` and ``group_effects(client=c)`` with a client
+    created with ``set_as_default=False``: the label check, the radius and every pass run
+    on it (before, the computes that look for dask's default client ran on local threads
+    over its futures and failed with "Missing dependency")."""
+    from distributed import Client
+
+    from rifscale.cluster import current_client
+
+    pr, ref, path = uneven_corpus
+    with Client(cluster, set_as_default=False) as c:
+        assert current_client() is not c
+        result = rifscale.attribute(path, lam=0.7, client=c)
+        result.to_zarr(tmp_path / "run")
+        effects = rifscale.group_effects(result, {"first": [0, 1, 2]}, client=c)
+    assert rel_err(result.theta, ref.theta) <= 1e-8
+    assert rel_err(rifscale.open_run(tmp_path / "run").array("scores/leverage")[:], ref.h) <= 1e-8
+    rif = effects["first"].plugin["test_loss"]["rif"]
+    assert np.isfinite(rif) and rif != 0
+
+
 def test_clusters_rifscale_starts_sample_stacks_rarely_and_others_are_named(cluster, caplog):
     """dask's default 10 ms stack sampling costs the kernels 20-30 %: rifscale's own
     LocalCluster uses 100 ms; a cluster at the default gets a warning naming the setting."""

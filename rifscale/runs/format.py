@@ -30,6 +30,7 @@ Two ways to write one, both atomic (:mod:`rifscale.outputs`):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -292,7 +293,9 @@ def write_run(result, out, *, overwrite: bool = False, progress: bool = False) -
     ('complete', 1.0, 0)
     """
     corpus, model = result.corpus, result.model
-    with atomic_dir(output_path(out, "run"), overwrite=overwrite, kind="run", inputs=[corpus.path]) as tmp:
+    client = getattr(result, "client", None)  # whose workers hold the rows: the scores pass runs there
+    with (client.as_current() if client is not None else contextlib.nullcontext()), \
+            atomic_dir(output_path(out, "run"), overwrite=overwrite, kind="run", inputs=[corpus.path]) as tmp:
         write_model(tmp, model)
         t = time.perf_counter()
         counts = write_scores(tmp, corpus, model, result.scores, progress=progress)
