@@ -248,7 +248,10 @@ def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = Non
         single fields (``attribute(path, lam=0.1)``).
     client : distributed.Client, optional
         Defaults to the active client, if any; the factor is then broadcast to all
-        workers and the factorisation pinned to a ``GPU`` worker when one exists.
+        workers and the factorisation pinned to a ``GPU`` worker when one exists. A
+        client that is not dask's default (``set_as_default=False``) is the current one
+        while this runs, and :meth:`Attribution.to_zarr` uses it too; to compute the lazy
+        scores yourself, do it inside ``with client.as_current():``.
     theta0 : (p,) array, optional
         Start the Newton fit here (e.g. a previous run's θ̂) instead of from a subsample fit.
     **overrides
