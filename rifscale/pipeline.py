@@ -61,6 +61,9 @@ class Attribution:
         Seconds per stage (fit, factor, metrics; scores once written).
     layout : dict
         How the rows are laid out on the workers (blocks, persisted, device).
+    client : distributed.Client or None
+        The client whose workers hold the rows (None on dask's local scheduler);
+        :meth:`to_zarr` computes the scores on it.
 
     Examples
     --------
@@ -81,8 +84,6 @@ class Attribution:
     scores: Scores
     timings: dict = field(default_factory=dict)
     layout: dict = field(default_factory=dict)  # blocks, persisted, device (rifscale.engine.partition)
-    #: the distributed client whose workers hold the rows (None on dask's local scheduler):
-    #: :meth:`to_zarr` computes on it
     client: object = field(default=None, repr=False, compare=False)
 
     @property
