@@ -105,7 +105,7 @@ PRE_SPAWN_DEFAULTS = {"MALLOC_TRIM_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1",
                       "OPENBLAS_NUM_THREADS": "1"}
 WORKER_HASH_SEED = "6640"
 
-_worker_server = {"started": False}
+_worker_server_started = False
 
 
 def worker_environment() -> dict[str, str]:
@@ -136,12 +136,13 @@ def start_worker_server() -> bool:
     this process. Returns False (workers are then spawned as dask does) on platforms
     without a fork server (Windows) or where it cannot start (logged).
     """
+    global _worker_server_started
     import multiprocessing
     import multiprocessing.forkserver
 
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return False
-    if _worker_server["started"]:
+    if _worker_server_started:
         return True
     env = worker_environment()
     saved = {k: os.environ.get(k) for k in env}
@@ -159,7 +160,7 @@ def start_worker_server() -> bool:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    _worker_server["started"] = True
+    _worker_server_started = True
     return True
 
 
@@ -585,20 +586,24 @@ def wide_blas(p: int):
         yield
 
 
-def one_blas_thread_per_task(func):
-    """Run ``func`` under :func:`blas_per_task` (the public entry points that compute), with
-    its ``client=`` argument, if given, as the current client: every compute inside, also
-    those that look for dask's default client, then runs on it (with a client that is not
-    the default, e.g. ``Client(..., set_as_default=False)``, they would run on local threads
-    over its futures and fail)."""
+def entry_point(func):
+    """Run a public entry point that computes under :func:`blas_per_task`, with its
+    ``client=`` argument as the current client (:func:`using_client`)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        client = kwargs.get("client")
-        with blas_per_task(), (client.as_current() if client is not None else contextlib.nullcontext()):
+        with blas_per_task(), using_client(kwargs.get("client")):
             return func(*args, **kwargs)
 
     return wrapper
+
+
+def using_client(client):
+    """``client`` as the current client for the block (nothing for None): every compute
+    inside, also those that look for dask's default client, runs on it. With a client that
+    is not the default (``Client(..., set_as_default=False)``) they would otherwise run on
+    local threads over its futures and fail."""
+    return client.as_current() if client is not None else contextlib.nullcontext()
 
 
 def small_compute(*collections):

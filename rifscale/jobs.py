@@ -23,7 +23,7 @@ from .outputs import (atomic_dir, check_inputs, check_output, claim, mark, outpu
     remove_within)
 from .runs.format import FORMAT, MANIFEST, json_default, build_manifest, write_run_json, write_model, write_scores
 from .runs.reading import Run, manifest_or_none, read_model, read_theta, checkpoint_of, open_run, read_manifest
-from .cluster import one_blas_thread_per_task
+from .cluster import entry_point
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def warm_start_theta(previous, corpus: Corpus, config: RunConfig) -> np.ndarray:
     return theta
 
 
-@one_blas_thread_per_task
+@entry_point
 def run_job(corpus, out, config: RunConfig | None = None, *, overwrite: bool = False, client=None,
             progress: bool = False, warm_start=None) -> dict:
     """Fit, factor, score and write the run ``out`` as a resumable, idempotent batch job.

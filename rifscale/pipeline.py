@@ -29,7 +29,7 @@ from .estimates.metrics import metric_at, read_index_file, select_test_subset
 from .engine.model import FittedModel
 from .engine.partition import check_device, prepare_split
 from .engine.scores import Scores, score_table
-from .cluster import one_blas_thread_per_task
+from .cluster import entry_point
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class Attribution:
         return write_run(self, out, overwrite=overwrite, progress=progress)
 
 
-@one_blas_thread_per_task
+@entry_point
 def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = None, *, client=None,
               theta0: np.ndarray | None = None, _layout: dict | None = None, _radius: float | None = None,
               **overrides) -> Attribution:

@@ -235,7 +235,7 @@ def test_worker_processes_still_start_when_the_fork_server_cannot(monkeypatch, c
     def refuse():
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cluster, "_worker_server", {"started": False})
+    monkeypatch.setattr(cluster, "_worker_server_started", False)
     monkeypatch.setattr(multiprocessing.forkserver, "ensure_running", refuse)
     with caplog.at_level(logging.WARNING, logger="rifscale"):
         with cluster.connect(processes=True, n_workers=1) as client:

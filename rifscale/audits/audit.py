@@ -43,7 +43,7 @@ from ..estimates.groups import set_statistics
 from ..engine.family import AuditKernels
 from ..engine.kernels.margins import accuracy_block, margin_error
 from ..estimates.metrics import rows_of_ids
-from ..cluster import one_blas_thread_per_task
+from ..cluster import entry_point
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ ACCURACY_COLUMNS = ("target_drop", "n_test", "correct_before", "accuracy_before"
                     "accuracy_after_at_most", "error_bound", "ordering_points", "bisection_rounds", "refinement_rounds")
 
 
-@one_blas_thread_per_task
+@entry_point
 def audit(source, config: AuditConfig | None = None, *, client=None, **overrides) -> Audit:
     """Certified flip sets of test points, and of the test accuracy (docs/design.md §8.11).
 
@@ -290,12 +290,13 @@ def audit(source, config: AuditConfig | None = None, *, client=None, **overrides
     mass = np.append(rows["mass"][RHO_GRID < rows["rmax"]], 0.0)
 
     points = []
+    test_id_values = test_ids.tolist()  # the ids as Python int or str
     for j in chosen:
         t_row = int(pool[j])
         lb = flip_lower_bound(abs(float(eta[t_row])), c=rows["c"][:, j], h=rows["h"], gamma=rows["gamma"], rho=rho,
                               mass=mass, c_euclid=None if rows["ce"] is None else rows["ce"][:, j], lam=model.lam,
                               fit_intercept=icpt)
-        points.append(_Point(row=t_row, test_id=test_ids[t_row].item() if isinstance(test_ids[t_row], np.generic) else test_ids[t_row], label=int(y_test[t_row]),
+        points.append(_Point(row=t_row, test_id=test_id_values[t_row], label=int(y_test[t_row]),
                              margin=float(eta[t_row]), z=Zt[j], sign=float(sign[j]), guess=guesses[j],
                              lower_bound=lb, search=Bisection(orders[j], guesses[j], config.fanout)))
     acc_searches = []

@@ -43,7 +43,7 @@ from .loo import (EXACT_LOO, GRID_DECADES, Criterion, ExactAt, TuneConfig, TuneP
 from ..outputs import check_inputs, check_output, claim, mark, output_path, publish, remove
 from ..runs.format import MANIFEST, json_default, _versions, write_run_json
 from ..runs.reading import manifest_or_none
-from ..cluster import one_blas_thread_per_task
+from ..cluster import entry_point
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ FORMAT = 1
 TABLE, PLOT, STEPS, BEST_EXACT = "table.parquet", "tune.png", "steps", "best-exact.json"
 
 
-@one_blas_thread_per_task
+@entry_point
 def tune(corpus: Corpus | str | os.PathLike, lams=None, *, out=None, criterion: Criterion = "logloss",
          exact_loo: int = EXACT_LOO, exact_at: ExactAt = "best", config: RunConfig | None = None, client=None,
          overwrite: bool = False, **overrides) -> Tuning:

@@ -39,7 +39,7 @@ from ..errors import ConfigError
 from ..engine.factor import broadcast
 from .metrics import metric_values, rows_of_ids, validate_indices
 from ..engine.model import FittedModel
-from ..cluster import one_blas_thread_per_task, wide_blas
+from ..cluster import entry_point, wide_blas
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +341,7 @@ def set_statistics(source, sets, *, client=None) -> SetStatistics:
     return SetStatistics(sets=sets, deltas=deltas, gathered=gathered, masks=masks)
 
 
-@one_blas_thread_per_task
+@entry_point
 def group_effects(source, sets, *, client=None, extra: dict | None = None) -> dict[str, GroupEstimate]:
     """IF, RIF and NS estimates for each named removal set.
 

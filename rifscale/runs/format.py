@@ -30,7 +30,6 @@ Two ways to write one, both atomic (:mod:`rifscale.outputs`):
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -51,7 +50,7 @@ from ..engine.model import FittedModel
 from .. import __version__
 from ..progress import compute as progress_compute
 from ..outputs import atomic_dir, output_path
-from ..cluster import one_blas_thread_per_task
+from ..cluster import entry_point, using_client
 
 
 log = logging.getLogger(__name__)
@@ -248,7 +247,7 @@ def build_manifest(corpus: Corpus, config: RunConfig, model: FittedModel, *, fit
     }
 
 
-@one_blas_thread_per_task
+@entry_point
 def write_run(result, out, *, overwrite: bool = False, progress: bool = False) -> dict:
     """Compute the scores of an :class:`rifscale.Attribution` (one pass) and write
     the complete run directory ``out`` (atomically: into a hidden sibling, moved into
@@ -293,8 +292,7 @@ def write_run(result, out, *, overwrite: bool = False, progress: bool = False) -
     ('complete', 1.0, 0)
     """
     corpus, model = result.corpus, result.model
-    client = getattr(result, "client", None)  # whose workers hold the rows: the scores pass runs there
-    with (client.as_current() if client is not None else contextlib.nullcontext()), \
+    with using_client(result.client), \
             atomic_dir(output_path(out, "run"), overwrite=overwrite, kind="run", inputs=[corpus.path]) as tmp:
         write_model(tmp, model)
         t = time.perf_counter()

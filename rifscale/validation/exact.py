@@ -48,7 +48,7 @@ from ..engine.hessian import max_row_norm
 from ..engine.newton import (EPS, MIN_STEP, ROUNDING_FACTOR, Certificate, accept, carry_curvature, certify,
     curvature, leave_out_curvature, newton_direction, penalised, penalised_hessian, stop_reason)
 from ..engine.model import FittedModel
-from ..cluster import one_blas_thread_per_task
+from ..cluster import entry_point
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def _fit_curvature(source) -> float | None:
     return mu if mu is not None and mu > 0 else None
 
 
-@one_blas_thread_per_task
+@entry_point
 def retrain_sets(source, sets, *, tol: float = TOL, client=None) -> dict[str, Retrain]:
     """Exact retrains without each set, with the change of every test metric.
 
