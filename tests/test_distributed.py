@@ -69,6 +69,30 @@ def test_every_block_is_summed_once_in_every_mode(client, arrays):
     assert block_sum(_count_block, Xh, yh, client=client, **kw).compute().tolist() == held.tolist()
 
 
+def _sum_and_max_block(x, y):
+    """[rows, Σx, max x, −min y-weighted x]: two sums, then two maxima."""
+    return np.array([[x.shape[0], x.sum(), x.max(), -(x[:, 0] * y).min()]])
+
+
+def test_the_last_maxima_entries_keep_the_largest_in_every_mode(client, arrays):
+    """A packed row's tail combined by max, the rest summed (bug: a max summed over blocks,
+    or taken from the first or last block only, or the sums' part taken as a max)."""
+    X, y = arrays
+    X = X.copy()
+    X[40, 1] = 50.0  # the largest value sits in the third block, neither first nor last in any run
+    Xd, yd = da.from_array(X, chunks=(CHUNKS, 3)), da.from_array(y, chunks=(CHUNKS,))
+    want = np.array([X.shape[0], X.sum(), 50.0, -(X[:, 0] * y).min()])
+    kw = dict(width=4, maxima=2)
+    with dask.config.set(scheduler="threads", num_workers=2):
+        threads = reduce_blocks(_sum_and_max_block, Xd, yd, client=None, **kw)
+    lazy = reduce_blocks(_sum_and_max_block, Xd, yd, client=client, **kw)
+    Xh, yh = persist_rows([Xd, yd], client)
+    held = reduce_blocks(_sum_and_max_block, Xh, yh, client=client, **kw)
+    for got in (threads, lazy, held):
+        np.testing.assert_allclose(got, want, rtol=1e-13)
+        assert got[2:].tolist() == want[2:].tolist()  # a max is exact
+
+
 def test_held_blocks_are_placed_in_contiguous_runs_and_a_pass_is_one_task_per_thread(client, arrays):
     from distributed import get_task_stream, wait
 

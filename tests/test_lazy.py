@@ -7,6 +7,7 @@ from dask.callbacks import Callback
 
 import rifscale
 from rifscale.engine.fit import fit
+from rifscale.engine.hessian import max_row_norm
 from rifscale.engine.scores import score_table
 from rifscale.testing import make_problem
 
@@ -43,9 +44,10 @@ def test_fit_computes_one_graph_per_pass_and_no_more(small_problem, synchronous)
     c = corpus_of(pr, 16)
     with CountComputes() as counter:
         f = fit(c.train.X, c.train.y, lam=0.5)
-    # every full Newton step accepted on this problem, plus one light read of the row
-    # norms for the certificate's radius
-    assert f.n_passes == f.n_iter + 2
+    # every full Newton step accepted on this problem, the first pass at the start; the
+    # certificate's radius comes with that first pass (not a light pass of its own)
+    assert f.n_passes == f.n_iter + 1
+    assert f.row_norm_max == max_row_norm(c.train.X, fit_intercept=True)
     assert counter.count == f.n_passes
 
 

@@ -85,6 +85,19 @@ def test_warm_start_and_cold_start_reach_the_same_optimum(synchronous):
     assert warm.rel_error_bound <= 1e-10 and cold.rel_error_bound <= 1e-10
 
 
+def test_a_fit_whose_hessian_is_not_used_builds_no_float64_hessian_and_reads_no_radius(synchronous):
+    """The warm start's subsample fit (``final_hessian=False``) only has to get near its
+    optimum: it stops on the bound's estimate (bug: it built the float64 Hessian and read the
+    certificate's radius in passes of their own, which only a certified answer needs)."""
+    pr = make_problem(5000, 20, seed=24)
+    c = corpus_of(pr, 400)
+    sub = fit(c.train.X, c.train.y, lam=0.2, tol=1e-3, warm_start=False, final_hessian=False)
+    assert sub.hessian_passes["float64"] == 0 and np.isnan(sub.row_norm_max)
+    assert sub.n_passes == sub.n_iter + 1 and not sub.certified
+    ref = Reference(pr.X, pr.y, lam=0.2)
+    assert rel_err(sub.theta, ref.theta) <= 1e-3
+
+
 def test_misleading_float32_hessian_falls_back_to_exact_newton(synchronous):
     """Near-collinear features at a tiny λ: float32 Hessian products lose the small
     eigenvalues, the approximate step is rejected, and the fit finishes with exact

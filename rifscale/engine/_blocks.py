@@ -1,9 +1,10 @@
 """The graph shapes every stage uses, and the one order in which row blocks are summed.
 
 * :func:`reduce_blocks` / :func:`block_sum`: a kernel maps each row chunk (X rows plus
-  aligned 1-D row arrays) to one packed float64 row, and the rows are summed in a fixed
-  order: the blocks are cut into :func:`group_ranges` (contiguous runs, one per worker
-  thread), each run is summed in block order, then the runs in run order. The order
+  aligned 1-D row arrays) to one packed float64 row, and the rows are summed (the last
+  ``maxima`` entries: their largest kept) in a fixed order: the blocks are cut into
+  :func:`group_ranges` (contiguous runs, one per worker thread), each run is summed in
+  block order, then the runs in run order. The order
   depends only on the number of blocks and of threads, not on where or when a block
   ran, so threads, worker processes and an external cluster give the same bits
   (docs/design.md §8.3). The driver receives one packed row per pass
@@ -65,23 +66,26 @@ def per_block(kernel, X: da.Array, *rows, width: int, **kwargs) -> da.Array:
     )
 
 
-def block_sum(kernel, X: da.Array, *rows, width: int, row_start: bool = False, client=None, **kwargs) -> da.Array:
+def block_sum(kernel, X: da.Array, *rows, width: int, row_start: bool = False, client=None, maxima: int = 0,
+              **kwargs) -> da.Array:
     """Lazy (width,) array: the kernel's packed rows summed over all row chunks in the
-    order of :func:`group_ranges` (see the module doc). ``row_start=True`` passes each
-    block's first global row number to the kernel as ``row_start``."""
+    order of :func:`group_ranges` (see the module doc); of the last ``maxima`` entries the
+    largest is kept instead (a max is exact: any order gives the same bits).
+    ``row_start=True`` passes each block's first global row number to the kernel as
+    ``row_start``."""
     groups = group_ranges(X.numblocks[0], thread_slots(client))
     parts = [a.to_delayed().ravel() if a is not None else itertools.repeat(None) for a in (X, *rows)]
     starts = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]])
     call = dask.delayed(_block_row, pure=True)
     blocks = [call(kernel, width, *args, **({"row_start": int(r)} if row_start else {}), **kwargs)
               for args, r in zip(zip(*parts), starts)]
-    runs = [functools.reduce(lambda acc, b: dask.delayed(np.add, pure=True)(acc, b), blocks[a + 1:b], blocks[a])
-            for a, b in groups]
-    total = functools.reduce(lambda acc, b: dask.delayed(np.add, pure=True)(acc, b), runs[1:], runs[0])
+    combine = dask.delayed(_combine, pure=True)
+    runs = [functools.reduce(lambda acc, b: combine(acc, b, maxima), blocks[a + 1:b], blocks[a]) for a, b in groups]
+    total = functools.reduce(lambda acc, b: combine(acc, b, maxima), runs[1:], runs[0])
     return da.from_delayed(total, shape=(width,), dtype=np.float64, meta=np.empty((0,), np.float64))
 
 
-def reduce_blocks(kernel, X: da.Array, *rows, width: int, row_start: bool = False, client=None,
+def reduce_blocks(kernel, X: da.Array, *rows, width: int, row_start: bool = False, client=None, maxima: int = 0,
                   **kwargs) -> np.ndarray:
     """:func:`block_sum`, computed. When every input is held in worker memory by
     :func:`persist_rows` on a distributed client, each run of blocks is one task on the
@@ -94,13 +98,13 @@ def reduce_blocks(kernel, X: da.Array, *rows, width: int, row_start: bool = Fals
     held = _held_blocks(X, *rows) if client is not None else None
     if held is None:
         return np.asarray(block_sum(kernel, X, *rows, width=width, row_start=row_start, client=client,
-                                    **kwargs).compute())
+                                    maxima=maxima, **kwargs).compute())
     starts = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).tolist() if row_start else None
     slots = _PLACED_SLOTS.get(X.name) or thread_slots(client)  # the runs the blocks were placed in
-    futures = [client.submit(_run_sum, kernel, width, held[a:b], starts[a:b] if starts else None, kwargs,
+    futures = [client.submit(_run_sum, kernel, width, held[a:b], starts[a:b] if starts else None, kwargs, maxima,
                              pure=False)
                for a, b in group_ranges(X.numblocks[0], slots)]
-    return functools.reduce(np.add, client.gather(futures))
+    return functools.reduce(lambda acc, b: _combine(acc, b, maxima), client.gather(futures))
 
 
 def _block_row(kernel, width, *args, **kwargs) -> np.ndarray:
@@ -110,14 +114,22 @@ def _block_row(kernel, width, *args, **kwargs) -> np.ndarray:
     return out
 
 
-def _run_sum(kernel, width, blocks, starts, kwargs) -> np.ndarray:
+def _run_sum(kernel, width, blocks, starts, kwargs, maxima=0) -> np.ndarray:
     """One run of blocks summed in block order (the arithmetic of :func:`block_sum`)."""
     acc = None
     for i, args in enumerate(blocks):
         extra = {"row_start": starts[i]} if starts is not None else {}
         out = _block_row(kernel, width, *args, **extra, **kwargs)
-        acc = out if acc is None else np.add(acc, out)
+        acc = out if acc is None else _combine(acc, out, maxima)
     return acc
+
+
+def _combine(acc: np.ndarray, out: np.ndarray, maxima: int) -> np.ndarray:
+    """Two packed rows combined: summed, except the last ``maxima`` entries (the larger kept)."""
+    total = np.add(acc, out)
+    if maxima:
+        total[-maxima:] = np.maximum(acc[-maxima:], out[-maxima:])
+    return total
 
 
 def group_ranges(nblocks: int, groups: int) -> list[tuple[int, int]]:

@@ -4,9 +4,10 @@ Each pass over the row chunks computes L and ∇L in float64 and, when asked, th
 (:mod:`rifscale.engine.hessian`); the p×p Newton system is solved on the driver by Cholesky.
 Only the final answer has to be exact, so the passes before it are made cheap:
 
-* **warm start**: θ starts at the optimum of a strided row subsample (at most
-  ``WARM_MAX_ELEMENTS`` values gathered to the driver, λ scaled by m/n), fitted in
-  memory; it is dropped when its full-data loss is not below L(0);
+* **warm start**: θ starts near the optimum of a strided row subsample (at most
+  ``WARM_MAX_ELEMENTS`` values, kept in worker memory, λ scaled by m/n), fitted to
+  ``WARM_TOL`` with float32 Hessians; it is dropped when its full-data loss is not below
+  L(0);
 * **approximate Hessians**: the Hessian products of intermediate iterations are float32
   (sums over chunks in float64), and a Hessian is reused for further steps while each
   step still shrinks ‖∇L‖ at least ``REUSE_BELOW``-fold (a chord step costs one pass
@@ -60,8 +61,11 @@ REUSE_BELOW = 0.1
 WARM_MAX_ELEMENTS = 2**24
 #: The warm start needs at least this many subsample rows per parameter (else it is skipped).
 WARM_MIN_ROWS_PER_PARAM = 8
-#: Relative error tolerance of the subsample fit (its optimum only approximates θ̂).
-WARM_TOL = 1e-8
+#: Relative error tolerance of the subsample fit. Its optimum is itself far from θ̂ (the
+#: full fit's first error bound from it is ~0.1-1 x ‖θ̂‖), so precision beyond this is
+#: passes spent for nothing: 2e5 x 384, 5 subsample passes instead of 8 at 1e-8, and the
+#: full fit's passes unchanged (benchmarks/results/).
+WARM_TOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -294,16 +298,20 @@ class NewtonFit:
         self.exact = False  # after a rejected trial: plain Newton with fresh float64 Hessians
         self.ratio = 1.0  # ‖∇L‖ after / before the last accepted step
 
-    def evaluate(self, points):
-        """One pass: L, ∇L and the asked Hessians at each ``(theta, precision)`` point."""
+    def evaluate(self, points, *, radius: bool = False):
+        """One pass: L, ∇L and the asked Hessians at each ``(theta, precision)`` point; with
+        ``radius``, the certificate's R = max ‖z_i‖ (``self.radius``) from the same pass."""
         self.passes += 1
         for _, h in points:
             if h:
                 self.counts[h] += 1
         # non-finite values are checked right after each pass (and named), not warned about
         with np.errstate(invalid="ignore", over="ignore"):
-            return objectives(self.X, self.y, points, lam=self.lam, fit_intercept=self.fit_intercept,
-                              weights=self.weights, family=self.family)
+            found = objectives(self.X, self.y, points, lam=self.lam, fit_intercept=self.fit_intercept,
+                               weights=self.weights, family=self.family, radius=radius)
+        if radius:
+            found, self.radius = found
+        return found
 
     def _exact_at(self, theta) -> None:
         """Evaluate with the float64 Hessian at ``theta`` and make it the current one."""
@@ -356,11 +364,14 @@ class NewtonFit:
             if start is None:
                 start = zero
         first_mode = "float32"
+        # the certificate's radius from this pass, not a pass of its own at the end (a fit
+        # whose H is not used never proves a bound with it)
+        radius = self.final_hessian and self.radius is None
         if not np.any(start):
-            (cur,) = self.evaluate([(start, first_mode)])
+            (cur,) = self.evaluate([(start, first_mode)], radius=radius)
             at_zero = cur
         else:
-            cur, at_zero = self.evaluate([(start, first_mode), (zero, None)])
+            cur, at_zero = self.evaluate([(start, first_mode), (zero, None)], radius=radius)
         for o in (cur, at_zero):
             with np.errstate(over="ignore"):
                 finite = np.isfinite(o.loss) and np.isfinite(o.grad).all() and np.isfinite(o.grad_norm)
@@ -441,9 +452,9 @@ class NewtonFit:
 
     def _trial_hessian(self) -> str | None:
         """The Hessian precision a trial pass computes: float64 when exact or when the step is
-        expected to converge, none while the last Hessian still works (a chord step), else
-        float32."""
-        if self.exact or self.ratio * self.estimate <= self.tol * self.size:
+        expected to converge (only where the float64 H at θ̂ is wanted: ``final_hessian``),
+        none while the last Hessian still works (a chord step), else float32."""
+        if self.exact or (self.final_hessian and self.ratio * self.estimate <= self.tol * self.size):
             return "float64"
         return None if self.ratio <= REUSE_BELOW else "float32"
 

@@ -47,11 +47,16 @@ def _width(p: int, hessian: str | None) -> int:
     return 2 + p + (p * p if hessian else 0)
 
 
-def newton_points_block(x, y, w=None, *, points, fit_intercept: bool, family: ModelFamily = BINARY):
+def newton_points_block(x, y, w=None, *, points, fit_intercept: bool, family: ModelFamily = BINARY,
+                        radius: bool = False):
     """The family's ``newton_block`` at several ``(theta, hessian)`` points from one read of
-    the block, the packed rows side by side."""
-    return np.concatenate([kernels.to_numpy(family.newton_block(x, y, w, theta=th, fit_intercept=fit_intercept,
-                                                                hessian=h)).reshape(-1) for th, h in points])
+    the block, the packed rows side by side; with ``radius``, the block's largest ``‖z_i‖``
+    (:func:`rifscale.engine.kernels.max_row_norm_block`) last."""
+    parts = [kernels.to_numpy(family.newton_block(x, y, w, theta=th, fit_intercept=fit_intercept, hessian=h))
+             .reshape(-1) for th, h in points]
+    if radius:
+        parts.append(kernels.to_numpy(kernels.max_row_norm_block(x, fit_intercept=fit_intercept)).reshape(-1))
+    return np.concatenate(parts)
 
 
 def unpack(packed: np.ndarray, theta: np.ndarray, *, lam: float, fit_intercept: bool,
@@ -69,15 +74,18 @@ def unpack(packed: np.ndarray, theta: np.ndarray, *, lam: float, fit_intercept: 
 
 
 def objectives(X: da.Array, y: da.Array, points, *, lam: float, fit_intercept: bool,
-               weights=None, family: ModelFamily = BINARY) -> list[Objective]:
-    """One pass over the data for several ``(theta, hessian)`` points at once."""
+               weights=None, family: ModelFamily = BINARY, radius: bool = False):
+    """One pass over the data for several ``(theta, hessian)`` points at once: a list of
+    :class:`Objective`. With ``radius``, ``(list, R)``: R = max ‖z_i‖ over all of X's rows
+    as :func:`max_row_norm` gives it, from the same pass (which then spares its own)."""
     points = [(np.asarray(th, dtype=np.float64), h) for th, h in points]
     widths = [_width(th.shape[0], h) for th, h in points]
-    packed = reduce_blocks(newton_points_block, X, y, weights, width=sum(widths), points=points,
-                           fit_intercept=fit_intercept, family=family)
+    packed = reduce_blocks(newton_points_block, X, y, weights, width=sum(widths) + int(radius), points=points,
+                           fit_intercept=fit_intercept, family=family, radius=radius, maxima=int(radius))
     edges = np.cumsum([0, *widths])
-    return [unpack(packed[a:b], th, lam=lam, fit_intercept=fit_intercept, hessian=h, family=family)
-            for a, b, (th, h) in zip(edges[:-1], edges[1:], points)]
+    found = [unpack(packed[a:b], th, lam=lam, fit_intercept=fit_intercept, hessian=h, family=family)
+             for a, b, (th, h) in zip(edges[:-1], edges[1:], points)]
+    return (found, float(packed[-1])) if radius else found
 
 
 def objective(X: da.Array, y: da.Array, theta, *, lam: float, fit_intercept: bool, weights=None,
