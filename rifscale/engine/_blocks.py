@@ -120,15 +120,19 @@ def _run_sum(kernel, width, blocks, starts, kwargs, maxima=0) -> np.ndarray:
     for i, args in enumerate(blocks):
         extra = {"row_start": starts[i]} if starts is not None else {}
         out = _block_row(kernel, width, *args, **extra, **kwargs)
-        acc = out if acc is None else _combine(acc, out, maxima)
+        # in place into the first block's row, which this task owns (no new p² array per block)
+        acc = np.array(out, copy=True) if acc is None else _combine(acc, out, maxima, into=acc)
     return acc
 
 
-def _combine(acc: np.ndarray, out: np.ndarray, maxima: int) -> np.ndarray:
-    """Two packed rows combined: summed, except the last ``maxima`` entries (the larger kept)."""
-    total = np.add(acc, out)
+def _combine(acc: np.ndarray, out: np.ndarray, maxima: int, into: np.ndarray | None = None) -> np.ndarray:
+    """Two packed rows combined: summed, except the last ``maxima`` entries (the larger kept);
+    written into ``into`` (which may be ``acc``) if given, else into a new array."""
     if maxima:
-        total[-maxima:] = np.maximum(acc[-maxima:], out[-maxima:])
+        top = np.maximum(acc[-maxima:], out[-maxima:])
+    total = np.add(acc, out, out=into)
+    if maxima:
+        total[-maxima:] = top
     return total
 
 

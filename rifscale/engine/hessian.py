@@ -56,7 +56,7 @@ def newton_points_block(x, y, w=None, *, points, fit_intercept: bool, family: Mo
              .reshape(-1) for th, h in points]
     if radius:
         parts.append(kernels.to_numpy(kernels.max_row_norm_block(x, fit_intercept=fit_intercept)).reshape(-1))
-    return np.concatenate(parts)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)  # no copy of a lone row
 
 
 def unpack(packed: np.ndarray, theta: np.ndarray, *, lam: float, fit_intercept: bool,

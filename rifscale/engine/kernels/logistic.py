@@ -115,7 +115,10 @@ def newton_block(x, y, w=None, *, theta, fit_intercept: bool, hessian: str | Non
     loss = 0.0
     scale = 0.0
     grad = xp.zeros(p, dtype=xp.float64)
-    H = xp.zeros((d, d), dtype=xp.float64) if hessian else None
+    H = None
+    if hessian:  # the sums in the thread's scratch buffer: only the packed row is allocated per block
+        H = scratch("hessian64", (d, d), np.float64) if xp is np else xp.empty((d, d), dtype=xp.float64)
+        H[...] = 0.0
     hx1 = xp.zeros(d, dtype=xp.float64)  # Σ α x: the intercept column of H
     h11 = 0.0
     step = SUB_ROWS if xp is np else max(m, 1)
@@ -153,18 +156,21 @@ def newton_block(x, y, w=None, *, theta, fit_intercept: bool, hessian: str | Non
             b = xp.multiply(xb, root[:, None], out=scratch("scaled64", xb.shape, np.float64)) if xp is np else \
                 xb * root[:, None]
         gram_accumulate(b, H)
-    parts = [xp.stack([xp.asarray(loss, dtype=xp.float64), xp.asarray(scale, dtype=xp.float64)]), grad]
+    # the packed row is the one array this block allocates (dask's workers return freed
+    # memory to the system: each further temporary of p² values would fault in afresh)
+    packed = xp.empty(2 + p + (p * p if hessian is not None else 0), dtype=xp.float64)
+    packed[0], packed[1] = loss, scale
+    packed[2 : 2 + p] = grad
     if hessian is not None:
-        H = 0.5 * (H + H.T)
+        full = packed[2 + p :].reshape(p, p)
+        top = full[:d, :d]
+        xp.add(H, H.T, out=top)  # symmetrised against rounding: 0.5 (H + Hᵀ)
+        xp.multiply(top, 0.5, out=top)
         if fit_intercept:
-            full = xp.empty((p, p), dtype=xp.float64)
-            full[:d, :d] = H
             full[:d, d] = hx1
             full[d, :d] = hx1
             full[d, d] = h11
-            H = full
-        parts.append(H.ravel())
-    return xp.concatenate(parts)[None, :]
+    return packed[None, :]
 
 
 def row_loss_block(x, y, *, theta, fit_intercept: bool):
