@@ -192,7 +192,9 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, proce
     * ``processes=True``: a LocalCluster of ``n_workers`` single-threaded worker
       processes on 127.0.0.1 (slower to start; isolates the workers), forked from a
       server that has imported rifscale's worker modules (:func:`start_worker_server`;
-      the CLI starts it before its own imports).
+      the CLI starts it before its own imports). That server imports the main module of
+      the process, as every multiprocessing start method but fork does: a script that
+      calls this does so under ``if __name__ == "__main__":``.
 
     Nothing waits forever: a scheduler that does not answer dask's handshake within
     ``timeout`` seconds, no worker within ``timeout`` seconds, a scheduler that stops
