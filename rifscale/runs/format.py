@@ -30,6 +30,7 @@ Two ways to write one, both atomic (:mod:`rifscale.outputs`):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -190,9 +191,13 @@ def _write_scores_by_block(run_dir: Path, corpus: Corpus, model: FittedModel, sc
     targets = {name: _create(run_dir, name, shape=(corpus.n,), chunks=(rows,), dtype=dtype)
                for name, _, dtype in columns}
     zarr.open_group(str(run_dir), mode="a").attrs.update({"rifscale_run": FORMAT})  # the run root is a group
-    write = dask.delayed(_store_score_block, pure=False)
     lev, flag = scores.columns.index("leverage"), scores.columns.index("flag")
-    tasks = [write(table, ids, start, targets=targets, columns=columns, lev=lev, flag=flag)
+    # what every block's task shares is bound once: as call arguments, dask would search each
+    # zarr array's fields for collections in every call (0.48 s of the driver's time for 46
+    # blocks, before the first task could start)
+    write = dask.delayed(functools.partial(_store_score_block, targets=targets, columns=columns, lev=lev, flag=flag),
+                         pure=False)
+    tasks = [write(table, ids, start)
              for start, table, ids in zip(range(0, corpus.n, rows), scores.table.to_delayed().ravel(),
                                           corpus.train.ids.to_delayed().ravel())]
     (stats,) = progress_compute(tasks, label="scores", show=progress or None)
