@@ -4,9 +4,9 @@
   aligned 1-D row arrays) to one packed float64 row, and the rows are summed (the last
   ``maxima`` entries: their largest kept) in a fixed order: the blocks are cut into
   :func:`group_ranges` (contiguous runs, one per worker thread), each run is summed in
-  block order, then the runs in run order. The order
-  depends only on the number of blocks and of threads, not on where or when a block
-  ran, so threads, worker processes and an external cluster give the same bits
+  block order, then the runs in run order. The order depends only on the number of
+  blocks and of threads, not on where or when a block ran, so threads, worker
+  processes and an external cluster give the same bits
   (docs/design.md §8.3). The driver receives one packed row per pass
   (:func:`reduce_blocks`) or per run (on a cluster, where each run is one task).
 * :func:`row_map`: a kernel maps each row chunk to a (rows, width) block; the result is a
