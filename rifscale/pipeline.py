@@ -27,7 +27,7 @@ from .corpus.model import Corpus, open_corpus
 from .corpus.checks import find_nonfinite
 from .estimates.metrics import metric_at, read_index_file, select_test_subset
 from .engine.model import FittedModel
-from .engine.partition import check_device, prepare_split
+from .engine.partition import check_device, hold_split, prepare_split
 from .engine.scores import Scores, score_table
 from .cluster import entry_point
 
@@ -302,7 +302,9 @@ def attribute(corpus: Corpus | str | os.PathLike, config: RunConfig | None = Non
     corpus, config, client = _setup(corpus, config, client, overrides)
     if _layout is None:
         train, layout = prepare_split(corpus.train, client=client, persist=config.persist, device=config.device)
-        corpus = replace(corpus, train=train)
+        # the test split too where the rows are held: on a cluster it is read during the fit,
+        # not after it, and its two passes (test subset, metrics) read it once
+        corpus = replace(corpus, train=train, test=hold_split(corpus.test, client) if layout["persisted"] else corpus.test)
     else:  # laid out and held by a rifscale.Session
         train, layout = corpus.train, dict(_layout)
     timings = {}

@@ -27,12 +27,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .engine._blocks import persist_rows
 from .cluster import check_worker_profiling, current_client
 from .config import RunConfig
 from .errors import ConfigError, CorpusError
 from .corpus.model import Corpus, corpus_fingerprint, open_corpus
-from .engine.partition import check_device, prepare_split
+from .engine.partition import check_device, hold_split, prepare_split
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +83,7 @@ class Session:
             check_worker_profiling(self.client)
         self.device = device
         train, self.layout = prepare_split(self._source.train, client=self.client, persist="always", device=device)
-        ids, = persist_rows([train.ids], self.client)
-        test = self._source.test
-        if test is not None:
-            tX, ty, tids = persist_rows([test.X, test.y, test.ids], self.client)
-            test = replace(test, X=tX, y=ty, ids=tids)
-        self.corpus = replace(self._source, train=replace(train, ids=ids), test=test)
+        self.corpus = replace(self._source, train=train, test=hold_split(self._source.test, self.client))
         self._closed = False
         self._fits = []  # (lam, (fit_intercept, model), theta) of every fit made through the session
         self._radius = {}  # fit_intercept -> max ‖z_i‖ of the held rows (the certificates' R)

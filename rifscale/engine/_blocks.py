@@ -169,6 +169,25 @@ def row_map(kernel, X: da.Array, *rows, width: int, **kwargs) -> da.Array:
     )
 
 
+def block_holders(X: da.Array, *rows) -> list[list[str]] | None:
+    """Per row block of X, the addresses of the workers that hold it, when X and the row
+    arrays are held in worker memory (:func:`persist_rows`) on the active distributed
+    client (one round trip to the scheduler); None otherwise. A task that reads one block
+    and also takes a value broadcast to every worker (the factor) should be given its
+    block's holders as ``workers`` (with ``allow_other_workers``): every worker is a
+    candidate for it otherwise, and dask's scheduler, not yet knowing how long the task
+    takes, sends some blocks to a worker that does not hold them."""
+    from ..cluster import current_client
+
+    client = current_client()
+    held = _held_blocks(X, *rows) if client is not None else None
+    if held is None:
+        return None
+    who_has = client.who_has([h[0] for h in held])
+    holders = [sorted(who_has.get(h[0].key, ())) for h in held]
+    return holders if all(holders) else None
+
+
 #: The thread slots each array held by :func:`persist_rows` was placed for, by array name:
 #: a pass over it (:func:`reduce_blocks`) cuts the same runs without asking the scheduler
 #: for its worker table again (one round trip per pass, whose answer grows with the

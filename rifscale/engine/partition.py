@@ -114,6 +114,15 @@ def check_device(device: str, client=None) -> None:
         )
 
 
+def hold_split(split: Split | None, client=None) -> Split | None:
+    """The split's rows, labels and ids held in (worker) memory by
+    :func:`~rifscale.engine._blocks.persist_rows`, as stored (no rechunking); None stays None."""
+    if split is None:
+        return None
+    X, y, ids = persist_rows([split.X, split.y, split.ids], client)
+    return replace(split, X=X, y=y, ids=ids)
+
+
 def prepare_split(split: Split, *, client=None, persist: str = "auto", device: str = "cpu") -> tuple[Split, dict]:
     """Rechunk, persist (or not) and place one split for the passes to come.
 
@@ -126,9 +135,9 @@ def prepare_split(split: Split, *, client=None, persist: str = "auto", device: s
     split = rechunk_split(split, rows)
     nbytes = int(split.X.nbytes + split.y.nbytes)
     keep = persist == "always" or (persist == "auto" and nbytes <= PERSIST_FRACTION * total_mem)
-    if keep:
-        X, y = persist_rows([split.X, split.y], client)
-        split = replace(split, X=X, y=y)
+    if keep:  # the ids too, beside their rows: the scores pass stores them with the block's scores
+        X, y, ids = persist_rows([split.X, split.y, split.ids], client)
+        split = replace(split, X=X, y=y, ids=ids)
     if device == "gpu":
         split = replace(split, X=split.X.map_blocks(_to_device, dtype=split.X.dtype,
                                                     meta=np.empty((0, 0), dtype=split.X.dtype)))

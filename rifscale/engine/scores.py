@@ -8,7 +8,8 @@ RIF), a flag for ``1 − h < threshold``, and for each metric ``s_IF`` and ``s_R
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import dask.array as da
 
@@ -21,11 +22,17 @@ from .model import FittedModel
 
 @dataclass(frozen=True)
 class Scores:
-    """Lazy per-sample score columns; every property shares one graph."""
+    """Lazy per-sample score columns; every property shares one graph. ``kernel(X_block,
+    y_block, **kwargs)`` is the table's block (a host array) of the rows ``inputs`` =
+    ``(X, y)``, for a writer that computes and stores a block in one task; ``kwargs`` may
+    hold futures (the broadcast factor), to be passed as task arguments."""
 
     table: da.Array
     metrics: tuple[str, ...]
     columns: tuple[str, ...] = SCORE_COLUMNS  # the family's per-sample columns (``score_columns``)
+    kernel: Callable | None = None
+    inputs: tuple = ()
+    kwargs: dict = field(default_factory=dict)
 
     def column(self, name: str) -> da.Array:
         if name not in self.columns:
@@ -91,15 +98,9 @@ class Scores:
 
 def score_table(train: Split, model: FittedModel, *, client=None) -> Scores:
     """Build (lazily) the scores of every training row; the factor is broadcast once."""
-    table = row_map(
-        model.family.score_block,
-        train.X,
-        train.y,
-        width=len(model.family.score_columns) + 2 * len(model.metrics),
-        theta=model.theta,
-        linv=broadcast(model.factor.linv, client=client),
-        U=model.U,
-        fit_intercept=model.fit_intercept,
-        threshold=model.leverage_threshold,
-    )
-    return Scores(table=table, metrics=model.metrics, columns=tuple(model.family.score_columns))
+    kwargs = dict(theta=model.theta, linv=broadcast(model.factor.linv, client=client), U=model.U,
+                  fit_intercept=model.fit_intercept, threshold=model.leverage_threshold)
+    table = row_map(model.family.score_block, train.X, train.y,
+                    width=len(model.family.score_columns) + 2 * len(model.metrics), **kwargs)
+    return Scores(table=table, metrics=model.metrics, columns=tuple(model.family.score_columns),
+                  kernel=model.family.score_block, inputs=(train.X, train.y), kwargs=kwargs)
