@@ -8,7 +8,7 @@ RIF), a flag for ``1 − h < threshold``, and for each metric ``s_IF`` and ``s_R
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import dask.array as da
@@ -29,10 +29,10 @@ class Scores:
 
     table: da.Array
     metrics: tuple[str, ...]
+    kernel: Callable
+    inputs: tuple
+    kwargs: dict
     columns: tuple[str, ...] = SCORE_COLUMNS  # the family's per-sample columns (``score_columns``)
-    kernel: Callable | None = None
-    inputs: tuple = ()
-    kwargs: dict = field(default_factory=dict)
 
     def column(self, name: str) -> da.Array:
         if name not in self.columns:

@@ -194,28 +194,20 @@ def _write_scores_by_block(run_dir: Path, corpus: Corpus, model: FittedModel, sc
                for name, _, dtype in columns}
     zarr.open_group(str(run_dir), mode="a").attrs.update({"rifscale_run": FORMAT})  # the run root is a group
     lev, flag = scores.columns.index("leverage"), scores.columns.index("flag")
-    # what every block's task shares is bound once: as call arguments, dask would search each
-    # zarr array's fields for collections in every call (0.25 s of the driver's time for 46
-    # blocks and 19 columns, before the first task could start)
-    shared = dict(targets=targets, columns=columns, lev=lev, flag=flag)
-    if scores.kernel is not None and scores.inputs[0].chunks[0] == corpus.train.X.chunks[0]:
-        # one task per block computes its scores and stores them, on the worker that holds the
-        # block's rows (on a cluster): as a blockwise task taking the broadcast factor, every
-        # worker would be a candidate and dask's scheduler moved some blocks (measured: the
-        # first of each worker's share, 0.19 s of a 0.9 s pass at 2e5 x 384)
-        write = dask.delayed(functools.partial(_score_and_store_block, kernel=scores.kernel, **shared), pure=False)
-        holders = block_holders(*scores.inputs)
-        parts = zip(*(a.to_delayed().ravel() for a in scores.inputs))
-        blocks = [(args, scores.kwargs) for args in parts]
-    else:
-        write = dask.delayed(functools.partial(_store_score_block, **shared), pure=False)
-        holders = None
-        blocks = [((table,), {}) for table in scores.table.to_delayed().ravel()]
+    # One task per block computes its scores and stores them, on the workers that hold the
+    # block's rows (on a cluster): a task taking the broadcast factor may run on any worker,
+    # and dask's scheduler moved some blocks (measured: the first of each worker's share,
+    # 0.14-0.21 s of a 0.9 s pass at 2e5 x 384). What every task shares is bound once: as call
+    # arguments, dask would search each zarr array's fields for collections in every call
+    # (0.25 s of the driver's time for 46 blocks and 19 columns, before the first task ran).
+    write = dask.delayed(functools.partial(_score_and_store_block, kernel=scores.kernel, targets=targets,
+                                           columns=columns, lev=lev, flag=flag), pure=False)
+    holders = block_holders(*scores.inputs)
+    blocks = zip(*(a.to_delayed().ravel() for a in (*scores.inputs, corpus.train.ids)))
     tasks = []
-    for i, (start, (args, kwargs), ids) in enumerate(zip(range(0, corpus.n, rows), blocks,
-                                                        corpus.train.ids.to_delayed().ravel())):
+    for i, (start, (X, y, ids)) in enumerate(zip(range(0, corpus.n, rows), blocks)):
         with dask.annotate(workers=holders[i], allow_other_workers=True) if holders else contextlib.nullcontext():
-            tasks.append(write(*args, ids, start, **kwargs))
+            tasks.append(write(X, y, ids, start, **scores.kwargs))
     (stats,) = progress_compute(tasks, label="scores", show=progress or None)
     stats = np.asarray(stats, dtype=np.float64).reshape(-1, 3)
     n_flagged = int(stats[:, 0].sum())
