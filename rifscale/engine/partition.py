@@ -116,7 +116,7 @@ def check_device(device: str, client=None) -> None:
 
 def hold_split(split: Split | None, client=None) -> Split | None:
     """The split's rows, labels and ids held in (worker) memory by
-    :func:`~rifscale.engine._blocks.persist_rows`, as stored (no rechunking); None stays None."""
+    :func:`~rifscale.engine._blocks.persist_rows`, in the blocks it has; None stays None."""
     if split is None:
         return None
     X, y, ids = persist_rows([split.X, split.y, split.ids], client)
@@ -136,8 +136,7 @@ def prepare_split(split: Split, *, client=None, persist: str = "auto", device: s
     nbytes = int(split.X.nbytes + split.y.nbytes)
     keep = persist == "always" or (persist == "auto" and nbytes <= PERSIST_FRACTION * total_mem)
     if keep:  # the ids too, beside their rows: the scores pass stores them with the block's scores
-        X, y, ids = persist_rows([split.X, split.y, split.ids], client)
-        split = replace(split, X=X, y=y, ids=ids)
+        split = hold_split(split, client)
     if device == "gpu":
         split = replace(split, X=split.X.map_blocks(_to_device, dtype=split.X.dtype,
                                                     meta=np.empty((0, 0), dtype=split.X.dtype)))

@@ -8,6 +8,7 @@ RIF), a flag for ``1 − h < threshold``, and for each metric ``s_IF`` and ``s_R
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,17 +23,21 @@ from .model import FittedModel
 
 @dataclass(frozen=True)
 class Scores:
-    """Lazy per-sample score columns; every property shares one graph. ``kernel(X_block,
-    y_block, **kwargs)`` is the table's block (a host array) of the rows ``inputs`` =
-    ``(X, y)``, for a writer that computes and stores a block in one task; ``kwargs`` may
-    hold futures (the broadcast factor), to be passed as task arguments."""
+    """Lazy per-sample score columns of the rows ``inputs`` = ``(X, y)``: block i of
+    :attr:`table` is ``kernel(X_i, y_i, **kwargs)`` (``kwargs`` may hold futures, such as the
+    broadcast factor, passed as task arguments), so a writer may compute and store a block
+    in one task; every property shares one graph."""
 
-    table: da.Array
     metrics: tuple[str, ...]
     kernel: Callable
     inputs: tuple
     kwargs: dict
     columns: tuple[str, ...] = SCORE_COLUMNS  # the family's per-sample columns (``score_columns``)
+
+    @functools.cached_property
+    def table(self) -> da.Array:
+        """The lazy (n, columns + 2 metrics) table, aligned to the rows' blocks."""
+        return row_map(self.kernel, *self.inputs, width=len(self.columns) + 2 * len(self.metrics), **self.kwargs)
 
     def column(self, name: str) -> da.Array:
         if name not in self.columns:
@@ -100,7 +105,5 @@ def score_table(train: Split, model: FittedModel, *, client=None) -> Scores:
     """Build (lazily) the scores of every training row; the factor is broadcast once."""
     kwargs = dict(theta=model.theta, linv=broadcast(model.factor.linv, client=client), U=model.U,
                   fit_intercept=model.fit_intercept, threshold=model.leverage_threshold)
-    table = row_map(model.family.score_block, train.X, train.y,
-                    width=len(model.family.score_columns) + 2 * len(model.metrics), **kwargs)
-    return Scores(table=table, metrics=model.metrics, columns=tuple(model.family.score_columns),
-                  kernel=model.family.score_block, inputs=(train.X, train.y), kwargs=kwargs)
+    return Scores(metrics=model.metrics, kernel=model.family.score_block, inputs=(train.X, train.y), kwargs=kwargs,
+                  columns=tuple(model.family.score_columns))
