@@ -254,6 +254,39 @@ def test_a_client_that_is_not_dasks_default_does_all_the_work(cluster, uneven_co
     assert np.isfinite(rif) and rif != 0
 
 
+def test_group_effects_of_large_sets_on_held_blocks_match_the_dense_reference(client, uneven_corpus, monkeypatch):
+    """The large sets' statistics and the removed rows' losses come from one placed task
+    per run of held blocks, a batch of sets per pass (``groups.sets_pass``). Bugs it
+    catches: a set's rows of a block missed or counted twice (at a block edge, in an
+    uneven last block), one set's sums packed into another's slot, a batch boundary that
+    drops or repeats a set. Three large sets in batches of two, against the dense
+    reference's IF, RIF and NS and the removed rows' losses written out in NumPy."""
+    from rifscale.estimates import groups
+
+    pr, ref, path = uneven_corpus
+    n, p = pr.X.shape[0], pr.X.shape[1] + 1
+    sets = {"spread": list(range(1, n, 3)),  # every block, both workers
+            "edge": list(range(10, 10 + p + 9)),  # across the first block's edge
+            "last": list(range(n - p - 5, n)),  # the uneven last block and the one before it
+            "small": [0, 2, 50]}  # gathered, not reduced
+    monkeypatch.setattr(groups, "SET_STATS_BUDGET", 2 * (2 * p + 1 + p * p))
+    result = rifscale.attribute(path, lam=0.7, client=client)
+    assert _held_blocks(result.corpus.train.X, result.corpus.train.y) is not None
+    effects = rifscale.group_effects(result, sets, client=client)
+    Z = np.hstack([pr.X, np.ones((n, 1))])
+
+    def losses(theta, T):
+        eta = Z[T] @ theta
+        return np.sum(np.logaddexp(0.0, eta) - pr.y[T] * eta)
+
+    for name, T in sets.items():
+        e = effects[name]
+        for method, want in (("if", ref.delta_if(T)), ("rif", ref.delta_rif(T)), ("ns", ref.delta_ns(T))):
+            assert rel_err(e.delta[method], want) <= 1e-8, (name, method)
+            change = losses(ref.theta + e.delta[method], T) - losses(ref.theta, T)
+            assert abs(e.plugin["self_loss"][method] - change) <= 1e-8 * abs(change), (name, method)
+
+
 def test_clusters_rifscale_starts_sample_stacks_rarely_and_others_are_named(cluster, caplog):
     """dask's default 10 ms stack sampling costs the kernels 20-30 %: rifscale's own
     LocalCluster uses 100 ms; a cluster at the default gets a warning naming the setting."""

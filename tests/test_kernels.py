@@ -160,3 +160,46 @@ def test_newton_block_allocates_only_its_packed_row_once_its_scratch_is_warm(hes
     assert peak <= row + 300_000, (peak, row)  # beyond the row: per sub-block vectors of 2048 values
     H = packed[0, 2 + 201 :].reshape(201, 201)
     assert np.array_equal(H, H.T)
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_retrain_block_matches_the_dense_sums_of_each_set(fit_intercept):
+    """The retrains' kernel (cast and summed a sub-block at a time, the intercept's parts
+    as sums) against its definition written densely: for each set k, with w the rows kept,
+    Σ w ℓ, Σ w |r| ‖z‖, Σ w r z and, for the Newton sets, Σ w α z zᵀ at θ_k. The block
+    spans several sub-blocks and a partial last one; the sets reach into it and beyond."""
+    from rifscale.engine.kernels.products import SUB_ROWS
+
+    rng = np.random.default_rng(11)
+    m, d, K = 2 * SUB_ROWS + 333, 7, 5
+    x = rng.standard_normal((m, d)).astype(np.float32)
+    y = (rng.random(m) < 0.4).astype(np.float64)
+    start = 1000
+    rows = np.arange(start, start + m)
+    sets = [np.sort(rng.choice(start + m + 500, size, replace=False)) for size in (0, 1, 40, 900, 3000)]
+    p = d + fit_intercept
+    thetas = rng.standard_normal((p, K)) / 2
+    newton = [1, 3, 4]
+    got = kernels.retrain_block(x, y, rows, thetas=thetas, sets=sets, newton=newton, fit_intercept=fit_intercept)[0]
+    z = np.asarray(x, dtype=np.float64)
+    if fit_intercept:
+        z = np.hstack([z, np.ones((m, 1))])
+    want_loss, want_scale, want_grad, want_hess = [], [], [], []
+    for k in range(K):
+        w = (~np.isin(rows, sets[k])).astype(np.float64)
+        eta = z @ thetas[:, k]
+        prob = 1.0 / (1.0 + np.exp(-eta))
+        r = prob - y
+        want_loss.append(np.sum(w * (np.logaddexp(0.0, eta) - y * eta)))
+        want_scale.append(np.sum(w * np.abs(r) * np.linalg.norm(z, axis=1)))
+        want_grad.append(z.T @ (w * r))
+        if k in newton:
+            want_hess.append((z * (w * prob * (1 - prob))[:, None]).T @ z)
+    np.testing.assert_allclose(got[:K], want_loss, rtol=1e-12)
+    np.testing.assert_allclose(got[K : 2 * K], want_scale, rtol=1e-12)
+    np.testing.assert_allclose(got[2 * K : 2 * K + p * K].reshape(p, K), np.stack(want_grad, axis=1), rtol=1e-11,
+                               atol=1e-12 * np.abs(want_grad).max())
+    hess = got[2 * K + p * K :].reshape(len(newton), p, p)
+    for j in range(len(newton)):
+        np.testing.assert_allclose(hess[j], want_hess[j], rtol=1e-11, atol=1e-13 * np.abs(want_hess[j]).max())
+        assert np.array_equal(hess[j], hess[j].T)

@@ -34,7 +34,7 @@ import scipy.linalg
 
 from ..engine import kernels
 from .. import progress
-from ..engine._blocks import block_sum, row_mask
+from ..engine._blocks import reduce_blocks
 from ..errors import ConfigError
 from ..engine.factor import broadcast
 from .metrics import metric_values, rows_of_ids, validate_indices
@@ -269,21 +269,18 @@ class _SetDeltas:
 
 def _deltas(train, model: FittedModel, sets, *, client):
     """Δθ for IF, RIF and NS of every set; one compute gathers the small sets (|T| < p)
-    and reduces the large ones in place. Returns the deltas, the gathered rows and masks."""
+    and reduces the large ones in place. Returns the deltas and the gathered rows."""
     p = model.p
     kw = dict(theta=model.theta, fit_intercept=model.fit_intercept, threshold=model.leverage_threshold)
     linv = model.factor.linv
     small = {k: v for k, v in sets.items() if v.size < p}
     large = {k: v for k, v in sets.items() if v.size >= p}
-    linv_b = broadcast(linv, client=client) if large else linv
-    masks = {k: row_mask(train.n, train.X.chunks[0], v) for k, v in large.items()}
     gathered = {k: (train.X[v], train.y[v]) for k, v in small.items()}
-    reduced = {
-        k: block_sum(model.family.set_stats_block, train.X, train.y, masks[k], width=2 * p + 1 + p * p,
-                     linv=linv_b, gram=True, **kw)
-        for k in large
-    }
-    gathered, reduced = progress.compute(gathered, reduced, label="set statistics")
+    gathered = progress.compute(gathered, label="small sets' rows")[0] if gathered else {}
+    width = 2 * p + 1 + p * p
+    reduced = dict(zip(large, sets_pass(train, list(large.values()), model.family.set_stats_block, [width] * len(large),
+                                         label="set statistics", client=client,
+                                         linv=broadcast(linv, client=client) if large else linv, gram=True, **kw)))
     # the driver's algebra is NumPy even when the chunks live on a GPU
     gathered = {k: (kernels.to_numpy(x), kernels.to_numpy(y)) for k, (x, y) in gathered.items()}
     out = {}
@@ -309,7 +306,69 @@ def _deltas(train, model: FittedModel, sets, *, client):
             "ns": ns if ns is not None else nan,
         }
         out[name] = _SetDeltas(method, n_flagged, ns is None, stats[:p], delta, hess)
-    return out, gathered, masks
+    return out, gathered
+
+
+#: Most float64 entries one task of a pass over removal sets returns (:func:`sets_pass`):
+#: more sets take further passes, so a task's memory stays bounded whatever their number.
+SET_STATS_BUDGET = 2**23
+
+
+def sets_pass(train, sets: list, kernel, widths: list[int], *, label: str, client, per_set: list | None = None,
+              **kwargs) -> list[np.ndarray]:
+    """``Σ_blocks kernel(x_T, y_T, None, **kwargs, **per_set[k])[0]`` for every set ``T = sets[k]``
+    (sorted row indices; ``x_T`` its rows in a block): a vector of ``widths[k]`` per set.
+
+    One pass over the rows serves a batch of sets (at most :data:`SET_STATS_BUDGET`
+    entries in all), with one task per run of held blocks on the worker that holds them
+    (:func:`~rifscale.engine._blocks.reduce_blocks`): a set's rows of a block are found
+    from its indices in the task, and only they reach the kernel. Per set and per block a
+    graph of its own (a row mask and a partial sum of each block, then a tree of sums)
+    cost the distributed scheduler hundreds of tasks and moved every block's p² partial
+    between worker processes."""
+    if not sets:
+        return []
+    all_sets = broadcast(list(sets), client=client)
+    batches, batch, size = [], [], 0
+    for k, w in enumerate(widths):
+        if batch and size + w > SET_STATS_BUDGET:
+            batches.append(batch)
+            batch, size = [], 0
+        batch.append(k)
+        size += w
+    batches.append(batch)
+    out = []
+    with progress.Bar(label, total=len(sets)) as bar:
+        for batch in batches:
+            ws = [widths[k] for k in batch]
+            packed = reduce_blocks(_sets_block, train.X, train.y, width=sum(ws), row_start=True, all_sets=all_sets,
+                                   active=batch, set_kernel=kernel, widths=ws,
+                                   per_set=[per_set[k] for k in batch] if per_set is not None else None,
+                                   client=client, **kwargs)
+            out += np.split(packed, np.cumsum(ws)[:-1])
+            bar.update(batch[-1] + 1)
+    return out
+
+
+def _sets_block(x, y, *, row_start, all_sets, active, set_kernel, widths, per_set, **kwargs):
+    """``set_kernel`` over the rows of each set ``all_sets[k]``, ``k`` in ``active``, in this
+    block (global rows ``row_start + i``), packed one set after the other; zeros for a
+    set without rows here."""
+    from .._namespace import array_namespace
+
+    xp = array_namespace(x)
+    m = x.shape[0]
+    out = xp.zeros(sum(widths), dtype=xp.float64)
+    at = 0
+    for j, k in enumerate(active):
+        s = all_sets[k]
+        lo, hi = (int(v) for v in np.searchsorted(s, [row_start, row_start + m]))
+        if hi > lo:
+            local = xp.asarray(s[lo:hi] - row_start)
+            extra = per_set[j] if per_set is not None else {}
+            out[at : at + widths[j]] = set_kernel(x[local], xp.asarray(y)[local], None, **kwargs, **extra)[0]
+        at += widths[j]
+    return out[None, :]
 
 
 @dataclass(frozen=True)
@@ -321,7 +380,6 @@ class SetStatistics:
     sets: dict  # name -> sorted row indices
     deltas: dict  # name -> _SetDeltas
     gathered: dict = field(repr=False)  # small sets: name -> (x, y) rows
-    masks: dict = field(repr=False)  # large sets: name -> lazy row mask
 
     def subset(self, names) -> "SetStatistics":
         """The statistics of some of the sets (a batch of retrains)."""
@@ -330,15 +388,14 @@ class SetStatistics:
             sets={k: self.sets[k] for k in names},
             deltas={k: self.deltas[k] for k in names},
             gathered={k: v for k, v in self.gathered.items() if k in names},
-            masks={k: v for k, v in self.masks.items() if k in names},
         )
 
 
 def set_statistics(source, sets, *, client=None) -> SetStatistics:
     train = source.corpus.train
     sets = normalise_sets(sets, train.n, ids=train.ids)
-    deltas, gathered, masks = _deltas(train, source.model, sets, client=client)
-    return SetStatistics(sets=sets, deltas=deltas, gathered=gathered, masks=masks)
+    deltas, gathered = _deltas(train, source.model, sets, client=client)
+    return SetStatistics(sets=sets, deltas=deltas, gathered=gathered)
 
 
 @entry_point
@@ -384,14 +441,15 @@ def group_effects(source, sets, *, client=None, extra: dict | None = None) -> di
     """
     corpus, model = source.corpus, source.model
     stats = sets if isinstance(sets, SetStatistics) else set_statistics(source, sets, client=client)
-    sets, deltas, gathered, masks = stats.sets, stats.deltas, stats.gathered, stats.masks
+    sets, deltas, gathered = stats.sets, stats.deltas, stats.gathered
     delta = {k: {**deltas[k].delta, **(extra or {}).get(k, {})} for k in sets}
     singular = [k for k, d in deltas.items() if d.singular]
     if singular:
         log.warning("NS is NaN for removal set(s) %s: without their rows the Hessian is singular (1 - group leverage "
                     "< %g: a direction of theta, e.g. the intercept when every row goes, is no longer pinned)",
                     singular[:10] + (["..."] if len(singular) > 10 else []), model.leverage_threshold)
-    linear, plugin = _metric_changes(corpus, model, sets, delta, {k: d.G for k, d in deltas.items()}, gathered, masks)
+    linear, plugin = _metric_changes(corpus, model, sets, delta, {k: d.G for k, d in deltas.items()}, gathered,
+                                     client=client)
     return {
         k: GroupEstimate(name=k, indices=sets[k], ns_method=d.method, n_flagged=d.n_flagged,
                          ns_singular=d.singular, delta=delta[k], linear=linear[k], plugin=plugin[k])
@@ -399,7 +457,7 @@ def group_effects(source, sets, *, client=None, extra: dict | None = None) -> di
     }
 
 
-def _metric_changes(corpus, model: FittedModel, sets, delta, G, gathered, masks):
+def _metric_changes(corpus, model: FittedModel, sets, delta, G, gathered, *, client):
     """Linear and plug-in changes of every metric for every set and every Δθ label: one
     pass over the test rows for all of them, and one over the removed rows (self_loss)."""
     names = list(sets)
@@ -409,7 +467,7 @@ def _metric_changes(corpus, model: FittedModel, sets, delta, G, gathered, masks)
     thetas = np.where(np.isfinite(thetas), thetas, model.theta[:, None])  # NaN estimates stay NaN below
     test_vals = metric_values(corpus.test, model.test_subset, thetas, names=model.metrics,
                               fit_intercept=model.fit_intercept, family=model.family)
-    self_terms, first = {}, 0
+    self_terms, first, reduced = {}, 0, {}
     for k in names:
         th = np.column_stack([model.theta, thetas[:, first : first + len(labels[k])]])
         first += len(labels[k])
@@ -417,9 +475,12 @@ def _metric_changes(corpus, model: FittedModel, sets, delta, G, gathered, masks)
             x, y = gathered[k]
             self_terms[k] = model.family.loss_block(x, y, thetas=th, fit_intercept=model.fit_intercept)[0]
         else:
-            self_terms[k] = block_sum(model.family.loss_block, corpus.train.X, corpus.train.y, masks[k], width=th.shape[1],
-                                      thetas=th, fit_intercept=model.fit_intercept)
-    test_vals, self_terms = progress.compute(test_vals, self_terms, label="group estimates")
+            reduced[k] = th
+    (test_vals,) = progress.compute(test_vals, label="group estimates")
+    self_terms.update(zip(reduced, sets_pass(corpus.train, [sets[k] for k in reduced], model.family.loss_block,
+                                             [th.shape[1] for th in reduced.values()], label="removed rows' losses",
+                                             client=client, per_set=[{"thetas": th} for th in reduced.values()],
+                                             fit_intercept=model.fit_intercept)))
     test_vals = kernels.to_numpy(test_vals)
     linear, plugin, col = {}, {}, {c: j for j, c in enumerate(cols)}
     for k in names:

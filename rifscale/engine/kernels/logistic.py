@@ -222,8 +222,13 @@ def min_margin_block(x, y, w=None, *, theta, fit_intercept: bool):
 def retrain_block(x, y, rows, *, thetas, sets, newton, fit_intercept: bool):
     """One block's share of a pass of K leave-T-out retrains at once.
 
-    Set k drops the rows ``sets[k]`` and is at ``thetas[:, k]``. One GEMM gives the
-    logits of every row under every set (m × K); the gradients are one more.
+    Set k drops the rows ``sets[k]`` and is at ``thetas[:, k]``. One GEMM per sub-block
+    gives the logits of every row under every set (rows × K); the gradients are one more.
+    As in :func:`newton_block`, the rows are cast to float64 a sub-block of
+    :data:`~rifscale.engine.kernels.products.SUB_ROWS` at a time in the thread's scratch
+    buffer and never concatenated with a ones column (the intercept's parts are sums), so
+    a pass allocates no copy of the block: the retrains' passes then cost the same in a
+    dask worker process as in a thread (``_scratch``).
 
     Parameters
     ----------
@@ -239,18 +244,51 @@ def retrain_block(x, y, rows, *, thetas, sets, newton, fit_intercept: bool):
         with ``w`` the keep-weights of each set; no penalty.
     """
     xp = array_namespace(x)
-    z = design(x, fit_intercept=fit_intercept)
-    eta = z @ xp.asarray(thetas, dtype=xp.float64)
-    w = xp.asarray(keep_mask(rows, sets))  # row numbers are host arrays; the mask follows x
-    loss = xp.sum(w * log_loss(eta, y), axis=0)
-    r = w * residual(eta, y)
-    scale = xp.sqrt(xp.einsum("ij,ij->i", z, z)) @ xp.abs(r)  # no m x p temporary
-    parts = [loss, scale, (z.T @ r).ravel()]
-    if len(newton):
-        _, alpha = sigmoid_and_weight(eta[:, list(newton)])
-        wa = w[:, list(newton)] * alpha
-        parts += [((z * wa[:, j : j + 1]).T @ z).ravel() for j in range(len(newton))]
-    return xp.concatenate(parts)[None, :]
+    m, d = x.shape
+    thetas = xp.asarray(thetas, dtype=xp.float64)
+    p, K = thetas.shape
+    tw = thetas[:d]
+    t0 = thetas[d] if fit_intercept else 0.0
+    newton = list(newton)
+    keep = xp.asarray(keep_mask(rows, sets))  # row numbers are host arrays; the mask follows x
+    out = xp.zeros(2 * K + p * K + len(newton) * p * p, dtype=xp.float64)
+    loss, scale = out[:K], out[K : 2 * K]
+    grad = out[2 * K : 2 * K + p * K].reshape(p, K)
+    hess = out[2 * K + p * K :].reshape(len(newton), p, p)
+    step = SUB_ROWS if xp is np else max(m, 1)
+    for s in range(0, m, step):
+        xb = rows_as(x[s : s + step], np.float64, "rows64") if xp is np else xp.asarray(x[s : s + step], dtype=xp.float64)
+        yb, w = y[s : s + step], keep[s : s + step]
+        eta = xb @ tw + t0
+        loss += xp.sum(w * log_loss(eta, yb), axis=0)
+        r = w * residual(eta, yb)
+        scale += xp.sqrt(xp.einsum("ij,ij->i", xb, xb) + float(fit_intercept)) @ xp.abs(r)
+        grad[:d] += xb.T @ r
+        if fit_intercept:
+            grad[d] += xp.sum(r, axis=0)
+        if not newton:
+            continue
+        _, alpha = sigmoid_and_weight(eta[:, newton])
+        wa = w[:, newton] * alpha
+        if fit_intercept:  # the intercept row and column of every Hessian: Σ wα x and Σ wα
+            side = xb.T @ wa
+            for j in range(len(newton)):
+                hess[j, :d, d] += side[:, j]
+                hess[j, d, d] += xp.sum(wa[:, j])
+        for j in range(len(newton)):
+            root = xp.sqrt(wa[:, j])
+            b = xp.multiply(xb, root[:, None], out=scratch("scaled64", xb.shape, np.float64)) if xp is np else \
+                xb * root[:, None]
+            gram_accumulate(b, hess[j, :d, :d])
+    for j in range(len(newton)):  # symmetrised against rounding, as newton_block's: 0.5 (H + Hᵀ)
+        top = hess[j, :d, :d]
+        copy = scratch("hessian64", (d, d), np.float64) if xp is np else xp.empty((d, d), dtype=xp.float64)
+        copy[...] = top
+        xp.add(copy, copy.T, out=top)
+        xp.multiply(top, 0.5, out=top)
+        if fit_intercept:
+            hess[j, d, :d] = hess[j, :d, d]
+    return out[None, :]
 
 
 #: Columns of :func:`score_block` before the per-metric IF and RIF columns.
