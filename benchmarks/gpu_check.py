@@ -8,7 +8,8 @@ Part 1 (correctness, exit status 1 if any check fails): each row-chunk kernel on
 arrays equals the same kernel on NumPy arrays to ``max|a-b| / max|b| <= 1e-10``
 (``newton_block`` with float64 Hessians, ``score_block``, ``set_stats_block``,
 ``metric_grad_block``, ``metric_values_block``, ``loss_block``, ``retrain_block``,
-``min_margin_block``; float32 Hessians to 1e-5, they are approximations by design), the
+``min_margin_block``, and the removal sets' pass picking a set's rows of a block on the
+device, ``groups._sets_block``; float32 Hessians to 1e-5, they are approximations by design), the
 CuPy Cholesky equals SciPy's, and ``rifscale.attribute(..., device="gpu")`` equals
 ``device="cpu"`` (θ̂, leverage, IF and RIF scores) and the dense float64 reference.
 
@@ -39,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 import rifscale  # noqa: E402
 from rifscale.engine import kernels  # noqa: E402
 from rifscale.engine.factor import cholesky_factor, gpu_available  # noqa: E402
+from rifscale.estimates.groups import _sets_block  # noqa: E402  (the task kernel of groups.sets_pass)
 from rifscale.testing import Reference, make_problem  # noqa: E402
 
 EXACT = 1e-10
@@ -88,6 +90,7 @@ def check_kernels(dev: Device) -> list[dict]:
     x = rng.normal(size=(m, d)).astype(np.float32)
     y = (rng.random(m) < 0.4).astype(np.int8)
     w = (rng.random(m) < 0.7).astype(np.float64)
+    keep = w != 0  # a removal set's rows, as groups.sets_pass gives them to its kernels
     theta = rng.normal(size=p) * 0.2
     thetas = np.stack([theta, 0.5 * theta, -theta], axis=1)
     f = cholesky_factor(np.cov(rng.normal(size=(p, 4 * p))) * 50 + np.eye(p))
@@ -99,11 +102,14 @@ def check_kernels(dev: Device) -> list[dict]:
         ("newton_block float32", kernels.newton_block, (x, y, w), dict(theta=theta, hessian="float32"), APPROX),
         ("newton_block gradient only", kernels.newton_block, (x, y), dict(theta=theta, hessian=None), EXACT),
         ("score_block", kernels.score_block, (x, y), dict(theta=theta, linv=f.linv, U=U, threshold=1e-6), EXACT),
-        ("set_stats_block", kernels.set_stats_block, (x, y, w),
+        ("set_stats_block", kernels.set_stats_block, (x[keep], y[keep]),
          dict(theta=theta, linv=f.linv, threshold=1e-6, gram=True), EXACT),
+        ("sets pass block (set_stats_block)", _sets_block, (x, y),
+         dict(row_start=0, all_sets=sets, active=[0, 1], set_kernel=kernels.set_stats_block,
+              widths=[2 * p + 1 + p * p] * 2, per_set=None, theta=theta, linv=f.linv, threshold=1e-6, gram=True), EXACT),
         ("metric_grad_block", kernels.metric_grad_block, (x, y, w), dict(theta=theta), EXACT),
         ("metric_values_block", kernels.metric_values_block, (x, y, w), dict(thetas=thetas), EXACT),
-        ("loss_block", kernels.loss_block, (x, y, w), dict(thetas=thetas), EXACT),
+        ("loss_block", kernels.loss_block, (x[keep], y[keep]), dict(thetas=thetas), EXACT),
         ("retrain_block", kernels.retrain_block, (x, y, rows),
          dict(thetas=thetas[:, :2], sets=sets, newton=[1]), EXACT),
         ("min_margin_block", kernels.min_margin_block, (x, y, w), dict(theta=theta), EXACT),

@@ -61,8 +61,8 @@ class ModelFamily(Protocol):
     def newton_block(self, x, y, w=None, *, theta, fit_intercept: bool, hessian: str | None):
         """``[Σ w ℓ, Σ w ‖g‖ (the gradient's rounding scale), Σ w g (p), Σ w ∇²ℓ (p², or none)]``."""
 
-    def loss_block(self, x, y, w=None, *, thetas, fit_intercept: bool):
-        """``Σ w ℓ`` at the K columns of ``thetas`` (p, K): a (1, K) row."""
+    def loss_block(self, x, y, *, thetas, fit_intercept: bool):
+        """``Σ ℓ`` over the given rows at the K columns of ``thetas`` (p, K): a (1, K) row."""
 
     def row_loss_block(self, x, y, *, theta, fit_intercept: bool):
         """Each row's loss at θ: (m, 1)."""
@@ -76,8 +76,9 @@ class ModelFamily(Protocol):
     def score_block(self, x, y, *, theta, linv, U, fit_intercept: bool, threshold: float):
         """Per-sample scores: :attr:`score_columns`, then IF and RIF of each metric."""
 
-    def set_stats_block(self, x, y, w=None, *, theta, linv, fit_intercept: bool, threshold: float, gram: bool):
-        """Sums over a removal set's rows: gradients, rescaled gradients, flagged count, Hessian."""
+    def set_stats_block(self, x, y, *, theta, linv, fit_intercept: bool, threshold: float, gram: bool):
+        """Sums over a removal set's rows (those given): gradients, rescaled gradients, flagged
+        count, Hessian."""
 
     def metric_grad_block(self, x, y, w=None, *, theta, fit_intercept: bool):
         """Test metrics and their gradients at θ over the weighted rows."""

@@ -32,7 +32,9 @@ from pathlib import Path
 import numpy as np
 import scipy.linalg
 
+from .._namespace import array_namespace
 from ..engine import kernels
+from ..engine.kernels.products import rows_in_block
 from .. import progress
 from ..engine._blocks import reduce_blocks
 from ..errors import ConfigError
@@ -268,8 +270,9 @@ class _SetDeltas:
 
 
 def _deltas(train, model: FittedModel, sets, *, client):
-    """Δθ for IF, RIF and NS of every set; one compute gathers the small sets (|T| < p)
-    and reduces the large ones in place. Returns the deltas and the gathered rows."""
+    """Δθ for IF, RIF and NS of every set: the rows of the small sets (|T| < p) gathered to
+    the driver, the large ones' sums reduced where their rows are (:func:`sets_pass`).
+    Returns the deltas and the gathered rows."""
     p = model.p
     kw = dict(theta=model.theta, fit_intercept=model.fit_intercept, threshold=model.leverage_threshold)
     linv = model.factor.linv
@@ -316,7 +319,7 @@ SET_STATS_BUDGET = 2**23
 
 def sets_pass(train, sets: list, kernel, widths: list[int], *, label: str, client, per_set: list | None = None,
               **kwargs) -> list[np.ndarray]:
-    """``Σ_blocks kernel(x_T, y_T, None, **kwargs, **per_set[k])[0]`` for every set ``T = sets[k]``
+    """``Σ_blocks kernel(x_T, y_T, **kwargs, **per_set[k])[0]`` for every set ``T = sets[k]``
     (sorted row indices; ``x_T`` its rows in a block): a vector of ``widths[k]`` per set.
 
     One pass over the rows serves a batch of sets (at most :data:`SET_STATS_BUDGET`
@@ -354,27 +357,23 @@ def _sets_block(x, y, *, row_start, all_sets, active, set_kernel, widths, per_se
     """``set_kernel`` over the rows of each set ``all_sets[k]``, ``k`` in ``active``, in this
     block (global rows ``row_start + i``), packed one set after the other; zeros for a
     set without rows here."""
-    from .._namespace import array_namespace
-
     xp = array_namespace(x)
-    m = x.shape[0]
     out = xp.zeros(sum(widths), dtype=xp.float64)
     at = 0
     for j, k in enumerate(active):
-        s = all_sets[k]
-        lo, hi = (int(v) for v in np.searchsorted(s, [row_start, row_start + m]))
-        if hi > lo:
-            local = xp.asarray(s[lo:hi] - row_start)
+        local = rows_in_block(all_sets[k], row_start, row_start + x.shape[0])
+        if local.size:
+            local = xp.asarray(local)
             extra = per_set[j] if per_set is not None else {}
-            out[at : at + widths[j]] = set_kernel(x[local], xp.asarray(y)[local], None, **kwargs, **extra)[0]
+            out[at : at + widths[j]] = set_kernel(x[local], xp.asarray(y)[local], **kwargs, **extra)[0]
         at += widths[j]
     return out[None, :]
 
 
 @dataclass(frozen=True)
 class SetStatistics:
-    """Per-set Δθ (IF, RIF, NS) and the leave-T-out Hessians, from one compute over the
-    data; shared by :func:`group_effects` and :func:`rifscale.validation.exact.retrain` so that a
+    """Per-set Δθ (IF, RIF, NS) and the leave-T-out Hessians, from one read of the
+    small sets' rows and one pass over the data per batch of large sets; shared by :func:`group_effects` and :func:`rifscale.validation.exact.retrain` so that a
     caller needing both reads the data once."""
 
     sets: dict  # name -> sorted row indices

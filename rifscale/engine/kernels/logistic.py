@@ -180,24 +180,20 @@ def row_loss_block(x, y, *, theta, fit_intercept: bool):
     return log_loss(z @ xp.asarray(theta, dtype=xp.float64), y)[:, None]
 
 
-def loss_block(x, y, w=None, *, thetas, fit_intercept: bool):
-    """Summed loss of one block at K parameter vectors at once (one GEMM).
+def loss_block(x, y, *, thetas, fit_intercept: bool):
+    """Summed loss of the given rows at K parameter vectors at once (one GEMM).
 
     Parameters
     ----------
     thetas : (p, K) array
-    w : (m,) array or None
-        Per-row weights; None means all ones.
 
     Returns
     -------
-    (1, K) float64 array of ``Σ_i w_i ℓ_i(θ_k)``.
+    (1, K) float64 array of ``Σ_i ℓ_i(θ_k)``.
     """
     xp = array_namespace(x)
     z = design(x, fit_intercept=fit_intercept)
     loss = log_loss(z @ xp.asarray(thetas, dtype=xp.float64), y)
-    if w is not None:
-        loss = xp.asarray(w, dtype=xp.float64)[:, None] * loss
     return xp.sum(loss, axis=0)[None, :]
 
 
@@ -339,8 +335,8 @@ def score_block(x, y, *, theta, linv, U, fit_intercept: bool, threshold: float):
     return xp.concatenate([xp.stack(cols, axis=1), s_if, s_rif], axis=1)
 
 
-def set_stats_block(x, y, w=None, *, theta, linv, fit_intercept: bool, threshold: float, gram: bool):
-    """Sums over the rows of a removal set T (rows with weight 1) in one block.
+def set_stats_block(x, y, *, theta, linv, fit_intercept: bool, threshold: float, gram: bool):
+    """Sums over the rows of a removal set T (its rows of one block, picked by the caller).
 
     Returns
     -------
@@ -350,21 +346,14 @@ def set_stats_block(x, y, w=None, *, theta, linv, fit_intercept: bool, threshold
         as NaN when the count is non-zero.
     """
     xp = array_namespace(x)
-    if w is not None:  # only the set's rows matter: skip the O(p²) work for the others
-        w = xp.asarray(w, dtype=xp.float64)
-        keep = w != 0
-        x, y, w = x[keep], xp.asarray(y)[keep], w[keep]
     _, _, r, alpha, _, h = _at_rows(x, y, theta, linv, np.empty((len(theta), 0)), fit_intercept=fit_intercept)
     z = design(x, fit_intercept=fit_intercept)
     one_minus_h = 1.0 - h
     flag = one_minus_h < threshold
-    if w is None:
-        w = xp.ones(z.shape[0], dtype=xp.float64)
-    wr = w * r
-    rescaled = xp.where(flag, 0.0, wr / xp.where(flag, 1.0, one_minus_h))
-    parts = [z.T @ wr, z.T @ rescaled, xp.sum(w * flag)[None]]
+    rescaled = xp.where(flag, 0.0, r / xp.where(flag, 1.0, one_minus_h))
+    parts = [z.T @ r, z.T @ rescaled, xp.sum(flag, dtype=xp.float64)[None]]
     if gram:
-        parts.append(((z * (w * alpha)[:, None]).T @ z).ravel())
+        parts.append(((z * alpha[:, None]).T @ z).ravel())
     return xp.concatenate(parts)[None, :]
 
 

@@ -112,6 +112,13 @@ def max_row_norm_block(x, *, fit_intercept: bool):
     return np.sqrt(np.array([[largest + float(fit_intercept)]]))
 
 
+def rows_in_block(s, start: int, stop: int) -> np.ndarray:
+    """Positions within the block of rows ``[start, stop)`` of the sorted row numbers ``s``
+    that fall inside it."""
+    lo, hi = (int(v) for v in np.searchsorted(s, [start, stop]))
+    return np.asarray(s[lo:hi]) - start
+
+
 def keep_mask(rows, sets):
     """(m, K) float64 weights: 0 where row ``rows[i]`` is in ``sets[k]``, 1 elsewhere.
 
@@ -125,9 +132,9 @@ def keep_mask(rows, sets):
         return mask
     start, stop = int(rows[0]), int(rows[-1]) + 1
     for k, s in enumerate(sets):
-        lo, hi = (int(v) for v in s.searchsorted([start, stop]))
-        if hi > lo:
-            mask[xp.asarray(s[lo:hi] - start), k] = 0.0
+        local = rows_in_block(s, start, stop)
+        if local.size:
+            mask[xp.asarray(local), k] = 0.0
     return mask
 
 

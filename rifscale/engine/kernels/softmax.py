@@ -375,8 +375,8 @@ class Softmax:
             parts.append(reduce_hessian(_symmetric(S), K, d, fit_intercept).ravel())
         return np.concatenate(parts)[None, :]
 
-    def loss_block(self, x, y, w=None, *, thetas, fit_intercept: bool):
-        """``Σ w ℓ`` at the columns of ``thetas`` (P, T): (1, T), one GEMM for all of them."""
+    def loss_block(self, x, y, *, thetas, fit_intercept: bool):
+        """``Σ ℓ`` over the given rows at the columns of ``thetas`` (P, T): (1, T), one GEMM for all of them."""
         K, d = self.n_classes, x.shape[1]
         Th = expand(thetas, K, d, fit_intercept)  # (q, K, T)
         T = Th.shape[2]
@@ -385,7 +385,7 @@ class Softmax:
         out = np.empty(T)
         for t in range(T):
             l = row_quantities(eta[:, :, t], y)[0]
-            out[t] = np.sum(l if w is None else np.asarray(w, dtype=np.float64) * l)
+            out[t] = np.sum(l)
         return out[None, :]
 
     def row_loss_block(self, x, y, *, theta, fit_intercept: bool):
@@ -511,28 +511,22 @@ class Softmax:
         cols = [p[rows, yy], h, self_if, self_rif, flag.astype(np.float64)]
         return np.concatenate([np.stack(cols, axis=1), s_if, s_rif], axis=1)
 
-    def set_stats_block(self, x, y, w=None, *, theta, linv, fit_intercept: bool, threshold: float, gram: bool):
+    def set_stats_block(self, x, y, *, theta, linv, fit_intercept: bool, threshold: float, gram: bool):
         """``[Σ_T g_i, Σ_T J_iᵀ (I − A_i M_i)⁻¹ r_i, #flagged in T, (Σ_T J_iᵀ A_i J_i if gram)]``
-        over the rows with weight 1 (flagged rows left out of the second sum)."""
+        over the set's rows given (flagged rows left out of the second sum)."""
         K, d = self.n_classes, x.shape[1]
         x = np.asarray(x)
         y = np.asarray(y)
-        if w is not None:
-            w = np.asarray(w, dtype=np.float64)
-            keep = w != 0
-            x, y, w = x[keep], y[keep], w[keep]
         P = len(theta)
         _, r, A, _, _, _, flag, s, _, _ = self._at_rows(x, y, theta, linv, np.empty((P, 0)), fit_intercept,
                                                          threshold)
-        if w is None:
-            w = np.ones(x.shape[0])
         z = design(x, fit_intercept=fit_intercept)
         s = np.where(flag[:, None], 0.0, s)
-        parts = [reduce(z.T @ (w[:, None] * r), K, d, fit_intercept),
-                 reduce(z.T @ (w[:, None] * s), K, d, fit_intercept), np.array([float(w @ flag)])]
+        parts = [reduce(z.T @ r, K, d, fit_intercept), reduce(z.T @ s, K, d, fit_intercept),
+                 np.array([float(np.sum(flag))])]
         if gram:
             S = np.zeros((K, K, z.shape[1], z.shape[1]))
-            _gram_blocks(z, A, S, w=w)
+            _gram_blocks(z, A, S)
             parts.append(reduce_hessian(_symmetric(S), K, d, fit_intercept).ravel())
         return np.concatenate(parts)[None, :]
 
