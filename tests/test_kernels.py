@@ -29,6 +29,24 @@ def test_residual_keeps_relative_precision_when_confident():
     np.testing.assert_allclose(r0, [1.0, np.exp(-40.0), 0.5], rtol=1e-14)
 
 
+@pytest.mark.parametrize("scratch_name", [None, "test-lrw"])
+def test_loss_and_residual_are_log_loss_residual_and_weight_bit_for_bit(scratch_name):
+    """The one-exponential form the retrains use (t = (1 − 2y) η) against the three
+    separate functions, on logits from 0 to the tails, one column and K columns, twice in a
+    row (scratch buffers reused)."""
+    from rifscale.engine.kernels.logistic import loss_and_residual
+
+    rng = np.random.default_rng(3)
+    eta1 = np.concatenate([[-800.0, -40.0, -1e-300, 0.0, 1e-300, 40.0, 800.0], rng.normal(scale=8, size=500)])
+    y = (rng.random(eta1.size) < 0.5).astype(np.float64)
+    for eta in (eta1, np.stack([eta1, -eta1, 3 * eta1], axis=1)):
+        for _ in range(2):
+            ell, r, (e, inv) = loss_and_residual(eta, y, scratch_name=scratch_name)
+            assert np.array_equal(ell, kernels.log_loss(eta, y))
+            assert np.array_equal(r, kernels.residual(eta, y))
+            assert np.array_equal(e * inv * inv, kernels.sigmoid_and_weight(eta)[1])
+
+
 def test_sigmoid_and_weight_tails():
     eta = np.array([-745.0, -60.0, -3.0, 0.0, 3.0, 60.0, 745.0])
     p, a = kernels.sigmoid_and_weight(eta)

@@ -68,6 +68,42 @@ def residual(eta, y):
     return xp.where(y == 1, -sigmoid(-eta), sigmoid(eta))
 
 
+def loss_and_residual(eta, y, *, scratch_name: str | None = None):
+    """ℓ(η, y), r(η, y) and, for the α of some columns, ``(e, inv)`` with
+    ``α = e · inv · inv``: :func:`log_loss`, :func:`residual` and :func:`sigmoid_and_weight`
+    bit for bit, from one exponential. With ``t = (1 − 2y) η`` and ``e = exp(−|t|)``:
+    ``ℓ = max(t, 0) + log1p(e)``, ``r = (1 − 2y) σ(t)`` (``−σ(−η)`` for y = 1, ``σ(η)`` for
+    y = 0), ``σ(t) = inv`` for t ≥ 0 and ``e · inv`` otherwise, ``inv = 1 / (1 + e)``.
+
+    ``eta`` is (m,) or (m, K) with ``y`` (m,) of 0/1 broadcast over the columns. With NumPy
+    and ``scratch_name`` the results and temporaries are the thread's scratch buffers of that
+    name (valid until the next call with it): no array is allocated per call, which under
+    dask workers' allocator settings would be an mmap with page faults each time (``_scratch``).
+    """
+    xp = array_namespace(eta)
+
+    def buf(tag, dtype=np.float64):
+        if scratch_name is not None and xp is np:
+            return scratch(f"{scratch_name}-{tag}", eta.shape, dtype)
+        return xp.empty(eta.shape, dtype=dtype)
+
+    sign = 1.0 - 2.0 * xp.asarray(y, dtype=xp.float64)
+    if eta.ndim == 2:
+        sign = sign[:, None]
+    t = xp.multiply(sign, eta, out=buf("t"))
+    e = xp.abs(t, out=buf("e"))
+    xp.negative(e, out=e)
+    xp.exp(e, out=e)
+    inv = xp.add(e, 1.0, out=buf("inv"))
+    xp.divide(1.0, inv, out=inv)
+    loss = xp.log1p(e, out=buf("loss"))
+    loss += xp.maximum(t, 0.0, out=buf("pos"))
+    r = xp.multiply(e, inv, out=buf("r"))
+    xp.copyto(r, inv, where=xp.greater_equal(t, 0.0, out=buf("ge", bool)))
+    xp.multiply(r, sign, out=r)
+    return loss, r, (e, inv)
+
+
 def sigmoid(eta):
     """σ(η) = 1 / (1 + e^{−η}), stable for any finite η."""
     return sigmoid_and_weight(eta)[0]
@@ -255,16 +291,22 @@ def retrain_block(x, y, rows, *, thetas, sets, newton, fit_intercept: bool):
     for s in range(0, m, step):
         xb = rows_as(x[s : s + step], np.float64, "rows64") if xp is np else xp.asarray(x[s : s + step], dtype=xp.float64)
         yb, w = y[s : s + step], keep[s : s + step]
-        eta = xb @ tw + t0
-        loss += xp.sum(w * log_loss(eta, yb), axis=0)
-        r = w * residual(eta, yb)
-        scale += xp.sqrt(xp.einsum("ij,ij->i", xb, xb) + float(fit_intercept)) @ xp.abs(r)
+        eta = xp.matmul(xb, tw, out=scratch("logits", (xb.shape[0], K), np.float64)) if xp is np else xb @ tw
+        eta += t0
+        # the (rows × K) quantities in the thread's scratch buffers: allocated afresh, each
+        # would be an mmap with page faults in a dask worker (tens of ms per block at K = 16)
+        ell, r, (e, inv) = loss_and_residual(eta, yb, scratch_name="retrain")
+        ell *= w
+        loss += xp.sum(ell, axis=0)
+        r *= w
+        norms = xp.sqrt(xp.einsum("ij,ij->i", xb, xb) + float(fit_intercept))
+        scale += norms @ xp.abs(r, out=ell)
         grad[:d] += xb.T @ r
         if fit_intercept:
             grad[d] += xp.sum(r, axis=0)
         if not newton:
             continue
-        _, alpha = sigmoid_and_weight(eta[:, newton])
+        alpha = e[:, newton] * inv[:, newton] * inv[:, newton]  # sigmoid_and_weight's α
         wa = w[:, newton] * alpha
         if fit_intercept:  # the intercept row and column of every Hessian: Σ wα x and Σ wα
             side = xb.T @ wa
